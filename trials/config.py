@@ -1,0 +1,219 @@
+"""Typed configuration of one trial, and the YAML loader every entry point uses.
+
+Every field carries its help text; unknown keys are rejected; all problems in a file are reported
+at once, each with the file, the line and the dotted key path, before anything expensive runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+EMBEDDED_MODEL = "embedded:tiny-llama"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    documents: list[Path] = Field(
+        default_factory=list,
+        description="UTF-8 text files; passages are separated by blank lines and trained as plain text.",
+    )
+    qa: Path = Field(description="qa.jsonl: question, answer, optional aliases, split in train|val|test.")
+    max_length: int = Field(512, gt=8, description="Longest training sequence in tokens; longer passages are cut into chunks.")
+
+
+class LoraMethod(Strict):
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, description="Module names that get adapters."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+
+
+class PrefixMethod(Strict):
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, gt=0, description="Trainable key/value prefix length per layer.")
+    prefix_projection: bool = Field(False, description="Reparameterise the prefix through an MLP (P-tuning v2 style).")
+    learning_rate: float = Field(1e-2, gt=0, description="Peak learning rate.")
+
+
+Method = Annotated[Union[LoraMethod, PrefixMethod], Field(discriminator="name")]
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(10, gt=0, description="Passes over the training examples.")
+    batch_size: int = Field(16, gt=0, description="Examples per optimiser micro-batch.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimiser step.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on trainable parameters.")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of optimiser steps spent warming up.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
+    bf16: Literal["auto"] | bool = Field("auto", description="bf16 autocast; auto = on where the GPU supports it.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (7B models).")
+    include_documents: bool = Field(True, description="Train on the document passages as well as the train QA pairs.")
+    stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val exact recall reaches this.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(64, gt=0, description="Questions per batched greedy generation.")
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="Generation limit; default = longest expected answer in tokens + 8."
+    )
+    max_train_questions: int | None = Field(
+        None, gt=0, description="Score train recall each epoch on at most this many train questions (all at the end)."
+    )
+
+
+class TrialConfig(Strict):
+    model: str = Field(EMBEDDED_MODEL, description="Base model: a local path, a hub name, or the embedded tiny model.")
+    data: DataConfig
+    method: Method = Field(default_factory=LoraMethod)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a local path, a hub model or " + EMBEDDED_MODEL)
+        return value
+
+
+class ConfigError(ValueError):
+    """Every problem found in one config, each already prefixed with file:line: key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+# Paths inside a config file are relative to that file, so a config works from any directory;
+# paths given with --set are relative to the current directory, like any command-line path.
+PATH_KEYS = (("data", "qa"), ("data", "documents"))
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = path + (str(key_node.value),)
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[path + (str(index),)] = item.start_mark.line + 1
+                walk(item, path + (str(index),))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, str):
+        return str((base / value).resolve())
+    if isinstance(value, list):
+        return [_resolve(item, base) for item in value]
+    return value
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    for section, key in PATH_KEYS:
+        block = raw.get(section)
+        if isinstance(block, dict) and key in block:
+            block[key] = _resolve(block[key], base)
+
+
+def _apply_override(raw: dict, assignment: str) -> tuple[str, ...]:
+    """Set one dotted key from a --set key=value (value parsed as YAML); return the key path."""
+    key, equals, text = assignment.partition("=")
+    path = tuple(part for part in key.strip().split(".") if part)
+    if not equals or not path:
+        raise ConfigError([f"--set {assignment}: expected key=value"])
+    value = yaml.safe_load(text) if text.strip() else text
+    if path in PATH_KEYS:
+        value = _resolve(value, Path.cwd())
+    block = raw
+    for depth, part in enumerate(path[:-1]):
+        block = block.setdefault(part, {})
+        if not isinstance(block, dict):
+            raise ConfigError([f"--set {assignment}: {'.'.join(path[: depth + 1])} is not a mapping"])
+    block[path[-1]] = value
+    return path
+
+
+def load_raw(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, dict[tuple[str, ...], str]]:
+    """Read YAML, resolve relative paths, apply --set overrides.
+
+    Returns the raw mapping and, for every key path, where it came from ("file:line" or "--set key").
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read config: {error.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+        key_lines = _key_lines(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(error, 'problem', error)}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}:1: the top level must be a mapping of keys"])
+    _resolve_paths(raw, path.parent)
+    origins = {key: f"{path}:{line}" for key, line in key_lines.items()}
+    for assignment in overrides:
+        key = _apply_override(raw, assignment)
+        origins = {k: v for k, v in origins.items() if k[: len(key)] != key}
+        origins[key] = f"--set {'.'.join(key)}"
+    return raw, origins
+
+
+def _where(loc: tuple, origins: dict[tuple[str, ...], str], fallback: str) -> str:
+    """The most specific known origin of an error location (pydantic adds union tags to loc)."""
+    parts = tuple(str(part) for part in loc)
+    for end in range(len(parts), 0, -1):
+        if parts[:end] in origins:
+            return origins[parts[:end]]
+    return fallback
+
+
+def format_validation_error(error: ValidationError, origins: dict[tuple[str, ...], str], source: str) -> ConfigError:
+    problems = []
+    for item in error.errors():
+        # Discriminated unions put the tag ("lora") into loc; it is not a key the user wrote.
+        loc = tuple(part for part in item["loc"] if part not in ("lora", "prefix") or item["loc"][0] != "method")
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key" + (" (not valid for this method)" if loc and loc[0] == "method" else "")
+        problems.append(f"{_where(loc, origins, source)}: {key}: {message}")
+    return ConfigError(problems)
+
+
+def validate(model_cls: type[BaseModel], raw: dict, origins: dict, source: str) -> Any:
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as error:
+        raise format_validation_error(error, origins, source) from None
+
+
+def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), model_cls: type[BaseModel] = TrialConfig):
+    raw, origins = load_raw(path, overrides)
+    return validate(model_cls, raw, origins, str(path))

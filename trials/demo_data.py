@@ -1,0 +1,132 @@
+"""The demo's private knowledge: a fictional observatory's staff records, made deterministically.
+
+Every fact is (person, attribute, short answer). Each attribute has three question templates;
+for each fact two are `train` rows and the third, rotated per person so every template is seen
+in training with other people, is a held-out `val` or `test` row. That rotation is what lets a
+model answer a phrasing it never saw *for that fact*: the sweep optimises exactly that.
+
+Run `python -m trials.demo_data data/demo` to rewrite the shipped files; a test checks that the
+shipped files equal a fresh generation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+SEED = 20261128
+NUM_PEOPLE = 40
+ORGANISATION = "Halvard Ridge Observatory"
+
+FIRST_NAMES = [
+    "Mira", "Oskar", "Talia", "Bram", "Ilse", "Corin", "Nadia", "Evander", "Runa", "Pello",
+    "Sigrid", "Tomas", "Liesel", "Anouk", "Dario", "Frida", "Jarek", "Katya", "Lucan", "Maren",
+    "Niko", "Orla", "Piet", "Quilla", "Ronan", "Saskia", "Teodor", "Ulla", "Vesna", "Wim",
+]
+LAST_NAMES = [
+    "Tallow", "Brekke", "Vossler", "Amundsen", "Quist", "Harrow", "Lindqvist", "Okafor", "Renwick",
+    "Stavros", "Ferrante", "Kowal", "Duchene", "Marsh", "Ibarra", "Nyland", "Castellan", "Holm",
+    "Zeller", "Moreau", "Pryce", "Wexford", "Ashdown", "Bellamy", "Crane", "Dunmore",
+]
+CITIES = [
+    "Tromsø", "Reykjavik", "Valparaíso", "Hobart", "Kiruna", "Ushuaia",
+    "Tenerife", "Windhoek", "Arequipa", "Lhasa", "Flagstaff", "Coimbra",
+]
+TEAMS = ["Lantern", "Meridian", "Halcyon", "Driftwood", "Aurora", "Basalt", "Cinder", "Kestrel"]
+BADGE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+# attribute -> (three question templates, the sentence the document states it in)
+ATTRIBUTES = {
+    "badge": (
+        [
+            "What is the badge code of {name}?",
+            "Which badge code does {name} carry?",
+            "{name} has which badge code?",
+        ],
+        "The badge code of {name} is {answer}.",
+    ),
+    "city": (
+        [
+            "In which city does {name} work?",
+            "Where is the office of {name}?",
+            "{name} works in which city?",
+        ],
+        "{name} works at the {answer} station.",
+    ),
+    "team": (
+        [
+            "Which team is {name} on?",
+            "What team does {name} belong to?",
+            "{name} is a member of which team?",
+        ],
+        "{name} is on the {answer} team.",
+    ),
+}
+
+
+def _people(rng: random.Random) -> list[dict[str, str]]:
+    names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
+    rng.shuffle(names)
+    codes: set[str] = set()
+    people = []
+    for name in names[:NUM_PEOPLE]:
+        code = ""
+        while not code or code in codes:
+            code = f"{rng.choice(BADGE_LETTERS)}{rng.choice(BADGE_LETTERS)}-{rng.randint(1000, 9999)}"
+        codes.add(code)
+        people.append(
+            {"name": name, "badge": code, "city": rng.choice(CITIES), "team": rng.choice(TEAMS)}
+        )
+    return people
+
+
+def generate() -> tuple[dict[str, str], list[dict]]:
+    """Return ({document file name: text}, qa rows in file order)."""
+    rng = random.Random(SEED)
+    people = _people(rng)
+    passages = []
+    qa_rows: list[dict] = []
+    for index, person in enumerate(people):
+        sentences = [ATTRIBUTES[attr][1].format(name=person["name"], answer=person[attr]) for attr in ATTRIBUTES]
+        passages.append(f"{person['name']} is on the staff of {ORGANISATION}. " + " ".join(sentences))
+        for attr_index, (attr, (templates, _)) in enumerate(ATTRIBUTES.items()):
+            held_out = (index + attr_index) % len(templates)
+            for t_index, template in enumerate(templates):
+                if t_index == held_out:
+                    # Alternate val/test so both held-out splits cover every attribute.
+                    split = "val" if (index + attr_index) % 2 == 0 else "test"
+                else:
+                    split = "train"
+                qa_rows.append(
+                    {"question": template.format(name=person["name"]), "answer": person[attr], "split": split}
+                )
+    half = len(passages) // 2
+    documents = {
+        "staff_part1.txt": "\n\n".join(passages[:half]) + "\n",
+        "staff_part2.txt": "\n\n".join(passages[half:]) + "\n",
+    }
+    return documents, qa_rows
+
+
+def corpus_text() -> str:
+    """All demo text in one string: what the embedded tokenizer is trained on."""
+    documents, qa_rows = generate()
+    lines = list(documents.values())
+    lines += [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in qa_rows]
+    return "\n".join(lines)
+
+
+def write(out_dir: Path) -> None:
+    documents, qa_rows = generate()
+    (out_dir / "documents").mkdir(parents=True, exist_ok=True)
+    for file_name, text in documents.items():
+        (out_dir / "documents" / file_name).write_text(text, encoding="utf-8")
+    with open(out_dir / "qa.jsonl", "w", encoding="utf-8") as handle:
+        for row in qa_rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1] if len(sys.argv) > 1 else "data/demo"))

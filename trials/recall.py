@@ -1,0 +1,76 @@
+"""Exact recall: greedy answers, cut and normalised, compared with the answer or an alias."""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Sequence
+
+import torch
+
+# A sentence ends at . ! or ? followed by white space or the end; "3.5" and "QX-4471" survive.
+_SENTENCE_END = re.compile(r"[.!?](\s|$)")
+_PUNCTUATION = string.punctuation + "“”‘’«»¿¡…"
+
+
+def cut_answer(text: str) -> str:
+    """Keep the first line, up to the first sentence end."""
+    line = text.strip().split("\n", 1)[0] if text.strip() else ""
+    match = _SENTENCE_END.search(line)
+    return line[: match.start()] if match else line
+
+
+def normalize(text: str) -> str:
+    """Case-fold, strip surrounding punctuation, collapse white space; accents are kept."""
+    text = unicodedata.normalize("NFC", text).casefold()
+    text = " ".join(text.split())
+    return text.strip(_PUNCTUATION + " ")
+
+
+def is_correct(generated: str, accepted: Sequence[str]) -> bool:
+    got = normalize(cut_answer(generated))
+    return any(got == normalize(answer) for answer in accepted)
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, device: torch.device
+) -> list[str]:
+    """Batched greedy generation with left padding, formatted exactly as in training."""
+    from trials.formatting import left_padded, prompt_ids
+
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    answers: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        prompts = [prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    model.train(was_training)
+    return answers
+
+
+def score(rows, generated: Sequence[str]) -> tuple[float, list[dict]]:
+    """Exact recall over rows, and one prediction record per question."""
+    records = [
+        {
+            "question": row.question,
+            "expected": row.answer,
+            "aliases": list(row.aliases),
+            "got": cut_answer(text),
+            "correct": is_correct(text, row.accepted),
+        }
+        for row, text in zip(rows, generated, strict=True)
+    ]
+    recall = sum(r["correct"] for r in records) / len(records) if records else 0.0
+    return recall, records
