@@ -16,12 +16,12 @@ import torch
 
 from trials.config import TrialConfig
 from trials.data import Knowledge, load_knowledge
-from trials.formatting import answer_ids, passage_examples, qa_example
+from trials.evaluate import generation_budget, score_rows
+from trials.formatting import passage_examples, qa_example
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
-from trials.recall import generate_answers, score
 from trials.train import Trainer
 
-EpochCallback = Callable[[dict], bool | None]
+EpochCallback = Callable[[dict, Path | None], bool | None]
 
 
 def set_seed(seed: int) -> None:
@@ -57,8 +57,12 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, checkpoint_each_epoch: bool = False,
+              resume_from: Path | None = None) -> dict:
     """Train one adapter and score it; writes metrics.json, adapter/ and predictions_val.jsonl.
+
+    `on_epoch(metrics, checkpoint_dir)` sees every epoch (returning True stops the trial); with
+    `checkpoint_each_epoch` the checkpoint holds everything `resume_from` needs to continue.
 
     A trial that fails (out of memory, interrupted, a bug) still leaves metrics.json saying so,
     then re-raises: a failure is a result too.
@@ -67,7 +71,7 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
     knowledge = load_knowledge(config.data)  # raises DataError before any model is loaded
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_and_score(config, knowledge, output_dir, on_epoch, log)
+        return _train_and_score(config, knowledge, output_dir, on_epoch, log, checkpoint_each_epoch, resume_from)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
@@ -75,10 +79,9 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
         raise
 
 
-def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path,
-                     on_epoch: EpochCallback | None, log: Callable[[str], None]) -> dict:
+def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path, on_epoch: EpochCallback | None,
+                     log: Callable[[str], None], checkpoint_each_epoch: bool, resume_from: Path | None) -> dict:
     set_seed(config.training.seed)
-
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
     base_path = resolve_model(config.model)
@@ -92,66 +95,103 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     examples = build_examples(tokenizer, knowledge, config)
     trainer = Trainer(model, examples, config.training, config.method.learning_rate,
                       tokenizer.pad_token_id, device, bf16)
+    progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": []}
+    if resume_from is not None:
+        progress = _restore(Path(resume_from), model, trainer)
+        log(f"resumed from {resume_from} after epoch {progress['epoch']}")
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
-    max_new_tokens = config.eval.max_new_tokens or max(
-        len(answer_ids(tokenizer, answer)) for row in knowledge.qa for answer in row.accepted) + 8
+    max_new_tokens = generation_budget(tokenizer, knowledge, config.eval)
 
     def evaluate(rows):
-        answers = generate_answers(model, tokenizer, [r.question for r in rows],
-                                   batch_size=config.eval.batch_size, max_new_tokens=max_new_tokens, device=device)
-        return score(rows, answers)
+        return score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size,
+                          max_new_tokens=max_new_tokens, device=device)
+
+    def summary(metrics: dict, status: str) -> dict:
+        return {
+            "status": status,
+            **{key: metrics[key] for key in ("val_exact_recall", "train_exact_recall", "train_tokens_per_second",
+                                              "peak_memory_mb")},
+            "epochs": metrics["epoch"],
+            **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "method": config.method.name,
+            "base_model": config.model,
+            "data_fingerprint": knowledge.fingerprint,
+        }
 
     per_epoch_train = train_rows[: config.eval.max_train_questions] if config.eval.max_train_questions else train_rows
-    total_tokens, train_seconds, eval_seconds, history = 0, 0.0, 0.0, []
-    metrics: dict = {}
-    val_records: list[dict] = []
-    for epoch in range(1, config.training.epochs + 1):
+    metrics, val_records = (progress["history"][-1] if progress["history"] else {}), []
+    for epoch in range(progress["epoch"] + 1, config.training.epochs + 1):
         stats = trainer.train_epoch()
-        total_tokens += stats.tokens
-        train_seconds += stats.seconds
+        progress["train_tokens"] += stats.tokens
+        progress["train_seconds"] += stats.seconds
         eval_started = time.perf_counter()
         val_recall, val_records = evaluate(val_rows)
         last = epoch == config.training.epochs or val_recall >= config.training.stop_at_val_recall
         train_recall, _ = evaluate(train_rows if last else per_epoch_train)
-        eval_seconds += time.perf_counter() - eval_started
+        progress["eval_seconds"] += time.perf_counter() - eval_started
         metrics = {
             "epoch": epoch,
             "loss": stats.loss,
             "val_exact_recall": val_recall,
             "train_exact_recall": train_recall,
-            "train_tokens_per_second": total_tokens / train_seconds,
+            "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
             "epoch_tokens_per_second": stats.tokens_per_second,
             "peak_memory_mb": peak_memory_mb(device),
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
+            "train_seconds": progress["train_seconds"],
+            "eval_seconds": progress["eval_seconds"],
         }
-        history.append(metrics)
+        progress["epoch"] = epoch
+        progress["history"].append(metrics)
         log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_exact_recall {val_recall:.3f}  "
             f"train_exact_recall {train_recall:.3f}  {stats.tokens_per_second:,.0f} tok/s")
-        stop_requested = bool(on_epoch(metrics)) if on_epoch else False
+        checkpoint = None
+        if checkpoint_each_epoch:
+            checkpoint = output_dir / "checkpoint"
+            _save(checkpoint, model, tokenizer, config, val_records, summary(metrics, "running"))
+            torch.save(_trainer_state(trainer, progress), checkpoint / TRAINER_STATE)
+        stop_requested = bool(on_epoch(metrics, checkpoint)) if on_epoch else False
         if last or stop_requested:
             break
 
-    model.save_pretrained(output_dir / "adapter")
-    tokenizer.save_pretrained(output_dir / "adapter")
-    _write_jsonl(output_dir / "predictions_val.jsonl", val_records)
-    summary = {
-        "status": "finished",
-        "val_exact_recall": metrics["val_exact_recall"],
-        "train_exact_recall": metrics["train_exact_recall"],
-        "train_tokens_per_second": metrics["train_tokens_per_second"],
-        "epochs": metrics["epoch"],
-        "train_tokens": total_tokens,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "peak_memory_mb": metrics["peak_memory_mb"],
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "method": config.method.name,
-        "base_model": config.model,
-        "data_fingerprint": knowledge.fingerprint,
-        "history": history,
+    result = summary(metrics, "finished")
+    _save(output_dir, model, tokenizer, config, val_records, result)
+    return result
+
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+def _save(directory: Path, model, tokenizer, config: TrialConfig, val_records: list[dict], summary: dict) -> None:
+    """The files a trial leaves: adapter/ (peft + tokenizer), predictions, metrics, its config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory / "adapter")
+    tokenizer.save_pretrained(directory / "adapter")
+    _write_jsonl(directory / "predictions_val.jsonl", val_records)
+    (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (directory / "trial_config.json").write_text(config.model_dump_json(indent=2) + "\n")
+
+
+def _trainer_state(trainer: Trainer, progress: dict) -> dict:
+    return {
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "batch_rng": trainer.rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "progress": progress,
     }
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (output_dir / "trial_config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    return summary
+
+
+def _restore(checkpoint: Path, model, trainer: Trainer) -> dict:
+    """Continue exactly where a checkpoint left off: adapter weights, optimiser, schedule, RNGs."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(checkpoint / "adapter" / "adapter_model.safetensors"))
+    state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.rng.setstate(state["batch_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["progress"]

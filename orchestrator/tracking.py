@@ -1,0 +1,76 @@
+"""MLflow layout of a sweep, and the one process that writes it.
+
+Layout (what `promote`, `report` and the MLflow UI read):
+- experiment `sweep.experiment` (default "recall-orchestrator");
+- one parent run per sweep: run name = sweep name, tags recall.role=sweep, recall.sweep=NAME;
+- one child run per trial: tag mlflow.parentRunId, recall.role=trial, recall.sweep, recall.trial_id;
+  params = the trial's method and training knobs; per-epoch metrics at step=epoch;
+  artifacts adapter/ (peft adapter + tokenizer), predictions_val.jsonl, metrics.json,
+  trial_config.json (the full trial config, enough to rebuild or re-score it).
+
+Why one writer: SQLite allows one writer at a time, and trials running in parallel processes that
+each open the store race for its lock ("database is locked"). Here trials never touch MLflow:
+they report to Ray Tune, and the Tune driver, a single process, writes every run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+DEFAULT_STORE = "mlflow.db"
+ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
+PARENT = "mlflow.parentRunId"
+# Files of a trial directory that become artifacts (the optimiser state does not).
+TRIAL_ARTIFACTS = ("adapter", "predictions_val.jsonl", "metrics.json", "trial_config.json")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI as MLflow honours it; else a SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Keep artifacts beside a SQLite database instead of in whatever directory we were started."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    return None
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = artifact_root(mlflow_client.tracking_uri)
+    return mlflow_client.create_experiment(name, artifact_location=Path(root, name).as_uri() if root else None)
+
+
+def find_sweep_run(mlflow_client: MlflowClient, experiment: str, sweep: str | None):
+    """The newest parent run of the named sweep (or of any sweep), or None."""
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP}` = '{sweep}'" if sweep else "")
+    runs = mlflow_client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def trial_runs(mlflow_client: MlflowClient, parent_run) -> list:
+    query = f"tags.`{PARENT}` = '{parent_run.info.run_id}' and tags.`{ROLE}` = 'trial'"
+    return mlflow_client.search_runs([parent_run.info.experiment_id], query, max_results=10_000)
+
+
+def log_trial_artifacts(mlflow_client: MlflowClient, run_id: str, trial_dir: Path) -> None:
+    for name in TRIAL_ARTIFACTS:
+        path = Path(trial_dir) / name
+        if path.is_dir():
+            mlflow_client.log_artifacts(run_id, str(path), artifact_path=name)
+        elif path.exists():
+            mlflow_client.log_artifact(run_id, str(path))

@@ -1,0 +1,47 @@
+"""Score a saved adapter on any split: the same generation and scoring as inside a trial.
+
+Promotion re-scores on the locked `test` split with this; `ask` and the registry model answer
+through the same `generate_answers`, so an answer never depends on which entry point asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trials.config import EvalConfig, TrialConfig
+from trials.data import Knowledge, QARow, load_knowledge
+from trials.formatting import answer_ids
+from trials.model import load_adapter, load_tokenizer, pick_device, resolve_model, use_bf16
+from trials.recall import generate_answers, score
+
+
+def generation_budget(tokenizer, knowledge: Knowledge, eval_config: EvalConfig) -> int:
+    """max_new_tokens: the configured limit, else the longest expected answer + 8 tokens."""
+    if eval_config.max_new_tokens:
+        return eval_config.max_new_tokens
+    return max(len(answer_ids(tokenizer, answer)) for row in knowledge.qa for answer in row.accepted) + 8
+
+
+def score_rows(model, tokenizer, rows: list[QARow], *, batch_size: int, max_new_tokens: int,
+               device: torch.device) -> tuple[float, list[dict]]:
+    answers = generate_answers(model, tokenizer, [row.question for row in rows],
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device)
+    return score(rows, answers)
+
+
+def load_trained(adapter_dir: Path, config: TrialConfig):
+    """(model, tokenizer, device) for an adapter saved by a trial, on the base model it names."""
+    device = pick_device(config.training)
+    tokenizer = load_tokenizer(str(adapter_dir))
+    model = load_adapter(str(adapter_dir), resolve_model(config.model), device, use_bf16(config.training, device))
+    return model, tokenizer, device
+
+
+def score_adapter(adapter_dir: Path, config: TrialConfig, split: str) -> tuple[float, list[dict]]:
+    """Exact recall of a saved adapter on one split of the trial's own data."""
+    knowledge = load_knowledge(config.data)
+    model, tokenizer, device = load_trained(adapter_dir, config)
+    return score_rows(model, tokenizer, knowledge.split(split), batch_size=config.eval.batch_size,
+                      max_new_tokens=generation_budget(tokenizer, knowledge, config.eval), device=device)
