@@ -122,6 +122,13 @@ class ExperimentConfig(TrialConfig):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     search_space: SearchSpace | None = None
 
+    @model_validator(mode="after")
+    def _asha_fits(self):
+        if self.sweep.asha.enabled and self.sweep.asha.grace_period > self.training.epochs:
+            raise ValueError(f"sweep.asha.grace_period ({self.sweep.asha.grace_period}) must not exceed "
+                             f"training.epochs ({self.training.epochs})")
+        return self
+
     def trial_config(self) -> TrialConfig:
         return TrialConfig.model_validate(self.model_dump(include=set(TrialConfig.model_fields)))
 

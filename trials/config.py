@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 EMBEDDED_MODEL = "embedded:tiny-llama"
 
@@ -46,7 +46,19 @@ class PrefixMethod(Strict):
     learning_rate: float = Field(1e-2, gt=0, description="Peak learning rate.")
 
 
-Method = Annotated[Union[LoraMethod, PrefixMethod], Field(discriminator="name")]
+def _method_name(value: Any) -> str | None:
+    # `name` defaults to lora, as in LoraMethod: `method: {r: 16}` (or `--set method.r=16` on a config
+    # without a method section) is a LoRA method, not "Unable to extract tag using discriminator".
+    if isinstance(value, dict):
+        return value.get("name", "lora")
+    return getattr(value, "name", None)
+
+
+Method = Annotated[
+    Union[Annotated[LoraMethod, Tag("lora")], Annotated[PrefixMethod, Tag("prefix")]],
+    Discriminator(_method_name, custom_error_type="method_name",
+                  custom_error_message="method.name must be 'lora' or 'prefix'"),
+]
 
 
 class TrainingConfig(Strict):

@@ -1,0 +1,339 @@
+"""A sweep: Ray Tune runs trials (OptunaSearch + ASHA), the driver records each in MLflow.
+
+How ASHA-stopped trials reach Optuna: Ray's OptunaSearch tells Optuna every trial that ends,
+stopped early or not, as COMPLETE with its last reported `val_exact_recall`. For a trial ASHA
+stopped, that is its recall at the rung where it trailed: a pessimistic value, which is the
+right direction for TPE (it lands among the "bad" observations, as ASHA judged it). Trials that
+raised are told as FAIL and do not shape the sampler.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import tracking
+from orchestrator.config import ExperimentConfig, SearchSpace
+from orchestrator.errors import SweepError
+from orchestrator.search_space import DefineByRun, check_points, trial_config_for
+from trials.config import ConfigError, TrialConfig
+
+METRIC, MODE = "val_exact_recall", "max"
+
+
+def _train_in_tune(params: dict, base: dict, space: dict) -> None:
+    """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch."""
+    import ray
+    from ray import tune
+
+    from trials.trial import run_trial
+
+    config = trial_config_for(TrialConfig.model_validate(base), params, SearchSpace.model_validate(space))
+    context = tune.get_context()
+    output_dir = Path(context.get_trial_dir()) / "output"
+    placement = {
+        "trial_started_at": time.time(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(str(gpu) for gpu in ray.get_gpu_ids()),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report({**metrics, **placement}, checkpoint=checkpoint)
+
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a resumed sweep continues this trial where its last epoch ended
+        resume_from = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-")))
+    run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+
+
+def _flat(prefix: str, value) -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(_flat(f"{prefix}.{key}" if prefix else key, item))
+        return out
+    return {prefix: str(value)}
+
+
+def trial_params(config: TrialConfig) -> dict[str, str]:
+    """MLflow params of a trial, named as the `--set` keys that would reproduce it."""
+    dumped = config.model_dump(mode="json", include={"model", "method", "training"})
+    return _flat("", dumped)
+
+
+try:
+    from ray.tune import Callback as _TuneCallback
+except ImportError:  # pragma: no cover - ray[tune] is a dependency
+    _TuneCallback = object
+
+
+class MlflowTrials(_TuneCallback):
+    """Runs in the Tune driver: one MLflow child run per trial, written by this process alone."""
+
+    def __init__(self, uri: str, parent_run_id: str, experiment_id: str, sweep: str,
+                 base: dict, space: dict, deadline: float | None):
+        self.uri, self.parent_run_id, self.experiment_id, self.sweep = uri, parent_run_id, experiment_id, sweep
+        self.base, self.space, self.deadline = base, space, deadline
+        self._client = None
+        self._runs: dict[str, str] = {}
+        self._tagged: set[str] = set()
+
+    def __getstate__(self):  # pickled into Tune's experiment state for --resume
+        return {**self.__dict__, "_client": None, "_runs": {}, "_tagged": set()}
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = tracking.client(self.uri)
+        return self._client
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        query = (f"tags.`{tracking.PARENT}` = '{self.parent_run_id}' and "
+                 f"tags.`{tracking.TRIAL_ID}` = '{trial.trial_id}'")
+        existing = self.client.search_runs([self.experiment_id], query, max_results=1)
+        if existing:  # a resumed sweep keeps one run per trial
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            config = trial_config_for(TrialConfig.model_validate(self.base), trial.config,
+                                      SearchSpace.model_validate(self.space))
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{self.sweep}-{trial.trial_id}",
+                tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial",
+                      tracking.SWEEP: self.sweep, tracking.TRIAL_ID: trial.trial_id},
+            )
+            run_id = run.info.run_id
+            for key, value in trial_params(config).items():
+                self.client.log_param(run_id, key, value)
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_id(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        for key in ("loss", "val_exact_recall", "train_exact_recall", "train_tokens_per_second",
+                    "epoch_tokens_per_second", "peak_memory_mb", "train_seconds", "eval_seconds"):
+            if key in result:
+                self.client.log_metric(run_id, key, float(result[key]), step=step)
+        if trial.trial_id not in self._tagged:
+            self._tagged.add(trial.trial_id)
+            for key in ("node_id", "gpu_ids", "cuda_visible_devices"):
+                self.client.set_tag(run_id, f"recall.{key}", str(result.get(key, "")))
+
+    def _log_checkpoint(self, trial, run_id: str) -> None:
+        if trial.checkpoint is None:
+            return
+        with trial.checkpoint.as_directory() as directory:
+            tracking.log_trial_artifacts(self.client, run_id, Path(directory))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        self._log_checkpoint(trial, run_id)
+        ended_itself = bool((trial.last_result or {}).get("done"))
+        status = "FINISHED"
+        if not ended_itself:
+            out_of_time = self.deadline is not None and time.time() >= self.deadline
+            self.client.set_tag(run_id, "recall.stopped_by", "time_budget" if out_of_time else "asha")
+            status = "KILLED" if out_of_time else "FINISHED"
+        self.client.set_terminated(run_id, status)
+        self._runs.pop(trial.trial_id, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        self._log_checkpoint(trial, run_id)
+        error_file = getattr(trial, "error_file", None) or ""
+        message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
+        self.client.set_tag(run_id, "recall.error", message)
+        self.client.set_terminated(run_id, "FAILED")
+        self._runs.pop(trial.trial_id, None)
+
+    def on_experiment_end(self, trials, **info):
+        for run_id in self._runs.values():  # still open: the sweep was interrupted around them
+            self.client.set_terminated(run_id, "KILLED")
+        self._runs.clear()
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    parent_run_id: str
+    experiment_path: str
+    wall_seconds: float
+    leaderboard: list[dict]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [row for row in self.leaderboard if row["status"] == "FAILED"]
+
+    @property
+    def succeeded(self) -> list[dict]:
+        return [row for row in self.leaderboard if row["status"] != "FAILED" and row["val_exact_recall"] is not None]
+
+
+def connect_ray(address: str | None) -> None:
+    """Join RAY_ADDRESS / --address when given, else start a local Ray; reuse one already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
+    if address:
+        import orchestrator
+        import trials
+
+        # Ship this code to the cluster's workers so they need not have it installed.
+        kwargs["runtime_env"] = {"py_modules": [trials, orchestrator]}
+    ray.init(address=address, **kwargs)
+
+
+def _space(config: ExperimentConfig, source: str) -> SearchSpace:
+    if config.search_space is None:
+        raise ConfigError([f"{source}: search_space: a sweep needs a search_space section"])
+    problems = check_points(config.search_space, source)
+    if problems:
+        raise ConfigError(problems)
+    return config.search_space
+
+
+def _parent_run(client, experiment_id: str, experiment: str, name: str, resume: bool, config: ExperimentConfig):
+    existing = tracking.find_sweep_run(client, experiment, name)
+    if existing is not None and not resume:
+        raise SweepError(f"sweep '{name}' already exists in MLflow experiment '{experiment}': "
+                         "pass --resume to continue it, or choose another --name")
+    if existing is not None:
+        client.update_run(existing.info.run_id, status="RUNNING")
+        return existing.info.run_id
+    run = client.create_run(experiment_id, run_name=name, tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+    client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
+    for key, value in _flat("sweep", config.sweep.model_dump(mode="json")).items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def _tune_config(config: ExperimentConfig, space: SearchSpace):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        space=DefineByRun(space),
+        metric=METRIC,
+        mode=MODE,
+        points_to_evaluate=[dict(point) for point in space.points_to_evaluate] or None,
+        sampler=optuna.samplers.TPESampler(seed=config.sweep.seed),
+    )
+    asha = config.sweep.asha
+    scheduler = (
+        AsyncHyperBandScheduler(time_attr="training_iteration", max_t=config.training.epochs,
+                                grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+        if asha.enabled else FIFOScheduler()
+    )
+    return tune.TuneConfig(
+        metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+        num_samples=config.sweep.num_samples, max_concurrent_trials=config.sweep.max_concurrent_trials,
+        time_budget_s=config.sweep.time_budget_s, reuse_actors=True,
+    )
+
+
+def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", resume: bool = False,
+              address: str | None = None, verbose: int = 1) -> SweepOutcome:
+    """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial."""
+    from ray import tune
+
+    space = _space(config, source)
+    storage = Path(config.sweep.storage_path or "ray_results").resolve()
+    experiment_path = storage / name
+    if resume and not tune.Tuner.can_restore(str(experiment_path)):
+        raise SweepError(f"nothing to resume at {experiment_path}")
+    if not resume and experiment_path.exists():
+        raise SweepError(f"{experiment_path} exists: pass --resume to continue sweep '{name}', or choose another --name")
+
+    base = config.trial_config().model_dump(mode="json")
+    space_dump = space.model_dump(mode="json")
+    resources = {"cpu": config.sweep.resources.cpu, "gpu": config.sweep.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(_train_in_tune, base=base, space=space_dump), resources)
+    tune_config = None if resume else _tune_config(config, space)  # built before anything is logged
+    uri = tracking.tracking_uri()
+    client = tracking.client(uri)
+    experiment_id = tracking.experiment_id(client, config.sweep.experiment)
+    parent_run_id = _parent_run(client, experiment_id, config.sweep.experiment, name, resume, config)
+    connect_ray(address)
+    started = time.time()
+    if resume:
+        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        deadline = started + config.sweep.time_budget_s if config.sweep.time_budget_s else None
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=verbose,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline)],
+            ),
+        )
+    try:
+        tuner.fit()
+    finally:
+        board = leaderboard(client, parent_run_id)
+        all_failed = bool(board) and all(row["status"] == "FAILED" for row in board)
+        client.log_text(parent_run_id, format_leaderboard(board), "leaderboard.md")
+        client.log_dict(parent_run_id, board, "leaderboard.json")
+        client.set_terminated(parent_run_id, "FAILED" if all_failed or not board else "FINISHED")
+    return SweepOutcome(name, parent_run_id, str(experiment_path), time.time() - started, board)
+
+
+LEADERBOARD_COLUMNS = ("trial", "status", "method", "r", "alpha", "learning_rate", "dropout",
+                       "num_virtual_tokens", "val_exact_recall", "epochs", "seconds")
+
+
+def leaderboard(client, parent_run_id: str) -> list[dict]:
+    """One row per trial run of the sweep, best val recall first; failed trials last."""
+    parent = client.get_run(parent_run_id)
+    rows = []
+    for run in tracking.trial_runs(client, parent):
+        params, metrics = run.data.params, run.data.metrics
+        end = run.info.end_time or int(time.time() * 1000)
+        rows.append({
+            "trial": run.data.tags.get(tracking.TRIAL_ID, run.info.run_name),
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "method": params.get("method.name"),
+            "r": params.get("method.r"),
+            "alpha": params.get("method.alpha"),
+            "learning_rate": params.get("method.learning_rate"),
+            "dropout": params.get("method.dropout"),
+            "num_virtual_tokens": params.get("method.num_virtual_tokens"),
+            "val_exact_recall": metrics.get("val_exact_recall"),
+            "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, "val_exact_recall")}),
+            "seconds": round((end - run.info.start_time) / 1000, 1),
+            "error": run.data.tags.get("recall.error", "")[-300:],
+        })
+    rows.sort(key=lambda row: (row["status"] == "FAILED", -(row["val_exact_recall"] or -1.0)))
+    return rows
+
+
+def format_leaderboard(rows: list[dict]) -> str:
+    def cell(value):
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[column]) for column in LEADERBOARD_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

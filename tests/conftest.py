@@ -1,0 +1,81 @@
+"""Shared fixtures for the one-trial test suite.
+
+The embedded tiny model is cached in ~/.cache/recall-orchestrator (or $RECALL_CACHE) and reused
+on purpose, so it is built once per machine; tests that need a private cache set their own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / "data" / "demo"
+DEMO_QA = DEMO_DIR / "qa.jsonl"
+DEMO_DOCUMENTS = sorted((DEMO_DIR / "documents").glob("*.txt"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_qa() -> Path:
+    return DEMO_QA
+
+
+@pytest.fixture(scope="session")
+def demo_documents() -> list[Path]:
+    return list(DEMO_DOCUMENTS)
+
+
+def write_broken_qa(directory: Path, replace: dict[int, str] | None = None, append: list[str] = (),
+                    name: str = "qa.jsonl") -> Path:
+    """A copy of the demo qa.jsonl in `directory`, with 1-based lines replaced and lines appended."""
+    lines = DEMO_QA.read_text(encoding="utf-8").splitlines()
+    for number, text in (replace or {}).items():
+        assert 1 <= number <= len(lines), f"the demo qa file has no line {number}"
+        lines[number - 1] = text
+    lines += list(append)
+    path = directory / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def broken_qa(tmp_path):
+    """`broken_qa({7: "not json"}, append=[...])` -> path of a broken copy of the demo qa file."""
+
+    def make(replace: dict[int, str] | None = None, append: list[str] = (), name: str = "qa.jsonl") -> Path:
+        return write_broken_qa(tmp_path, replace, append, name)
+
+    return make
+
+
+def orchestrator_command(*args: str) -> list[str]:
+    """The `orchestrator` console script of this interpreter's venv (falls back to -m)."""
+    script = Path(sys.executable).parent / "orchestrator"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "orchestrator.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def orchestrator():
+    """`orchestrator("trial", ...)` -> the argv that runs the CLI in a subprocess."""
+    return orchestrator_command
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path() -> str:
+    """Path of the embedded tiny model (built once per machine, then read from the cache)."""
+    from trials.model import resolve_model
+
+    return resolve_model("embedded:tiny-llama")
