@@ -112,6 +112,7 @@ class SweepConfig(Strict):
     max_concurrent_trials: int | None = Field(None, gt=0, description="Cap on trials running at once.")
     time_budget_s: float | None = Field(None, gt=0, description="Stop the sweep after this many seconds (overnight).")
     seed: int = Field(0, description="Seeds the TPE sampler: same seed, same suggestions.")
+    startup_trials: int = Field(4, ge=1, description="Random trials before TPE starts modelling the space.")
     resources: Resources = Field(default_factory=Resources)
     asha: AshaConfig = Field(default_factory=AshaConfig)
     storage_path: str | None = Field(None, description="Ray Tune results; shared storage on a cluster. Default ./ray_results.")

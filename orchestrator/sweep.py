@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from rich.console import Console
 
 from orchestrator import tracking
 from orchestrator.config import ExperimentConfig, SearchSpace
@@ -22,6 +25,9 @@ from orchestrator.search_space import DefineByRun, check_points, trial_config_fo
 from trials.config import ConfigError, TrialConfig
 
 METRIC, MODE = "val_exact_recall", "max"
+console = Console(highlight=False)
+# Each trial checkpoints every epoch (num_to_keep=1); Tune warns about the snapshot rate it causes.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def _train_in_tune(params: dict, base: dict, space: dict) -> None:
@@ -50,6 +56,10 @@ def _train_in_tune(params: dict, base: dict, space: dict) -> None:
     if checkpoint is not None:  # a resumed sweep continues this trial where its last epoch ended
         resume_from = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-")))
     run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _flat(prefix: str, value) -> dict[str, str]:
@@ -119,6 +129,8 @@ class MlflowTrials(_TuneCallback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_id(trial)
+        knobs = " ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
+        console.print(f"[bold]trial {trial.trial_id}[/] started: {knobs}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
@@ -127,6 +139,8 @@ class MlflowTrials(_TuneCallback):
                     "epoch_tokens_per_second", "peak_memory_mb", "train_seconds", "eval_seconds"):
             if key in result:
                 self.client.log_metric(run_id, key, float(result[key]), step=step)
+        console.print(f"  trial {trial.trial_id} epoch {step}: loss {result.get('loss', 0):.3f}  "
+                      f"val_exact_recall {result.get('val_exact_recall', 0):.3f}")
         if trial.trial_id not in self._tagged:
             self._tagged.add(trial.trial_id)
             for key in ("node_id", "gpu_ids", "cuda_visible_devices"):
@@ -148,6 +162,10 @@ class MlflowTrials(_TuneCallback):
             self.client.set_tag(run_id, "recall.stopped_by", "time_budget" if out_of_time else "asha")
             status = "KILLED" if out_of_time else "FINISHED"
         self.client.set_terminated(run_id, status)
+        last = trial.last_result or {}
+        how = "" if ended_itself else (" (time budget)" if status == "KILLED" else " (stopped early by ASHA)")
+        console.print(f"[bold]trial {trial.trial_id}[/] {status} after {last.get('epoch', 0)} epochs: "
+                      f"val_exact_recall {last.get('val_exact_recall', 0):.3f}{how}")
         self._runs.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -157,6 +175,7 @@ class MlflowTrials(_TuneCallback):
         message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
         self.client.set_tag(run_id, "recall.error", message)
         self.client.set_terminated(run_id, "FAILED")
+        console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {message.strip().splitlines()[-1] if message.strip() else ''}")
         self._runs.pop(trial.trial_id, None)
 
     def on_experiment_end(self, trials, **info):
@@ -229,12 +248,15 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace):
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     searcher = OptunaSearch(
         space=DefineByRun(space),
         metric=METRIC,
         mode=MODE,
         points_to_evaluate=[dict(point) for point in space.points_to_evaluate] or None,
-        sampler=optuna.samplers.TPESampler(seed=config.sweep.seed),
+        # group=True lets TPE model each method's conditional parameters separately.
+        sampler=optuna.samplers.TPESampler(seed=config.sweep.seed, n_startup_trials=config.sweep.startup_trials,
+                                           multivariate=True, group=True),
     )
     asha = config.sweep.asha
     scheduler = (
@@ -250,7 +272,7 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace):
 
 
 def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", resume: bool = False,
-              address: str | None = None, verbose: int = 1) -> SweepOutcome:
+              address: str | None = None, verbose: int = 0) -> SweepOutcome:
     """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial."""
     from ray import tune
 
@@ -302,6 +324,14 @@ LEADERBOARD_COLUMNS = ("trial", "status", "method", "r", "alpha", "learning_rate
                        "num_virtual_tokens", "val_exact_recall", "epochs", "seconds")
 
 
+def _number(text: str | None) -> float | int | None:
+    """MLflow keeps params as strings; the leaderboard wants the numbers back."""
+    if text is None:
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
+
+
 def leaderboard(client, parent_run_id: str) -> list[dict]:
     """One row per trial run of the sweep, best val recall first; failed trials last."""
     parent = client.get_run(parent_run_id)
@@ -314,11 +344,11 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "run_id": run.info.run_id,
             "status": run.info.status,
             "method": params.get("method.name"),
-            "r": params.get("method.r"),
-            "alpha": params.get("method.alpha"),
-            "learning_rate": params.get("method.learning_rate"),
-            "dropout": params.get("method.dropout"),
-            "num_virtual_tokens": params.get("method.num_virtual_tokens"),
+            "r": _number(params.get("method.r")),
+            "alpha": _number(params.get("method.alpha")),
+            "learning_rate": _number(params.get("method.learning_rate")),
+            "dropout": _number(params.get("method.dropout")),
+            "num_virtual_tokens": _number(params.get("method.num_virtual_tokens")),
             "val_exact_recall": metrics.get("val_exact_recall"),
             "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, "val_exact_recall")}),
             "seconds": round((end - run.info.start_time) / 1000, 1),
@@ -332,7 +362,7 @@ def format_leaderboard(rows: list[dict]) -> str:
     def cell(value):
         if value is None:
             return "-"
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
     lines += ["| " + " | ".join(cell(row[column]) for column in LEADERBOARD_COLUMNS) + " |" for row in rows]

@@ -1,0 +1,38 @@
+"""Shared set-up for the sweep tests: a short demo sweep config and MLflow read-back helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator import tracking
+from orchestrator.config import load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+
+# Two epochs on QA pairs only: each trial takes a few seconds on the tiny model, yet trains,
+# reports twice (so ASHA has a rung), scores val each epoch and saves a real adapter.
+FAST = [
+    "training.epochs=2",
+    "training.include_documents=false",
+    "eval.max_train_questions=16",
+    "sweep.asha.grace_period=1",
+    "sweep.max_concurrent_trials=2",
+]
+PREFIX_POINT = "{method: prefix, prefix_num_virtual_tokens: 8, prefix_prefix_projection: false, prefix_learning_rate: 0.01}"
+
+
+def fast_config(tmp_path: Path, *overrides: str):
+    return load_experiment(DEMO, [*FAST, f"sweep.storage_path={tmp_path / 'ray_results'}", *overrides])
+
+
+def store(tmp_path: Path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def runs_of(uri: str, sweep: str, experiment: str = "recall-orchestrator"):
+    client = tracking.client(uri)
+    parent = tracking.find_sweep_run(client, experiment, sweep)
+    return client, parent, (tracking.trial_runs(client, parent) if parent else [])

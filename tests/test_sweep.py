@@ -1,0 +1,123 @@
+"""End-to-end sweeps with real Ray Tune, Optuna, MLflow and peft on the embedded tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+
+from orchestrator import tracking
+from orchestrator.sweep import run_sweep
+from sweep_support import PREFIX_POINT, fast_config, runs_of, store
+
+pytestmark = pytest.mark.e2e
+
+SEED_POINT = ("{method: lora, lora_r: 8, lora_alpha_ratio: 4, lora_learning_rate: 1.0e-6, lora_dropout: 0.0, "
+              "lora_target_modules: qv}")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Two fake GPUs: Ray schedules by declared resources, so GPU placement is testable on CPU.
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def six_trials(local_ray, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        uri = store(tmp_path, monkeypatch)
+        config = fast_config(tmp_path, "sweep.num_samples=6",
+                             f"search_space.points_to_evaluate=[{SEED_POINT}, {PREFIX_POINT}]")
+        outcome = run_sweep(config, "six")
+    return uri, outcome
+
+
+def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
+    uri, outcome = six_trials
+    client, parent, children = runs_of(uri, "six")
+    assert parent is not None and parent.info.status == "FINISHED"
+    assert len(children) == 6 == len(outcome.leaderboard)
+    assert len({run.data.tags[tracking.TRIAL_ID] for run in children}) == 6
+    for run in children:
+        assert run.data.tags[tracking.PARENT] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "val_exact_recall")
+        assert [m.step for m in history][0] == 1 and 0.0 <= history[-1].value <= 1.0
+        assert "train_exact_recall" in run.data.metrics and "peak_memory_mb" in run.data.metrics
+        adapter = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
+        assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
+        assert run.data.params["training.epochs"] == "2"
+    methods = {run.data.params["method.name"] for run in children}
+    assert methods == {"lora", "prefix"}
+
+
+def test_points_to_evaluate_run_first_with_their_exact_knobs(six_trials):
+    uri, _ = six_trials
+    _, _, children = runs_of(uri, "six")
+    first_two = sorted(children, key=lambda run: run.info.start_time)[:2]  # max_concurrent_trials = 2
+    seed = [run for run in first_two if run.data.params["method.name"] == "lora"]
+    assert len(seed) == 1 and {run.data.params["method.name"] for run in first_two} == {"lora", "prefix"}
+    params = seed[0].data.params
+    assert (params["method.r"], params["method.alpha"], params["method.dropout"]) == ("8", "32.0", "0.0")
+    assert json.loads(params["method.target_modules"].replace("'", '"')) == ["q_proj", "v_proj"]
+    assert float(params["method.learning_rate"]) == 1e-6
+
+
+def test_leaderboard_is_stored_on_the_parent_run(six_trials):
+    uri, outcome = six_trials
+    client, parent, _ = runs_of(uri, "six")
+    board = json.loads(open(client.download_artifacts(parent.info.run_id, "leaderboard.json")).read())
+    assert [row["trial"] for row in board] == [row["trial"] for row in outcome.leaderboard]
+    recalls = [row["val_exact_recall"] for row in board]
+    assert recalls == sorted(recalls, reverse=True)
+    table = open(client.download_artifacts(parent.info.run_id, "leaderboard.md")).read()
+    assert "val_exact_recall" in table and board[0]["trial"] in table
+
+
+def test_a_trial_that_raises_ends_failed_while_the_others_finish(local_ray, tmp_path, monkeypatch):
+    uri = store(tmp_path, monkeypatch)
+    # A target-module set that names no module of the model: peft raises inside the trial.
+    config = fast_config(
+        tmp_path, "sweep.num_samples=3", "search_space.methods=[lora]",
+        "search_space.lora.target_modules={qv: [q_proj, v_proj], broken: [no_such_proj]}",
+        "search_space.points_to_evaluate=["
+        "{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.003, lora_dropout: 0.0, "
+        "lora_target_modules: broken}, "
+        "{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.003, lora_dropout: 0.0, "
+        "lora_target_modules: qv}]",
+    )
+    outcome = run_sweep(config, "broken")
+    client, _, children = runs_of(uri, "broken")
+    statuses = sorted(run.info.status for run in children)
+    assert len(children) == 3
+    failed = [run for run in children if run.info.status == "FAILED"]
+    assert failed and statuses.count("FINISHED") == 3 - len(failed)
+    assert all(run.data.params["method.target_modules"] == "['no_such_proj']" for run in failed)
+    assert "no_such_proj" in failed[0].data.tags["recall.error"]
+    assert outcome.failed and outcome.succeeded
+
+
+def test_fractional_gpus_share_two_gpus_four_at_a_time(local_ray, tmp_path, monkeypatch):
+    uri = store(tmp_path, monkeypatch)
+    config = fast_config(tmp_path, "sweep.num_samples=6", "sweep.max_concurrent_trials=null",
+                         "sweep.resources={cpu: 0.25, gpu: 0.5}", "search_space.methods=[lora]",
+                         "search_space.points_to_evaluate=[]", "training.epochs=1", "sweep.asha.enabled=false")
+    run_sweep(config, "gpus")
+    client, _, children = runs_of(uri, "gpus")
+    assert len(children) == 6
+    for run in children:
+        gpu_ids = run.data.tags["recall.gpu_ids"]
+        # Ray gave this trial one GPU id, and the trial's process sees exactly that one.
+        assert gpu_ids in {"0", "1"}
+        assert run.data.tags["recall.cuda_visible_devices"] == gpu_ids
+    events = sorted([(run.info.start_time, 1) for run in children] + [(run.info.end_time, -1) for run in children],
+                    key=lambda event: (event[0], event[1]))
+    running, most = 0, 0
+    for _, delta in events:
+        running += delta
+        most = max(most, running)
+    assert most <= 4
