@@ -93,9 +93,10 @@ class MlflowTrials(_TuneCallback):
         self._client = None
         self._runs: dict[str, str] = {}
         self._tagged: set[str] = set()
+        self._final: set[str] = set()
 
     def __getstate__(self):  # pickled into Tune's experiment state for --resume
-        return {**self.__dict__, "_client": None, "_runs": {}, "_tagged": set()}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_tagged": set(), "_final": set()}
 
     @property
     def client(self):
@@ -111,7 +112,12 @@ class MlflowTrials(_TuneCallback):
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
         if existing:  # a resumed sweep keeps one run per trial
             run_id = existing[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
+            if existing[0].info.status == "FINISHED":
+                # It finished before the driver died, after Tune's last snapshot: Tune resumes it
+                # from its final checkpoint, trains nothing more, and its run stays as it was.
+                self._final.add(trial.trial_id)
+            else:
+                self.client.update_run(run_id, status="RUNNING")
         else:
             config = trial_config_for(TrialConfig.model_validate(self.base), trial.config,
                                       SearchSpace.model_validate(self.space))
@@ -154,6 +160,9 @@ class MlflowTrials(_TuneCallback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
+        if trial.trial_id in self._final:
+            self._runs.pop(trial.trial_id, None)
+            return
         self._log_checkpoint(trial, run_id)
         ended_itself = bool((trial.last_result or {}).get("done"))
         status = "FINISHED"
@@ -182,6 +191,16 @@ class MlflowTrials(_TuneCallback):
         for run_id in self._runs.values():  # still open: the sweep was interrupted around them
             self.client.set_terminated(run_id, "KILLED")
         self._runs.clear()
+        # A driver killed between starting a trial and Tune's next snapshot of the experiment leaves
+        # an MLflow run for a trial that the resumed Tune never heard of; its searcher suggests a
+        # replacement. Keep one run per trial: soft-delete the orphan (MLflow can restore it).
+        known = {trial.trial_id for trial in trials}
+        for run in tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id)):
+            if run.data.tags.get(tracking.TRIAL_ID) not in known:
+                self.client.set_tag(run.info.run_id, "recall.orphaned", "lost with the killed driver")
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.delete_run(run.info.run_id)
 
 
 @dataclass

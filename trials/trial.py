@@ -56,6 +56,11 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | None = None,
               log: Callable[[str], None] = print, checkpoint_each_epoch: bool = False,
               resume_from: Path | None = None) -> dict:
@@ -96,8 +101,10 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     trainer = Trainer(model, examples, config.training, config.method.learning_rate,
                       tokenizer.pad_token_id, device, bf16)
     progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": []}
+    val_records: list[dict] = []
     if resume_from is not None:
         progress = _restore(Path(resume_from), model, trainer)
+        val_records = _read_jsonl(Path(resume_from) / "predictions_val.jsonl")
         log(f"resumed from {resume_from} after epoch {progress['epoch']}")
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
     max_new_tokens = generation_budget(tokenizer, knowledge, config.eval)
@@ -121,7 +128,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         }
 
     per_epoch_train = train_rows[: config.eval.max_train_questions] if config.eval.max_train_questions else train_rows
-    metrics, val_records = (progress["history"][-1] if progress["history"] else {}), []
+    metrics = progress["history"][-1] if progress["history"] else {}
     for epoch in range(progress["epoch"] + 1, config.training.epochs + 1):
         stats = trainer.train_epoch()
         progress["train_tokens"] += stats.tokens
