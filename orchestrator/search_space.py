@@ -82,14 +82,26 @@ def check_points(space: SearchSpace, source: str) -> list[str]:
         if missing or unknown:
             problems.append(f"{where}: missing {missing}, unknown {unknown}" if unknown else f"{where}: missing {missing}")
             continue
-        if point["method"] == "lora" and point["lora_target_modules"] not in space.lora.target_modules:
-            problems.append(f"{where}: lora_target_modules must name one of {list(space.lora.target_modules)}")
+        # Optuna can pin a float outside its range (it warns), but not a choice outside the choices.
+        off_choices = [f"{name}={point[name]!r} is not one of {list(choices)}"
+                       for name, choices in _choices(point["method"], space).items() if point[name] not in choices]
+        if off_choices:
+            problems.append(f"{where}: " + "; ".join(off_choices))
             continue
         try:
             method_from_params(point, space)
         except ValueError as error:
             problems.append(f"{where}: {error}")
     return problems
+
+
+def _choices(method: str, space: SearchSpace) -> dict[str, list]:
+    if method == "lora":
+        alpha = {"lora_alpha": space.lora.alpha} if space.lora.alpha is not None else {
+            "lora_alpha_ratio": space.lora.alpha_ratio}
+        return {"lora_r": space.lora.r, **alpha, "lora_target_modules": list(space.lora.target_modules)}
+    return {"prefix_num_virtual_tokens": space.prefix.num_virtual_tokens,
+            "prefix_prefix_projection": space.prefix.prefix_projection}
 
 
 def _param_names(method: str, space: SearchSpace) -> set[str]:

@@ -215,7 +215,9 @@ def format_validation_error(error: ValidationError, origins: dict[tuple[str, ...
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key" + (" (not valid for this method)" if loc and loc[0] == "method" else "")
-        problems.append(f"{_where(loc, origins, source)}: {key}: {message}")
+        where = _where(loc, origins, source)
+        message = message.removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where == f"--set {key}" else f"{where}: {key}: {message}")
     return ConfigError(problems)
 
 

@@ -1,0 +1,94 @@
+"""The define-by-run search space, run through a real Optuna study (no Ray needed)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from orchestrator.config import load_experiment
+from orchestrator.search_space import DefineByRun, check_points, method_from_params, trial_config_for
+from sweep_support import DEMO
+from trials.config import ConfigError, LoraMethod, PrefixMethod
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _suggestions(space, n=40, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    define = DefineByRun(space)
+    params = []
+    for _ in range(n):
+        trial = study.ask()
+        define(trial)
+        params.append(trial.params)
+        study.tell(trial, 0.0)
+    return params
+
+
+def test_parameters_are_conditional_on_the_method():
+    space = load_experiment(DEMO).search_space
+    params = _suggestions(space)
+    assert {p["method"] for p in params} == {"lora", "prefix"}
+    for p in params:
+        prefix = "lora_" if p["method"] == "lora" else "prefix_"
+        assert all(key == "method" or key.startswith(prefix) for key in p)
+        method = method_from_params(p, space)
+        assert isinstance(method, LoraMethod if p["method"] == "lora" else PrefixMethod)
+
+
+def test_suggestions_stay_inside_the_configured_ranges():
+    space = load_experiment(DEMO).search_space
+    for p in _suggestions(space):
+        if p["method"] == "lora":
+            method = method_from_params(p, space)
+            assert method.r in space.lora.r
+            assert method.alpha / method.r in space.lora.alpha_ratio
+            assert space.lora.learning_rate.low <= method.learning_rate <= space.lora.learning_rate.high
+            assert space.lora.dropout.low <= method.dropout <= space.lora.dropout.high
+            assert method.target_modules in space.lora.target_modules.values()
+
+
+def test_seeded_sampler_is_reproducible():
+    space = load_experiment(DEMO).search_space
+    assert _suggestions(space, n=10, seed=3) == _suggestions(space, n=10, seed=3)
+
+
+def test_seed_recipe_point_becomes_the_seed_recipe_trial():
+    config = load_experiment(DEMO)
+    point = config.search_space.points_to_evaluate[0]
+    trial = trial_config_for(config.trial_config(), point, config.search_space)
+    assert trial.method == LoraMethod(r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"],
+                                      learning_rate=1e-6)
+    assert trial.training == config.training  # only the method changes between trials
+
+
+@pytest.mark.parametrize(("point", "message"), [
+    ("{method: dora}", "method must be one of"),
+    ("{method: lora, lora_r: 8}", "missing"),
+    ("{method: lora, lora_r: 7, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
+     "lora_target_modules: qv}", "lora_r=7 is not one of"),
+    ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
+     "lora_target_modules: everything}", "lora_target_modules='everything'"),
+])
+def test_bad_points_to_evaluate_are_reported(point, message):
+    space = load_experiment(DEMO, [f"search_space.points_to_evaluate=[{point}]"]).search_space
+    problems = check_points(space, "demo.yaml")
+    assert len(problems) == 1 and message in problems[0]
+    assert problems[0].startswith("demo.yaml: search_space.points_to_evaluate.0")
+
+
+def test_search_space_errors_name_their_keys():
+    with pytest.raises(ConfigError) as error:
+        load_experiment(DEMO, ["search_space.lora.learning_rate={low: 0.1, high: 0.01}",
+                               "search_space.methods=[lora, prefix, dora]",
+                               "sweep.resources.gpu=1.5"])
+    text = str(error.value)
+    for key in ("search_space.lora.learning_rate", "search_space.methods.2", "sweep.resources"):
+        assert key in text
+    assert len(error.value.problems) == 3  # all at once
+
+
+def test_asha_grace_period_must_fit_the_epochs():
+    # Cross-field checks run once every field is valid (pydantic validates fields first).
+    with pytest.raises(ConfigError, match=r"grace_period \(50\) must not exceed training.epochs"):
+        load_experiment(DEMO, ["sweep.asha.grace_period=50"])
