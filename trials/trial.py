@@ -148,6 +148,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
             "peak_memory_mb": peak_memory_mb(device),
             "train_seconds": progress["train_seconds"],
             "eval_seconds": progress["eval_seconds"],
+            "val_questions": len(val_rows),
         }
         progress["epoch"] = epoch
         progress["history"].append(metrics)
