@@ -121,3 +121,17 @@ def test_fractional_gpus_share_two_gpus_four_at_a_time(local_ray, tmp_path, monk
         running += delta
         most = max(most, running)
     assert most <= 4
+
+
+def test_cli_exits_non_zero_when_every_trial_failed(local_ray, tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+    from sweep_support import DEMO, FAST
+
+    store(tmp_path, monkeypatch)
+    overrides = [*FAST, "sweep.num_samples=2", "search_space.methods=[lora]",
+                 "search_space.lora.target_modules={broken: [no_such_proj]}", "search_space.points_to_evaluate=[]",
+                 f"sweep.storage_path={tmp_path / 'ray_results'}"]
+    code = main(["sweep", str(DEMO), "--name", "all-broken", *[arg for o in overrides for arg in ("--set", o)]])
+    out, err = capsys.readouterr()
+    assert code == 1, err[-2000:]
+    assert out.count("FAILED trial") == 2 and "no_such_proj" in out
