@@ -219,16 +219,18 @@ def test_set_can_replace_a_whole_section(tmp_path):
 def test_set_errors_name_the_override(tmp_path):
     path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  r: 16\ntraining:\n  epochs: 2\n")
     found = problems(path, ["method.r=0", "training.epochs=-1", "training.colour=red"])
-    assert "greater than 0" in one(found, "--set method.r: method.r:")
-    assert "greater than 0" in one(found, "--set training.epochs: training.epochs:")
-    assert "unknown key" in one(found, "--set training.colour: training.colour:")
+    # "--set method.r: ..." names the key already (the key path may or may not be repeated after it).
+    assert "greater than 0" in one(found, "--set method.r: ")
+    assert "greater than 0" in one(found, "--set training.epochs: ")
+    assert "unknown key" in one(found, "--set training.colour: ")
+    assert not any(".yaml" in p for p in found), found
     assert len(found) == 3, found
 
 
 def test_file_errors_and_set_errors_together(tmp_path):
     path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  r: 16\n  dropout: 2\n")
     found = problems(path, ["method.r=0"])
-    one(found, "--set method.r: method.r:")
+    one(found, "--set method.r: ")
     one(found, f"{path}:5: method.dropout:")
     assert len(found) == 2
 
