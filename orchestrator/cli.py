@@ -1,4 +1,4 @@
-"""`orchestrator trial|sweep|promote|ask|ui|report`: the command line."""
+"""`orchestrator trial|sweep|promote|ask|demo|ui|report`: the command line."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.errors import SweepError
+from orchestrator.errors import PromotionError, SweepError
 from trials.config import ConfigError
 from trials.data import DataError
 
 # Nothing downloads unless the user names a hub model; the embedded model never touches the network.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# = orchestrator.promote.DEFAULT_MODEL_NAME / DEFAULT_EXPERIMENT, spelled out so that parsing the
+# command line does not import MLflow.
+MODEL_NAME, EXPERIMENT = "recall-champion", "recall-orchestrator"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,78 @@ def cmd_sweep(args) -> int:
     return 0 if outcome.succeeded else 1
 
 
+def _quiet_loading() -> None:
+    """No progress bars for the small downloads and loads of promote/ask (a hub download keeps its own)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+def cmd_promote(args) -> int:
+    from orchestrator.promote import print_promotion, promote
+
+    _quiet_loading()
+    outcome = promote(args.sweep, top_k=args.top_k, model_name=args.model_name, force=args.force,
+                      experiment=args.experiment, log=lambda line: print(line, file=sys.stderr))
+    print_promotion(outcome)
+    return 0
+
+
+def cmd_ask(args) -> int:
+    import mlflow
+
+    from orchestrator.promote import use_store
+
+    _quiet_loading()
+    use_store()
+    try:
+        model = mlflow.pyfunc.load_model(args.model)
+    except mlflow.exceptions.MlflowException as error:
+        print(f"error: cannot load {args.model}: {error.message}\n"
+              "(promote a sweep first: orchestrator promote --sweep NAME)", file=sys.stderr)
+        return 2
+    print(model.predict([args.question])[0])
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Sweep -> promote -> ask the champion one question it was taught; then where to look."""
+    from datetime import datetime
+
+    import mlflow
+
+    from orchestrator.config import load_experiment
+    from orchestrator.promote import champion_uri, print_promotion, promote, use_store
+    from orchestrator.sweep import format_leaderboard, run_sweep
+    from trials.data import load_knowledge
+
+    config = load_experiment(args.config, args.overrides)
+    name = args.name or datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+
+    print(f"== 1/3 sweep '{name}': {config.sweep.num_samples} trials, each an MLflow child run")
+    outcome = run_sweep(config, name, source=str(args.config))
+    print(format_leaderboard(outcome.leaderboard))
+    if not outcome.succeeded:
+        print("no trial finished: nothing to promote", file=sys.stderr)
+        return 1
+
+    print("== 2/3 promote: the top trials by val recall, re-scored on the test split, against the champion")
+    _quiet_loading()
+    print_promotion(promote(name, experiment=config.sweep.experiment))
+
+    print("== 3/3 ask the champion a question it was taught")
+    row = load_knowledge(config.data).split("train")[0]
+    uri = use_store()
+    answer = mlflow.pyfunc.load_model(champion_uri()).predict([row.question])[0]
+    print(f"question: {row.question}\nexpected: {row.answer}\nanswer:   {answer}")
+
+    print(f"\nask it yourself:        orchestrator ask \"{row.question}\"")
+    print(f"serve it (venv active): mlflow models serve -m {champion_uri()} --env-manager local --port 5001")
+    print(f"open the MLflow UI:     orchestrator ui   (or: mlflow ui --backend-store-uri {uri})")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from orchestrator.tracking import tracking_uri
 
@@ -77,6 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     sweep.set_defaults(func=cmd_sweep)
 
+    promote = commands.add_parser("promote", help="register a sweep's best adapter (judged on the test split) "
+                                                  "as the registry model's champion")
+    promote.add_argument("--sweep", help="sweep name (default: the newest sweep)")
+    promote.add_argument("--top-k", type=int, default=3, help="how many trials, best val recall first, to score on test")
+    promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
+    promote.add_argument("--force", action="store_true",
+                         help="promote the best candidate even if it does not beat the champion on test")
+    promote.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
+    promote.set_defaults(func=cmd_promote)
+
+    ask = commands.add_parser("ask", help="answer a question with a registered model (default: the champion)")
+    ask.add_argument("question")
+    ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI (default: %(default)s)")
+    ask.set_defaults(func=cmd_ask)
+
+    demo = commands.add_parser("demo", help="sweep, promote the best, ask the champion a question")
+    _add_config_args(demo)
+    demo.add_argument("--name", help="sweep name (default: demo-<timestamp>)")
+    demo.set_defaults(func=cmd_demo)
+
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store sweeps write to")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
@@ -88,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, SweepError) as error:
+    except (ConfigError, DataError, SweepError, PromotionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,311 @@
+"""Promote the best adapter of a sweep to the MLflow Model Registry, behind a test-split gate.
+
+1. take the sweep's top-k FINISHED trial runs by val_exact_recall (what the sweep optimised);
+2. download each one's adapter/ + trial_config.json + metrics.json and score it on the `test`
+   split, which nothing used before (`trials.evaluate`, the trial's own scoring); the score goes
+   back onto the trial's run as metric `test_exact_recall` (the sweep driver has finished, so this
+   process is the only writer);
+3. the best candidate: highest test recall; ties go to higher val recall, then to fewer
+   trainable parameters;
+4. the registered model's current `champion` is scored, through its pyfunc, on the same test
+   rows; only a strictly better candidate is promoted, unless `force`;
+5. promotion: the candidate is logged as a pyfunc model (orchestrator.registry_model) in a
+   `promotion` run under the sweep's parent run, registered as a new version with its tags, and
+   only then does the `champion` alias move: a failed registration leaves the alias where it was.
+   A run that already has a version (tag source_run_id) gets no second one: the alias is pointed
+   at the existing version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from orchestrator import tracking
+from orchestrator.errors import PromotionError
+
+DEFAULT_MODEL_NAME = "recall-champion"
+ALIAS = "champion"
+VAL_METRIC, TEST_METRIC = "val_exact_recall", "test_exact_recall"
+DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
+PROMOTION_ROLE = "promotion"
+
+
+def champion_uri(model_name: str = DEFAULT_MODEL_NAME) -> str:
+    return f"models:/{model_name}@{ALIAS}"
+
+
+def use_store() -> str:
+    """Point MLflow's fluent API (log_model, register_model, load_model) at the sweeps' store."""
+    uri = tracking.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+@dataclass
+class Scored:
+    """A candidate trial run, or the current champion version, with its test recall."""
+
+    role: str  # "candidate" | "champion"
+    test_recall: float
+    val_recall: float | None
+    trainable_parameters: int | None
+    run_id: str | None
+    trial: str | None
+    method: str | None
+    version: str | None = None  # registered version (the champion; a candidate once promoted)
+    data_fingerprint: str | None = None
+    trial_config: str | None = None  # compact JSON
+    max_new_tokens: int | None = None
+    files: Path | None = None  # downloaded adapter/, trial_config.json, metrics.json
+
+    def rank_key(self) -> tuple:
+        """Sort key: best first (test, then val, then fewer trainable parameters)."""
+        params = self.trainable_parameters if self.trainable_parameters is not None else math.inf
+        return (-self.test_recall, -(self.val_recall if self.val_recall is not None else -1.0), params)
+
+
+@dataclass
+class Promotion:
+    sweep: str
+    model_name: str
+    candidates: list[Scored]
+    champion: Scored | None
+    promoted: bool
+    reason: str
+    version: str | None = None  # the version `champion` points to afterwards
+    new_version: bool = False
+    test_questions: int = 0
+    forced: bool = False
+
+    @property
+    def best(self) -> Scored:
+        return self.candidates[0]
+
+
+def _sweep_parent(client, experiment: str, sweep: str | None):
+    parent = tracking.find_sweep_run(client, experiment, sweep)
+    if parent is None:
+        what = f"sweep '{sweep}'" if sweep else "sweep"
+        raise PromotionError(f"no {what} in MLflow experiment '{experiment}' at {client.tracking_uri}")
+    if parent.info.status == "RUNNING":
+        name = parent.data.tags.get(tracking.SWEEP)
+        raise PromotionError(f"sweep '{name}' is still running (or its driver died: finish it with "
+                             f"`orchestrator sweep CONFIG --name {name} --resume`); promote it once it has ended")
+    return parent
+
+
+def _top_runs(client, parent, top_k: int) -> list:
+    runs = [run for run in tracking.trial_runs(client, parent)
+            if run.info.status == "FINISHED" and VAL_METRIC in run.data.metrics]
+    if not runs:
+        raise PromotionError(f"sweep '{parent.data.tags.get(tracking.SWEEP)}' has no FINISHED trial with "
+                             f"{VAL_METRIC}: nothing to promote")
+    runs.sort(key=lambda run: (-run.data.metrics[VAL_METRIC], run.data.tags.get(tracking.TRIAL_ID, "")))
+    return runs[:top_k]
+
+
+def _score_candidate(client, run, directory: Path) -> Scored:
+    """Download a trial run's adapter and config, score it on the test split, log the score."""
+    from trials.config import TrialConfig
+    from trials.data import load_knowledge
+    from trials.evaluate import generation_budget, load_trained, score_rows
+
+    directory.mkdir(parents=True)
+    run_id = run.info.run_id
+    for name in ("adapter", "trial_config.json", "metrics.json"):
+        try:
+            client.download_artifacts(run_id, name, str(directory))
+        except (MlflowException, OSError) as error:
+            raise PromotionError(f"run {run_id}: cannot download artifact {name}: {error}") from None
+    config_text = (directory / "trial_config.json").read_text(encoding="utf-8")
+    config = TrialConfig.model_validate_json(config_text)
+    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    knowledge = load_knowledge(config.data)
+    trained_on = metrics.get("data_fingerprint")
+    if trained_on and trained_on != knowledge.fingerprint:
+        raise PromotionError(f"run {run_id} was trained on data {trained_on}, but {config.data.qa} and its "
+                             f"documents now fingerprint as {knowledge.fingerprint}: the data changed since the "
+                             "sweep, so its test split is not the one to judge it on; run a new sweep")
+    rows = knowledge.split("test")
+    if not rows:
+        raise PromotionError(f"{config.data.qa}: no 'test' rows: promotion needs held-out questions to judge on")
+    model, tokenizer, device = load_trained(directory / "adapter", config)
+    budget = generation_budget(tokenizer, knowledge, config.eval)
+    recall, _ = score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size,
+                           max_new_tokens=budget, device=device)
+    del model
+    client.log_metric(run_id, TEST_METRIC, recall)
+    return Scored(
+        role="candidate", test_recall=recall, val_recall=run.data.metrics[VAL_METRIC],
+        trainable_parameters=metrics.get("trainable_parameters"), run_id=run_id,
+        trial=run.data.tags.get(tracking.TRIAL_ID, run.info.run_name), method=config.method.name,
+        data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
+        files=directory,
+    )
+
+
+def _registered_model(client, model_name: str):
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+
+
+def _current_champion(client, model_name: str):
+    registered = _registered_model(client, model_name)
+    version = (registered.aliases or {}).get(ALIAS) if registered is not None else None
+    return client.get_model_version(model_name, str(version)) if version is not None else None
+
+
+def _score_champion(model_version, test_rows) -> Scored:
+    """The champion's test recall, answered through its registered pyfunc (as it is served)."""
+    from trials.recall import score
+
+    model = mlflow.pyfunc.load_model(f"models:/{model_version.name}/{model_version.version}")
+    answers = model.predict([row.question for row in test_rows])
+    recall, _ = score(test_rows, answers)
+    tags = model_version.tags
+
+    def number(key, kind):
+        try:
+            return kind(tags[key])
+        except (KeyError, ValueError):
+            return None
+
+    config = tags.get("trial_config")
+    return Scored(
+        role="champion", test_recall=recall, val_recall=number(VAL_METRIC, float),
+        trainable_parameters=number("trainable_parameters", int), run_id=tags.get("source_run_id"),
+        trial=tags.get("trial"), method=json.loads(config)["method"]["name"] if config else None,
+        version=str(model_version.version), data_fingerprint=tags.get("data_fingerprint"),
+    )
+
+
+def _existing_version(client, model_name: str, run_id: str):
+    """The version already registered from this trial run, if any (promoting twice makes none)."""
+    if _registered_model(client, model_name) is None:
+        return None
+    versions = client.search_model_versions(f"name = '{model_name}' and tags.source_run_id = '{run_id}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _register(best: Scored, model_name: str, parent, sweep: str):
+    """Log `best` as a pyfunc model in a promotion run and register it; returns the ModelVersion."""
+    from orchestrator.registry_model import log_recall_model
+
+    tags = {
+        TEST_METRIC: f"{best.test_recall:.6g}",
+        VAL_METRIC: f"{best.val_recall:.6g}" if best.val_recall is not None else "",
+        "source_run_id": best.run_id,
+        "sweep": sweep,
+        "trial": best.trial or "",
+        "data_fingerprint": best.data_fingerprint or "",
+        "trainable_parameters": str(best.trainable_parameters or ""),
+        "trial_config": best.trial_config,
+    }
+    run_tags = {tracking.PARENT: parent.info.run_id, tracking.ROLE: PROMOTION_ROLE, tracking.SWEEP: sweep,
+                "recall.source_run_id": best.run_id}
+    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=f"{sweep}-promote-{best.trial}",
+                          tags=run_tags):
+        mlflow.log_params({"model_name": model_name, "source_run_id": best.run_id})
+        mlflow.log_metric(TEST_METRIC, best.test_recall)
+        info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
+                                max_new_tokens=best.max_new_tokens)
+        # An exception here (or above) ends the run as FAILED and leaves the alias untouched.
+        return mlflow.register_model(info.model_uri, model_name, tags=tags)
+
+
+def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAULT_MODEL_NAME,
+            force: bool = False, experiment: str = DEFAULT_EXPERIMENT, log=print) -> Promotion:
+    """Score the sweep's top-k on test, compare with the champion, register and move the alias."""
+    from trials.config import TrialConfig
+    from trials.data import load_knowledge
+
+    if top_k < 1:
+        raise PromotionError("--top-k must be at least 1")
+    use_store()
+    client = tracking.client()
+    parent = _sweep_parent(client, experiment, sweep)
+    sweep_name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
+    runs = _top_runs(client, parent, top_k)
+    log(f"scoring the top {len(runs)} trial(s) of sweep '{sweep_name}' by {VAL_METRIC} on the test split")
+    with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+        candidates = [_score_candidate(client, run, Path(tmp, run.info.run_id)) for run in runs]
+        candidates.sort(key=Scored.rank_key)
+        best = candidates[0]
+        test_rows = load_knowledge(TrialConfig.model_validate_json(best.trial_config).data).split("test")
+
+        current = _current_champion(client, model_name)
+        champion = _score_champion(current, test_rows) if current is not None else None
+        outcome = Promotion(sweep_name, model_name, candidates, champion, promoted=False, reason="",
+                            test_questions=len(test_rows), forced=force)
+        if champion is not None and champion.run_id == best.run_id:
+            best.version = champion.version
+        if champion is not None and best.test_recall <= champion.test_recall and not force:
+            outcome.version = champion.version
+            outcome.reason = (f"kept champion v{champion.version}: candidate trial {best.trial} scores "
+                              f"{best.test_recall:.3f} on test, not above the champion's {champion.test_recall:.3f} "
+                              "(--force promotes anyway)")
+            return outcome
+
+        existing = _existing_version(client, model_name, best.run_id)
+        if existing is not None:
+            version = existing
+        else:
+            version = _register(best, model_name, parent, sweep_name)
+            outcome.new_version = True
+        # Last step, after the version exists with its tags: the alias moves.
+        client.set_registered_model_alias(model_name, ALIAS, version.version)
+        best.version = outcome.version = str(version.version)
+        outcome.promoted = True
+        how = "registered as new version" if outcome.new_version else "already registered as version"
+        previous = f"; replaces champion v{champion.version} ({champion.test_recall:.3f})" if champion else ""
+        if champion is not None and champion.version == outcome.version:
+            previous = "; it already was the champion"
+        outcome.reason = (f"promoted trial {best.trial} (test {best.test_recall:.3f}), {how} "
+                          f"{version.version} of '{model_name}', alias '{ALIAS}'{previous}"
+                          f"{' (--force)' if force and champion and best.test_recall <= champion.test_recall else ''}")
+        return outcome
+
+
+def comparison_table(outcome: Promotion):
+    """A rich Table: the candidates, best first, and the champion they were measured against."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
+                        f"{outcome.test_questions} test questions")
+    for column in ("", "trial", "run", "version", "method", "val", "test", "params"):
+        table.add_column(column, justify="right" if column in ("val", "test", "params") else "left")
+
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    for index, row in enumerate([*outcome.candidates, *([outcome.champion] if outcome.champion else [])]):
+        label = "champion" if row.role == "champion" else "best" if index == 0 else ""
+        table.add_row(label, cell(row.trial), (row.run_id or "-")[:8], cell(row.version), cell(row.method),
+                      cell(row.val_recall), cell(row.test_recall), cell(row.trainable_parameters),
+                      style="bold" if index == 0 else None)
+    return table
+
+
+def print_promotion(outcome: Promotion) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(comparison_table(outcome))
+    console.print(outcome.reason, markup=False, highlight=False)

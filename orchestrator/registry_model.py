@@ -1,0 +1,132 @@
+"""The registered model: a trained adapter that answers questions, as an MLflow pyfunc model.
+
+Why pyfunc and not the `transformers` flavour:
+- what a trial trains is a peft adapter (LoRA or prefix), not a model: serving it means loading
+  the base model and attaching the adapter, which the transformers flavour does not do for us;
+- an answer is only right when the question is formatted exactly as in training
+  (`trials.formatting.prompt_ids`: chat template or `Question: ...\\nAnswer:`, BOS rules) and the
+  generation is cut exactly as in scoring (`trials.recall.cut_answer`); a transformers pipeline
+  formats and decodes its own way, so it would answer differently from what we measured;
+- the embedded tiny base model is built locally and exists on no hub: it must travel inside the
+  model, while a hub (or local-path) base model is only referenced by its name.
+
+So this wrapper stores the adapter directory, the trial's `trial_config.json` and, for the
+embedded base only, the base model directory; `predict` answers through
+`trials.recall.generate_answers` + `cut_answer`, the very code that scored the trial.
+
+Serving: the pickled python model references `orchestrator.registry_model.RecallModel` by module
+path, and the code that answers lives in `trials`. Both must be importable where the model is
+loaded: `pip install` this project (it is, in the venv `make install` builds) and serve with
+`mlflow models serve -m models:/recall-champion@champion --env-manager local`.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow.pyfunc
+
+# Artifact keys of the logged model.
+ADAPTER, TRIAL_CONFIG, BASE_MODEL = "adapter", "trial_config", "base_model"
+QUESTION_COLUMNS = ("question", "inputs")
+
+
+def questions_from(model_input) -> list[str]:
+    """The questions in whatever shape pyfunc or its scoring server hands over.
+
+    A list/tuple/array/Series of strings, a single string, {"inputs": [...]} or
+    {"question": [...]}, or a DataFrame with a "question" or "inputs" column (or one column).
+    """
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(model_input, dict):
+        for key in QUESTION_COLUMNS:
+            if key in model_input:
+                return questions_from(model_input[key])
+        raise ValueError(f"expected a dict with one of the keys {QUESTION_COLUMNS}, got {sorted(model_input)}")
+    if isinstance(model_input, pd.DataFrame):
+        column = next((c for c in QUESTION_COLUMNS if c in model_input.columns), None)
+        if column is None and len(model_input.columns) == 1:
+            column = model_input.columns[0]
+        if column is None:
+            raise ValueError(f"expected a DataFrame column named one of {QUESTION_COLUMNS}, "
+                             f"got {list(model_input.columns)}")
+        return questions_from(model_input[column])
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, (pd.Series, np.ndarray)):
+        model_input = np.asarray(model_input).reshape(-1).tolist()
+    if isinstance(model_input, (list, tuple)):
+        if not all(isinstance(q, str) for q in model_input):
+            raise ValueError("every question must be a string")
+        return list(model_input)
+    raise ValueError(f"expected questions as a list of strings, a DataFrame or a dict, got {type(model_input).__name__}")
+
+
+class RecallModel(mlflow.pyfunc.PythonModel):
+    """Answers questions with one trained adapter, exactly as the trial that trained it did."""
+
+    def load_context(self, context) -> None:
+        from trials.config import TrialConfig
+        from trials.model import load_adapter, load_tokenizer, pick_device, resolve_model, use_bf16
+
+        config = TrialConfig.model_validate_json(Path(context.artifacts[TRIAL_CONFIG]).read_text(encoding="utf-8"))
+        base = context.artifacts.get(BASE_MODEL) or resolve_model(config.model)
+        options = context.model_config or {}
+        # Where it is served, not where it was trained: the GPU if there is one, else the CPU.
+        serving = config.training.model_copy(update={"device": "auto", "bf16": "auto"})
+        self.device = pick_device(serving)
+        self.tokenizer = load_tokenizer(context.artifacts[ADAPTER])
+        self.model = load_adapter(context.artifacts[ADAPTER], base, self.device, use_bf16(serving, self.device))
+        self.batch_size = int(options.get("batch_size", config.eval.batch_size))
+        self.max_new_tokens = int(options["max_new_tokens"])
+
+    # No type hints on purpose (MLflow warns about it): several input shapes are accepted, see
+    # questions_from, and a hint would make MLflow convert or reject some of them.
+    def predict(self, context, model_input, params=None) -> list[str]:
+        from trials.recall import cut_answer, generate_answers
+
+        questions = questions_from(model_input)
+        if not questions:
+            return []
+        generated = generate_answers(self.model, self.tokenizer, questions, batch_size=self.batch_size,
+                                     max_new_tokens=self.max_new_tokens, device=self.device)
+        return [cut_answer(text) for text in generated]
+
+
+def _pip_requirements() -> list[str]:
+    """What the model needs besides this project itself (which `--env-manager local` provides)."""
+    pins = []
+    for package in ("mlflow", "torch", "transformers", "tokenizers", "peft", "pydantic", "pyyaml", "pandas"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_tokens: int, name: str = "model"):
+    """Log a trained adapter as a pyfunc model in the active run; returns mlflow's ModelInfo.
+
+    `max_new_tokens` is fixed here (the trial's generation budget, from its data), so answering
+    needs no data files.
+    """
+    from trials.config import EMBEDDED_MODEL, TrialConfig
+    from trials.model import resolve_model
+
+    config = TrialConfig.model_validate_json(Path(trial_config_path).read_text(encoding="utf-8"))
+    artifacts = {ADAPTER: str(adapter_dir), TRIAL_CONFIG: str(trial_config_path)}
+    if config.model == EMBEDDED_MODEL:  # built here, on no hub: bundle it
+        artifacts[BASE_MODEL] = resolve_model(config.model)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=RecallModel(),
+        artifacts=artifacts,
+        model_config={"max_new_tokens": int(max_new_tokens), "batch_size": config.eval.batch_size},
+        pip_requirements=_pip_requirements(),
+        metadata={"base_model": config.model, "method": config.method.name,
+                  "base_bundled": BASE_MODEL in artifacts, "trial_config": json.loads(config.model_dump_json())},
+    )

@@ -1,0 +1,343 @@
+"""Promotion to the MLflow Model Registry, and answering from the champion, end to end.
+
+Real pieces throughout: two short real trials (peft adapters on the embedded tiny Llama), a real
+MLflow SQLite store per test in tmp_path, real registration, pyfunc loading, `mlflow models serve`
+and the `orchestrator ask` command. The one fake is the injected registration failure.
+
+The two trials are logged as sweeps by hand, in the layout orchestrator.tracking documents
+(parent run + FINISHED child runs with params, val_exact_recall and the trial's artifacts), so
+each test can arrange which trials a sweep holds without running Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENT = "recall-orchestrator"
+MODEL = "recall-champion"
+
+
+# --- two real trials, trained once for the module ---------------------------------------------------
+
+class Trained:
+    """A trial directory (adapter/, metrics.json, predictions_val.jsonl, trial_config.json) + facts."""
+
+    def __init__(self, directory: Path):
+        from trials.config import TrialConfig
+
+        self.dir = directory
+        self.config = TrialConfig.model_validate_json((directory / "trial_config.json").read_text())
+        self.metrics = json.loads((directory / "metrics.json").read_text())
+        self.val_predictions = [json.loads(line) for line in (directory / "predictions_val.jsonl").open()]
+        self.test_recall: float | None = None
+        self.learned: dict | None = None  # a train question it answers right (the strong one)
+
+
+def trial_config(documents: list[Path], qa: Path, *, epochs: int, learning_rate: float):
+    """The demo recipe (configs/demo.yaml's trial), on the train questions only, for a short run."""
+    from trials.config import DataConfig, EvalConfig, LoraMethod, TrainingConfig, TrialConfig
+
+    return TrialConfig(
+        model="embedded:tiny-llama",
+        data=DataConfig(documents=documents, qa=qa),
+        method=LoraMethod(r=32, alpha=64, learning_rate=learning_rate,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        training=TrainingConfig(epochs=epochs, weight_decay=0.1, include_documents=False, seed=0),
+        eval=EvalConfig(max_train_questions=16),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_documents, demo_qa):
+    """A strong adapter (a few epochs of the demo recipe) and a weak one (one epoch at lr 1e-6),
+    each with its real test recall."""
+    from trials.data import load_knowledge
+    from trials.evaluate import generation_budget, load_trained, score_adapter, score_rows
+    from trials.trial import run_trial
+
+    root = tmp_path_factory.mktemp("trials")
+    trials = {}
+    for name, epochs, learning_rate in (("strong", 5, 3e-3), ("weak", 1, 1e-6)):
+        config = trial_config(demo_documents, demo_qa, epochs=epochs, learning_rate=learning_rate)
+        run_trial(config, root / name, log=lambda line: None)
+        trials[name] = Trained(root / name)
+        trials[name].test_recall, _ = score_adapter(root / name / "adapter", config, "test")
+    strong, weak = trials["strong"], trials["weak"]
+    assert strong.test_recall > weak.test_recall, (strong.test_recall, weak.test_recall)
+    # A train question the strong adapter answers right, with its exact answer, for `ask`
+    # (one batch of train questions is plenty: its train recall is well above zero).
+    knowledge = load_knowledge(strong.config.data)
+    model, tokenizer, device = load_trained(strong.dir / "adapter", strong.config)
+    _, records = score_rows(model, tokenizer, knowledge.split("train")[:64], batch_size=64,
+                            max_new_tokens=generation_budget(tokenizer, knowledge, strong.config.eval), device=device)
+    strong.learned = next(record for record in records if record["correct"])
+    return strong, weak
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return uri
+
+
+def log_sweep(name: str, trials: list[tuple[Trained, float]]) -> list[str]:
+    """A sweep in the documented layout: one FINISHED child run per (trial, val recall to log)."""
+    from orchestrator import tracking
+    from orchestrator.sweep import trial_params
+
+    client = tracking.client()
+    experiment_id = tracking.experiment_id(client, EXPERIMENT)
+    parent = client.create_run(experiment_id, run_name=name,
+                               tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+    run_ids = []
+    for index, (trial, val_recall) in enumerate(trials):
+        run = client.create_run(experiment_id, run_name=f"{name}-{index}", tags={
+            tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial", tracking.SWEEP: name,
+            tracking.TRIAL_ID: f"{name}-t{index}"})
+        for key, value in trial_params(trial.config).items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_metric(run.info.run_id, "val_exact_recall", val_recall, step=trial.metrics["epochs"])
+        tracking.log_trial_artifacts(client, run.info.run_id, trial.dir)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        run_ids.append(run.info.run_id)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return run_ids
+
+
+def versions(model: str = MODEL) -> list[str]:
+    from orchestrator import tracking
+
+    return sorted(str(v.version) for v in tracking.client().search_model_versions(f"name = '{model}'"))
+
+
+def champion_version(model: str = MODEL) -> str:
+    from orchestrator import tracking
+
+    return str(tracking.client().get_model_version_by_alias(model, "champion").version)
+
+
+def promote(sweep: str, **kwargs):
+    from orchestrator.promote import promote as run_promote
+
+    return run_promote(sweep, log=lambda line: None, **kwargs)
+
+
+# --- promotion ----------------------------------------------------------------------------------------
+
+def test_promotion_picks_by_test_not_val(store, trained):
+    from orchestrator import tracking
+    from trials.data import fingerprint
+
+    strong, weak = trained
+    # The val recall logged for the weak trial is made up on purpose, higher than the strong one's
+    # real val recall, so that val and test disagree: the weak adapter ranks first by val (the order
+    # the sweep would give) while its real test recall is lower. Promotion must go by test.
+    strong_run, weak_run = log_sweep("disagree", [(strong, strong.metrics["val_exact_recall"]),
+                                                  (weak, strong.metrics["val_exact_recall"] + 0.2)])
+
+    outcome = promote("disagree", top_k=2)
+
+    assert outcome.promoted and outcome.new_version
+    assert [c.run_id for c in outcome.candidates] == [strong_run, weak_run]  # best first, by test
+    assert versions() == ["1"] and champion_version() == "1"
+    client = tracking.client()
+    version = client.get_model_version(MODEL, "1")
+    tags = version.tags
+    assert tags["source_run_id"] == strong_run
+    assert tags["sweep"] == "disagree"
+    assert float(tags["test_exact_recall"]) == pytest.approx(strong.test_recall, abs=1e-6)
+    assert float(tags["val_exact_recall"]) == pytest.approx(strong.metrics["val_exact_recall"], abs=1e-6)
+    data = strong.config.data
+    assert tags["data_fingerprint"] == strong.metrics["data_fingerprint"] == fingerprint([*data.documents, data.qa])
+    assert json.loads(tags["trial_config"]) == json.loads(strong.config.model_dump_json())
+    # The test scores went back onto every candidate's run.
+    for run_id, trial in ((strong_run, strong), (weak_run, weak)):
+        assert client.get_run(run_id).data.metrics["test_exact_recall"] == pytest.approx(trial.test_recall)
+    # With top-k 1 only the val leader (the weak trial) would have been considered.
+    assert outcome.candidates[-1].val_recall > outcome.candidates[0].val_recall
+
+
+def test_gate_refuses_a_worse_candidate_accepts_a_better_one(store, trained):
+    strong, weak = trained
+    log_sweep("strong-only", [(strong, strong.metrics["val_exact_recall"])])
+    log_sweep("weak-only", [(weak, 0.99)])  # a high val recall cannot get past the test gate
+
+    assert promote("strong-only").promoted
+    assert champion_version() == "1"
+
+    refused = promote("weak-only")
+    assert not refused.promoted
+    assert refused.champion.version == "1" and refused.champion.test_recall == pytest.approx(strong.test_recall)
+    assert versions() == ["1"] and champion_version() == "1"
+
+    forced = promote("weak-only", force=True)
+    assert forced.promoted and forced.new_version
+    assert versions() == ["1", "2"] and champion_version() == "2"
+
+    # The strong trial beats champion v2 on test: accepted, and its existing version 1 is reused.
+    back = promote("strong-only")
+    assert back.promoted and not back.new_version
+    assert versions() == ["1", "2"] and champion_version() == "1"
+
+
+def test_promoting_twice_creates_no_second_version(store, trained, capsys):
+    from orchestrator.cli import main
+
+    strong, _ = trained
+    log_sweep("twice", [(strong, strong.metrics["val_exact_recall"])])
+
+    assert main(["promote", "--sweep", "twice"]) == 0
+    assert "registered as new version 1" in " ".join(capsys.readouterr().out.split())
+    assert main(["promote", "--sweep", "twice"]) == 0
+    assert "kept champion v1" in " ".join(capsys.readouterr().out.split())
+    assert main(["promote", "--sweep", "twice", "--force"]) == 0  # forced: still the same version
+    assert "already registered as version 1" in " ".join(capsys.readouterr().out.split())
+    assert versions() == ["1"] and champion_version() == "1"
+
+
+def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
+    import mlflow
+
+    from orchestrator import tracking
+    from orchestrator.promote import PROMOTION_ROLE
+
+    strong, weak = trained
+    log_sweep("old", [(weak, weak.metrics["val_exact_recall"])])
+    log_sweep("new", [(strong, strong.metrics["val_exact_recall"])])
+    assert promote("old").promoted and champion_version() == "1"
+
+    def registry_down(*args, **kwargs):  # called after the model has been logged
+        raise RuntimeError("registry down")
+
+    register_model = mlflow.register_model
+    monkeypatch.setattr(mlflow, "register_model", registry_down)
+    with pytest.raises(RuntimeError, match="registry down"):
+        promote("new")
+    assert versions() == ["1"] and champion_version() == "1"
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    failed = client.search_runs([experiment], f"tags.`recall.role` = '{PROMOTION_ROLE}' and tags.`recall.sweep` = 'new'")
+    assert [run.info.status for run in failed] == ["FAILED"]
+    assert client.search_logged_models([experiment]), "the model was logged before registration failed"
+
+    monkeypatch.setattr(mlflow, "register_model", register_model)  # back up: the promotion goes through
+    assert promote("new").promoted
+    assert versions() == ["1", "2"] and champion_version() == "2"
+
+
+# --- answering from the champion ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def champion(trained, tmp_path_factory):
+    """A store whose champion is the strong trial: (tracking URI, strong trial)."""
+    strong, _ = trained
+    uri = f"sqlite:///{tmp_path_factory.mktemp('champion') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        log_sweep("served", [(strong, strong.metrics["val_exact_recall"])])
+        assert promote("served").promoted
+    return uri, strong
+
+
+def test_registry_model_answers_as_the_trial_did(champion, monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    from orchestrator.promote import use_store
+
+    uri, strong = champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    use_store()
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    questions = [record["question"] for record in strong.val_predictions]
+    assert model.predict(questions) == [record["got"] for record in strong.val_predictions]
+
+    few, expected = questions[:3], [record["got"] for record in strong.val_predictions[:3]]
+    assert model.predict(pd.DataFrame({"question": few})) == expected
+    assert model.predict(pd.DataFrame({"inputs": few})) == expected
+    assert model.predict({"inputs": few}) == expected
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_over_http(champion, tmp_path):
+    uri, strong = champion
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # `mlflow models serve` execs uvicorn from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no answer on /ping within 90 s:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        records = strong.val_predictions[:3]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": [record["question"] for record in records]}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+        assert body == {"predictions": [record["got"] for record in records]}
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
+            server.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_orchestrator_ask_prints_the_learned_answer(champion, orchestrator):
+    from trials.recall import normalize
+
+    uri, strong = champion
+    learned = strong.learned  # a train question the champion answers right
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(orchestrator("ask", learned["question"]), env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == learned["got"]
+    assert normalize(result.stdout) == normalize(learned["expected"])
+
+
+def test_cli_defaults_match_promote():
+    from orchestrator import cli, promote as promotion
+
+    assert (cli.MODEL_NAME, cli.EXPERIMENT) == (promotion.DEFAULT_MODEL_NAME, promotion.DEFAULT_EXPERIMENT)
+    args = cli.build_parser().parse_args(["ask", "q"])
+    assert args.model == promotion.champion_uri()
