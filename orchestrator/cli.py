@@ -127,6 +127,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from orchestrator.report import report
+
+    text, paths = report(args.sweep, args.experiment, args.output_dir)
+    print(text)
+    print("plots (also on the sweep's MLflow run, under report/): " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_ui(args) -> int:
     from orchestrator.tracking import tracking_uri
 
@@ -172,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(demo)
     demo.add_argument("--name", help="sweep name (default: demo-<timestamp>)")
     demo.set_defaults(func=cmd_demo)
+
+    report = commands.add_parser("report", help="a sweep's leaderboard and plots, read back from MLflow")
+    report.add_argument("--sweep", help="sweep name (default: the newest sweep)")
+    report.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
+    report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the plots go")
+    report.set_defaults(func=cmd_report)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store sweeps write to")
     ui.add_argument("--port", type=int, default=5000)

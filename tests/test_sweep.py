@@ -135,3 +135,20 @@ def test_cli_exits_non_zero_when_every_trial_failed(local_ray, tmp_path, monkeyp
     out, err = capsys.readouterr()
     assert code == 1, err[-2000:]
     assert out.count("FAILED trial") == 2 and "no_such_proj" in out
+
+
+def test_report_reads_the_sweep_back_from_mlflow(six_trials, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    uri, outcome = six_trials
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert main(["report", "--sweep", "six", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'six' (FINISHED, 6 trials)" in out
+    assert all(row["trial"] in out for row in outcome.leaderboard)
+    for name in ("learning_curves.png", "learning_rate.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    client, parent, _ = runs_of(uri, "six")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/learning_curves.png", "report/learning_rate.png"}
