@@ -1,0 +1,538 @@
+"""`make bench`: speed, recall and orchestration overhead against the seed recipe, in one run.
+
+    python -m bench.run                 # the full bench (<= 15 min on 2 idle CPU cores)
+    python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
+
+Writes OUT/latest.json and RESULTS.md (bench/results/ and bench/RESULTS.md by default). Every
+MLflow run and Ray result goes to a private temporary directory, never the user's store.
+
+Sections, all measured in this one process, one after another:
+1. throughput  our run_trial (configs/demo.yaml's trial) vs the seed recipe's HF Trainer, same base
+               model, same data, same real-token count, same torch thread count; training wall only.
+2. sweeps      the demo sweep (ASHA) and the same sweep without ASHA (same num_samples and seed).
+3. recall      the ASHA sweep's best trial (val, and test re-scored from its MLflow adapter) vs the
+               seed recipe trained for as many epochs as the sweep spent trial-epochs in total.
+4. overhead    sweep wall (tuner start to end; ray.init timed apart) vs sum(train+eval)/concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
+DEFAULT_OUT = REPO / "bench" / "results"
+DEFAULT_MARKDOWN = REPO / "bench" / "RESULTS.md"
+
+REQUIRED_KEYS = (
+    "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
+    "recall_best_val", "recall_best_test", "recall_seed_val", "recall_seed_test",
+    "overhead_fraction", "per_trial_overhead_s",
+    "asha_trial_epochs", "noasha_trial_epochs", "asha_best_val", "noasha_best_val",
+)
+GOALS = {
+    "throughput_ratio_vs_seed": ">= 1.5",
+    "recall_best_val": ">= recall_seed_val + 0.2",
+    "overhead_fraction": "<= 0.15",
+    "asha": "noasha_trial_epochs >= 2 x asha_trial_epochs, asha_best_val >= noasha_best_val - 0.05",
+}
+
+
+@dataclass
+class Settings:
+    overrides: list[str] = field(default_factory=list)  # --set overrides on top of the config, every section
+    throughput_epochs: int = 3  # epochs of our trial per throughput round (the seed matches its tokens)
+    throughput_rounds: int = 2  # ours, seed, then seed, ours (ABBA): drift in machine load cancels
+    smoke: bool = False
+
+
+FULL = Settings()
+SMOKE = Settings(
+    overrides=["training.epochs=2", "sweep.num_samples=2", "sweep.asha.grace_period=1",
+               "eval.max_train_questions=4"],
+    throughput_epochs=1, throughput_rounds=1, smoke=True,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def smoke_data(directory: Path, config_path: Path, people: int = 4) -> list[str]:
+    """A slice of the demo data (the first few people) so the smoke run takes seconds an epoch."""
+    from orchestrator.config import load_experiment
+
+    config = load_experiment(config_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    first = Path(config.data.documents[0]).read_text(encoding="utf-8")
+    passages = [block for block in first.split("\n\n") if block.strip()][:people]
+    doc = directory / "documents.txt"
+    doc.write_text("\n\n".join(passages) + "\n", encoding="utf-8")
+    names = [" ".join(passage.split()[:2]) for passage in passages]
+    lines = [line for line in Path(config.data.qa).read_text(encoding="utf-8").splitlines()
+             if any(name in line for name in names)]
+    qa = directory / "qa.jsonl"
+    qa.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [f"data.documents=[{json.dumps(str(doc))}]", f"data.qa={json.dumps(str(qa))}"]
+
+
+# ---------------------------------------------------------------------------------------- 1. speed
+
+
+def _ours_once(config, work: Path, index: int) -> dict:
+    from trials.trial import run_trial
+
+    summary = run_trial(config, work / f"ours-{index}", log=lambda _: None)
+    return {"tokens": summary["train_tokens"], "seconds": summary["train_seconds"],
+            "tokens_per_s": summary["train_tokens"] / summary["train_seconds"]}
+
+
+def _seed_once(base_path: str, dataset, tokenizer, token_target: int, work: Path, index: int, device, bf16) -> dict:
+    from bench.seed_recipe import seed_model, train_seed
+
+    model = seed_model(base_path, device, bf16)  # load excluded from the timing
+    run = train_seed(model, tokenizer, dataset, work / f"seed-speed-{index}", epochs=1000, token_target=token_target,
+                     bf16=bf16)
+    return {"tokens": run.tokens, "padded_tokens": run.padded_tokens, "seconds": run.seconds,
+            "steps": run.steps, "tokens_per_s": run.tokens_per_second}
+
+
+def loop_breakdown(trial, knowledge, base_path: str, device, bf16: bool, epochs: int) -> list[dict]:
+    """Where the ratio comes from: our loop (trials/train.py) with the seed's adapter at batch 2 and 16.
+
+    One pass each (after a warm-up epoch), informational: loop vs HF Trainer at the same batch and
+    adapter, then the batch, then our trial's larger adapter.
+    """
+    from bench.seed_recipe import SEED_BATCH_SIZE, SEED_LORA
+    from trials.config import LoraMethod
+    from trials.model import attach_method, load_base_model, load_tokenizer
+    from trials.train import Trainer
+    from trials.trial import build_examples
+
+    tokenizer = load_tokenizer(base_path)
+    examples = build_examples(tokenizer, knowledge, trial)
+    seed_adapter = LoraMethod(r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
+                              target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])
+    rows = []
+    for batch in (SEED_BATCH_SIZE, trial.training.batch_size):
+        model = attach_method(load_base_model(base_path, device, bf16), seed_adapter, False)
+        training = trial.training.model_copy(update={"batch_size": batch, "epochs": epochs + 1})
+        trainer = Trainer(model, examples, training, seed_adapter.learning_rate, tokenizer.pad_token_id, device, bf16)
+        trainer.train_epoch()  # warm-up
+        tokens = seconds = 0.0
+        for _ in range(epochs):
+            stats = trainer.train_epoch()
+            tokens, seconds = tokens + stats.tokens, seconds + stats.seconds
+        rows.append({"loop": "ours (trials/train.py)", "adapter": "seed: r=8 alpha=32 q_proj,v_proj", "batch_size": batch,
+                     "tokens": int(tokens), "seconds": seconds, "tokens_per_s": tokens / seconds})
+        log(f"breakdown: our loop, seed adapter, batch {batch}: {tokens / seconds:,.0f} tok/s")
+    return rows
+
+
+def measure_throughput(experiment, settings: Settings, work: Path) -> dict:
+    """Our trial vs the seed recipe: real tokens / training wall seconds, ABBA-ordered rounds."""
+    import torch
+
+    from bench.seed_recipe import seed_dataset, seed_lines, seed_tokenizer
+    from trials.data import load_knowledge
+    from trials.model import pick_device, resolve_model, use_bf16
+
+    trial = experiment.trial_config()
+    # Eval (excluded from the timing anyway) scores only a few train questions between epochs.
+    trial = trial.model_copy(update={
+        "training": trial.training.model_copy(update={"epochs": settings.throughput_epochs}),
+        "eval": trial.eval.model_copy(update={"max_train_questions": 4}),
+    })
+    device = pick_device(trial.training)
+    bf16 = use_bf16(trial.training, device)
+    knowledge = load_knowledge(trial.data)
+    base_path = resolve_model(trial.model)
+    tokenizer = seed_tokenizer(base_path)
+    dataset = seed_dataset(tokenizer, seed_lines(knowledge, trial.data.documents))
+
+    ours, seed = [], []
+    for index in range(settings.throughput_rounds):
+        order = ("ours", "seed") if index % 2 == 0 else ("seed", "ours")
+        for side in order:
+            if side == "ours":
+                ours.append(_ours_once(trial, work, index))
+                log(f"throughput round {index}: ours {ours[-1]['tokens']} tokens in {ours[-1]['seconds']:.1f}s "
+                    f"= {ours[-1]['tokens_per_s']:,.0f} tok/s")
+            else:
+                # Same real-token count as our run of this round (ours runs first in round 0).
+                target = ours[-1]["tokens"] if ours else sum(len(ids) for ids in dataset["input_ids"]) * settings.throughput_epochs
+                seed.append(_seed_once(base_path, dataset, tokenizer, target, work, index, device, bf16))
+                log(f"throughput round {index}: seed {seed[-1]['tokens']} tokens in {seed[-1]['seconds']:.1f}s "
+                    f"= {seed[-1]['tokens_per_s']:,.0f} tok/s")
+    breakdown = loop_breakdown(trial, knowledge, base_path, device, bf16, settings.throughput_epochs)
+    ours_rate = sum(r["tokens"] for r in ours) / sum(r["seconds"] for r in ours)
+    seed_rate = sum(r["tokens"] for r in seed) / sum(r["seconds"] for r in seed)
+    seed_real = sum(r["tokens"] for r in seed)
+    return {
+        "tokens_per_s_ours": ours_rate,
+        "tokens_per_s_seed": seed_rate,
+        "throughput_ratio_vs_seed": ours_rate / seed_rate,
+        "throughput_runs": {"ours": ours, "seed": seed},
+        "throughput_breakdown": breakdown,
+        "throughput_setup": {
+            "ours": {"method": trial.method.model_dump(mode="json"), "batch_size": trial.training.batch_size,
+                     "epochs_per_round": settings.throughput_epochs, "examples": "QA pairs + document passages, "
+                     "length-grouped dynamic padding (trials/train.py)"},
+            "seed": {"batch_size": 2, "lora": "r=8 alpha=32 q_proj,v_proj", "learning_rate": 1e-6,
+                     "examples": len(dataset), "collator": "DataCollatorForLanguageModeling(mlm=False), pad=eos",
+                     "pad_fraction": 1 - seed_real / max(sum(r["padded_tokens"] for r in seed), 1)},
+            "device": str(device), "bf16": bf16, "rounds": settings.throughput_rounds,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------- 2. sweeps
+
+
+def start_ray() -> float:
+    import ray
+
+    started = time.perf_counter()
+    # The same options as orchestrator.sweep.connect_ray, always a fresh local instance.
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    return time.perf_counter() - started
+
+
+def asha_rungs(experiment) -> list[int]:
+    """The epochs at which Ray's AsyncHyperBandScheduler compares trials (its own formula)."""
+    import math
+
+    asha, max_t = experiment.sweep.asha, experiment.training.epochs
+    count = int(math.log(max_t / asha.grace_period) / math.log(asha.reduction_factor) + 1)
+    return sorted(int(asha.grace_period * asha.reduction_factor ** k) for k in range(count))
+
+
+def run_bench_sweep(experiment, name: str, source: str) -> dict:
+    import ray
+
+    from orchestrator import tracking
+    from orchestrator.sweep import run_sweep
+
+    started = time.perf_counter()
+    outcome = run_sweep(experiment, name, source=source, verbose=0)
+    call_seconds = time.perf_counter() - started
+    client = tracking.client()
+    rows = outcome.leaderboard
+    trials = []
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        metrics = run.data.metrics
+        history = client.get_metric_history(row["run_id"], "val_exact_recall")
+        trials.append({
+            "trial": row["trial"], "run_id": row["run_id"], "status": row["status"], "method": row["method"],
+            "r": row["r"], "alpha": row["alpha"], "learning_rate": row["learning_rate"],
+            "num_virtual_tokens": row["num_virtual_tokens"], "epochs": row["epochs"],
+            "val_exact_recall": row["val_exact_recall"],
+            "best_epoch_val_exact_recall": max((m.value for m in history), default=None),
+            "train_seconds": metrics.get("train_seconds", 0.0), "eval_seconds": metrics.get("eval_seconds", 0.0),
+            "run_seconds": row["seconds"],
+            # The driver's tag where it set one; else a finished trial short of the epochs was stopped by ASHA.
+            "stopped_by": run.data.tags.get("recall.stopped_by", "") or (
+                "asha" if experiment.sweep.asha.enabled and row["status"] == "FINISHED"
+                and row["epochs"] < experiment.training.epochs else ""),
+        })
+    sweep = experiment.sweep
+    slots = int(ray.cluster_resources().get("CPU", 1) // sweep.resources.cpu) if sweep.resources.gpu == 0 else None
+    concurrency = min(x for x in (sweep.max_concurrent_trials, slots, sweep.num_samples) if x)
+    compute = sum(t["train_seconds"] + t["eval_seconds"] for t in trials)
+    in_runs = sum(t["run_seconds"] for t in trials)
+    wall = outcome.wall_seconds
+    finished = [t for t in trials if t["status"] != "FAILED" and t["val_exact_recall"] is not None]
+    asha = experiment.sweep.asha
+    return {
+        "name": name,
+        "parent_run_id": outcome.parent_run_id,
+        "max_epochs": experiment.training.epochs,
+        "asha": {**asha.model_dump(), "rungs": asha_rungs(experiment) if asha.enabled else []},
+        "num_trials": len(trials),
+        "failed_trials": len(trials) - len(finished),
+        "concurrency": concurrency,
+        "wall_seconds": wall,  # tuner built -> fit -> leaderboard logged (ray.init is timed apart)
+        "run_sweep_seconds": call_seconds,  # + MLflow parent run, config checks
+        "trial_epochs": sum(t["epochs"] for t in trials),
+        "best_val": finished[0]["val_exact_recall"] if finished else None,
+        "best_trial": finished[0] if finished else None,
+        "compute_seconds": compute,  # sum over trials of train + eval seconds
+        "trial_run_seconds": in_runs,  # sum of MLflow child-run durations (driver's view of each trial)
+        "overhead_fraction": 1 - (compute / concurrency) / wall,
+        "per_trial_overhead_s": (wall - compute / concurrency) * concurrency / max(len(trials), 1),
+        # Where the fixed cost goes: inside trials (imports, model load, checkpoints, reporting) vs
+        # between them (idle slots: scheduling, actor start, the tail when one slot has no work left).
+        "in_trial_overhead_s": (in_runs - compute) / max(len(trials), 1),
+        "idle_slot_seconds": wall * concurrency - in_runs,
+        "trials": trials,
+    }
+
+
+def score_best(sweep: dict, work: Path) -> dict:
+    """Download the best trial's adapter + trial_config.json from MLflow; score val and test."""
+    from orchestrator import tracking
+    from trials.config import TrialConfig
+    from trials.evaluate import score_adapter
+
+    client = tracking.client()
+    run_id = sweep["best_trial"]["run_id"]
+    target = work / "best"
+    target.mkdir(parents=True, exist_ok=True)
+    adapter = Path(client.download_artifacts(run_id, "adapter", str(target)))
+    config = TrialConfig.model_validate_json(
+        Path(client.download_artifacts(run_id, "trial_config.json", str(target))).read_text()
+    )
+    val, _ = score_adapter(adapter, config, "val")
+    test, _ = score_adapter(adapter, config, "test")
+    return {"val": val, "test": test, "run_id": run_id}
+
+
+# --------------------------------------------------------------------------------------- 3. recall
+
+
+def seed_at_equal_compute(experiment, epochs: int, work: Path) -> dict:
+    """The seed recipe trained for `epochs` epochs, then scored by our exact-recall scorer."""
+    from bench.seed_recipe import SEED_LORA, seed_dataset, seed_lines, seed_model, seed_tokenizer, train_seed
+    from trials.config import LoraMethod
+    from trials.data import load_knowledge
+    from trials.evaluate import score_adapter
+    from trials.model import load_tokenizer, pick_device, resolve_model, use_bf16
+
+    trial = experiment.trial_config()
+    device = pick_device(trial.training)
+    bf16 = use_bf16(trial.training, device)
+    base_path = resolve_model(trial.model)
+    tokenizer = seed_tokenizer(base_path)
+    dataset = seed_dataset(tokenizer, seed_lines(load_knowledge(trial.data), trial.data.documents))
+    model = seed_model(base_path, device, bf16)
+    run = train_seed(model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=bf16)
+    adapter = work / "seed-adapter"
+    model.save_pretrained(adapter)
+    load_tokenizer(base_path).save_pretrained(adapter)  # the tokenizer our scorer generates with
+    config = trial.model_copy(update={"method": LoraMethod(
+        r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
+        target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])})
+    val, _ = score_adapter(adapter, config, "val")
+    test, _ = score_adapter(adapter, config, "test")
+    return {"val": val, "test": test, "epochs": epochs, "steps": run.steps, "tokens": run.tokens,
+            "train_seconds": run.seconds}
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": memory, "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("torch", "transformers", "peft", "ray", "mlflow", "optuna", "datasets", "accelerate"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def goals(results: dict) -> dict:
+    asha_ok = (results["noasha_trial_epochs"] >= 2 * results["asha_trial_epochs"]
+               and results["asha_best_val"] is not None and results["noasha_best_val"] is not None
+               and results["asha_best_val"] >= results["noasha_best_val"] - 0.05)
+    return {
+        "throughput_ratio_vs_seed": results["throughput_ratio_vs_seed"] >= 1.5,
+        "recall_best_val": results["recall_best_val"] is not None
+        and results["recall_best_val"] >= results["recall_seed_val"] + 0.2,
+        "overhead_fraction": results["overhead_fraction"] <= 0.15,
+        "asha": asha_ok,
+    }
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: seconds per section (tests)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.json goes")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="RESULTS.md path (default bench/RESULTS.md, or OUT/RESULTS.md with --out)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in this process (default: sweep.resources.cpu, what one trial gets)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary MLflow store and Ray results")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = SMOKE if args.smoke else FULL
+    out = args.out.resolve()
+    markdown = args.markdown or (DEFAULT_MARKDOWN if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
+    work = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+    # A private MLflow store and Ray storage: the user's mlflow.db and ray_results are never touched.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    bench_started = time.perf_counter()
+    started_at = datetime.now(timezone.utc)
+    load_before = load_average()
+
+    import torch
+
+    from orchestrator.config import load_experiment
+
+    overrides = list(settings.overrides)
+    if settings.smoke:
+        overrides += smoke_data(work / "data", args.config)
+    overrides += [f"sweep.storage_path={json.dumps(str(work / 'ray_results'))}", "sweep.experiment=recall-bench"]
+    experiment = load_experiment(args.config, overrides)
+    noasha = load_experiment(args.config, [*overrides, "sweep.asha.enabled=false"])
+    threads = args.threads or max(int(experiment.sweep.resources.cpu), 1)
+    torch.set_num_threads(threads)
+    timings: dict[str, float] = {}
+    log(f"work dir {work}; torch threads {threads}; {'smoke' if settings.smoke else 'full'} settings")
+
+    try:
+        section = time.perf_counter()
+        speed = measure_throughput(experiment, settings, work)
+        timings["throughput"] = time.perf_counter() - section
+        log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
+            f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
+
+        ray_init_seconds = start_ray()
+        log(f"ray.init {ray_init_seconds:.1f}s")
+        section = time.perf_counter()
+        asha = run_bench_sweep(experiment, "bench-asha", str(args.config))
+        timings["sweep_asha"] = time.perf_counter() - section
+        log(f"ASHA sweep: {asha['num_trials']} trials, {asha['trial_epochs']} trial-epochs, best val "
+            f"{asha['best_val']}, wall {asha['wall_seconds']:.0f}s, overhead {asha['overhead_fraction']:.2f}")
+        section = time.perf_counter()
+        flat = run_bench_sweep(noasha, "bench-noasha", str(args.config))
+        timings["sweep_noasha"] = time.perf_counter() - section
+        log(f"no-ASHA sweep: {flat['num_trials']} trials, {flat['trial_epochs']} trial-epochs, best val "
+            f"{flat['best_val']}, wall {flat['wall_seconds']:.0f}s, overhead {flat['overhead_fraction']:.2f}")
+        import ray
+
+        ray.shutdown()  # frees the cores for what follows
+
+        section = time.perf_counter()
+        best = score_best(asha, work) if asha["best_trial"] else {"val": None, "test": None, "run_id": None}
+        timings["score_best"] = time.perf_counter() - section
+        section = time.perf_counter()
+        seed = seed_at_equal_compute(experiment, asha["trial_epochs"], work)
+        timings["seed_equal_compute"] = time.perf_counter() - section
+        log(f"recall: best val {asha['best_val']} test {best['test']}; seed ({seed['epochs']} epochs) "
+            f"val {seed['val']} test {seed['test']}")
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+
+    results = {
+        "throughput_ratio_vs_seed": speed["throughput_ratio_vs_seed"],
+        "tokens_per_s_ours": speed["tokens_per_s_ours"],
+        "tokens_per_s_seed": speed["tokens_per_s_seed"],
+        "recall_best_val": asha["best_val"],
+        "recall_best_test": best["test"],
+        "recall_seed_val": seed["val"],
+        "recall_seed_test": seed["test"],
+        "overhead_fraction": asha["overhead_fraction"],
+        "per_trial_overhead_s": asha["per_trial_overhead_s"],
+        "asha_trial_epochs": asha["trial_epochs"],
+        "noasha_trial_epochs": flat["trial_epochs"],
+        "asha_best_val": asha["best_val"],
+        "noasha_best_val": flat["best_val"],
+        # Context for the numbers above.
+        "recall_best_val_rescored": best["val"],
+        "seed_equal_compute": seed,
+        "ray_init_seconds": ray_init_seconds,
+        "overhead_fraction_with_ray_init": 1 - (asha["compute_seconds"] / asha["concurrency"])
+        / (asha["wall_seconds"] + ray_init_seconds),
+        "noasha_overhead_fraction": flat["overhead_fraction"],
+        "noasha_per_trial_overhead_s": flat["per_trial_overhead_s"],
+        "throughput": {k: speed[k] for k in ("throughput_runs", "throughput_setup", "throughput_breakdown")},
+        "sweeps": {"asha": asha, "noasha": flat},
+        "smoke": settings.smoke,
+        "settings": asdict(settings),
+        "torch_threads": threads,
+        "config": str(args.config),
+        "section_seconds": timings,
+        "bench_seconds": time.perf_counter() - bench_started,
+        "date": started_at.isoformat(timespec="seconds"),
+        "load_average": {"start": load_before, "end": load_average()},
+        "machine": machine_info(),
+        "versions": versions(),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    results["goals_met"] = goals(results)
+    missing = [key for key in REQUIRED_KEYS if key not in results]
+    assert not missing, missing
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    from bench.report import render  # after latest.json: a rendering problem never loses a measurement
+
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render(results))
+    log(f"wrote {out / 'latest.json'} and {markdown} in {results['bench_seconds']:.0f}s")
+    if args.keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
