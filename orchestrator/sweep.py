@@ -175,14 +175,17 @@ class MlflowTrials(_TuneCallback):
             self._runs.pop(trial.trial_id, None)
             return
         self._log_checkpoint(trial, run_id)
-        ended_itself = bool((trial.last_result or {}).get("done"))
+        last = trial.last_result or {}
+        training = self.base["training"]
+        # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
+        ended_itself = (last.get("epoch", 0) >= training["epochs"]
+                        or last.get("val_exact_recall", 0.0) >= training["stop_at_val_recall"])
         status = "FINISHED"
         if not ended_itself:
             out_of_time = self.deadline is not None and time.time() >= self.deadline
             self.client.set_tag(run_id, "recall.stopped_by", "time_budget" if out_of_time else "asha")
             status = "KILLED" if out_of_time else "FINISHED"
         self.client.set_terminated(run_id, status)
-        last = trial.last_result or {}
         how = "" if ended_itself else (" (time budget)" if status == "KILLED" else " (stopped early by ASHA)")
         console.print(f"[bold]trial {trial.trial_id}[/] {status} after {last.get('epoch', 0)} epochs: "
                       f"val_exact_recall {last.get('val_exact_recall', 0):.3f}{how}")
@@ -351,7 +354,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
 
 
 LEADERBOARD_COLUMNS = ("trial", "status", "method", "r", "alpha", "learning_rate", "dropout",
-                       "num_virtual_tokens", "val_exact_recall", "epochs", "seconds")
+                       "num_virtual_tokens", "val_exact_recall", "epochs", "stopped_by", "seconds")
 
 
 def _number(text: str | None) -> float | int | None:
@@ -381,6 +384,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "num_virtual_tokens": _number(params.get("method.num_virtual_tokens")),
             "val_exact_recall": metrics.get("val_exact_recall"),
             "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, "val_exact_recall")}),
+            "stopped_by": run.data.tags.get("recall.stopped_by"),
             "seconds": round((end - run.info.start_time) / 1000, 1),
             "error": run.data.tags.get("recall.error", "")[-300:],
         })

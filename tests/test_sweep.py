@@ -51,6 +51,8 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         adapter = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
         assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
         assert run.data.params["training.epochs"] == "2"
+        # ASHA (rung at epoch 1) may stop a trial there; only then is it tagged as stopped by ASHA.
+        assert run.data.tags.get("recall.stopped_by") == ("asha" if len(history) == 1 else None)
     methods = {run.data.params["method.name"] for run in children}
     assert methods == {"lora", "prefix"}
 
