@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# peft 0.21 still calls transformers 5's deprecated `is_gradient_checkpointing`; harmless, and it
+# would print once per trial.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 from trials.config import EMBEDDED_MODEL, LoraMethod, PrefixMethod, TrainingConfig
 

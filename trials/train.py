@@ -92,7 +92,7 @@ class Trainer:
             loss_total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, reduction="sum")
             targets = int((shift_labels != -100).sum())
             (loss_total / max(targets, 1) / accumulate).backward()
-            loss_sum += float(loss_total)
+            loss_sum += loss_total.item()
             loss_tokens += targets
             real_tokens += int(inputs["attention_mask"].sum())
             if index % accumulate == 0 or index == len(batches):
