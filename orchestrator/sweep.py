@@ -29,6 +29,7 @@ from orchestrator.config import ExperimentConfig, SearchSpace
 from orchestrator.errors import SweepError
 from orchestrator.search_space import DefineByRun, check_points, trial_config_for
 from trials.config import ConfigError, TrialConfig
+from trials.data import load_knowledge
 
 METRIC, MODE = "objective", "max"
 console = Console(highlight=False)
@@ -310,6 +311,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     from ray import tune
 
     space = _space(config, source)
+    load_knowledge(config.data)  # bad data fails here, with file:line, before Ray or MLflow start
     storage = Path(config.sweep.storage_path or "ray_results").resolve()
     experiment_path = storage / name
     if resume and not tune.Tuner.can_restore(str(experiment_path)):

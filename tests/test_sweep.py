@@ -154,3 +154,18 @@ def test_report_reads_the_sweep_back_from_mlflow(six_trials, tmp_path, capsys):
     client, parent, _ = runs_of(uri, "six")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         "report/learning_curves.png", "report/learning_rate.png"}
+
+
+def test_bad_data_stops_the_sweep_before_anything_is_logged(tmp_path, monkeypatch):
+    from trials.data import DataError
+
+    uri = store(tmp_path, monkeypatch)
+    bad = tmp_path / "qa.jsonl"
+    lines = (fast_config(tmp_path).data.qa).read_text().splitlines()
+    lines[6] = lines[6][:-1]  # line 7 loses its closing brace
+    bad.write_text("\n".join(lines) + "\n")
+    config = fast_config(tmp_path, f"data.qa={bad}")
+    with pytest.raises(DataError, match=r"qa.jsonl:7: invalid JSON"):
+        run_sweep(config, "bad-data")
+    _, parent, _ = runs_of(uri, "bad-data")
+    assert parent is None and not (tmp_path / "ray_results").exists()
