@@ -48,7 +48,6 @@ def _train_in_tune(params: dict, base: dict, space: dict) -> None:
     context = tune.get_context()
     output_dir = Path(context.get_trial_dir()) / "output"
     placement = {
-        "trial_started_at": time.time(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": ",".join(str(gpu) for gpu in ray.get_gpu_ids()),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
