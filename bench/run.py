@@ -205,9 +205,10 @@ def measure_throughput(experiment, settings: Settings, work: Path) -> dict:
 def start_ray() -> float:
     import ray
 
+    from orchestrator.sweep import RAY_OPTIONS
+
     started = time.perf_counter()
-    # The same options as orchestrator.sweep.connect_ray, always a fresh local instance.
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", **RAY_OPTIONS)  # as a sweep would, but always a fresh local instance
     return time.perf_counter() - started
 
 
@@ -244,10 +245,7 @@ def run_bench_sweep(experiment, name: str, source: str) -> dict:
             "best_epoch_val_exact_recall": max((m.value for m in history), default=None),
             "train_seconds": metrics.get("train_seconds", 0.0), "eval_seconds": metrics.get("eval_seconds", 0.0),
             "run_seconds": row["seconds"],
-            # The driver's tag where it set one; else a finished trial short of the epochs was stopped by ASHA.
-            "stopped_by": run.data.tags.get("recall.stopped_by", "") or (
-                "asha" if experiment.sweep.asha.enabled and row["status"] == "FINISHED"
-                and row["epochs"] < experiment.training.epochs else ""),
+            "stopped_by": row["stopped_by"] or "",  # tagged by the sweep driver: asha or time_budget
         })
     sweep = experiment.sweep
     slots = int(ray.cluster_resources().get("CPU", 1) // sweep.resources.cpu) if sweep.resources.gpu == 0 else None
@@ -296,8 +294,8 @@ def score_best(sweep: dict, work: Path) -> dict:
     config = TrialConfig.model_validate_json(
         Path(client.download_artifacts(run_id, "trial_config.json", str(target))).read_text()
     )
-    val, _ = score_adapter(adapter, config, "val")
-    test, _ = score_adapter(adapter, config, "test")
+    scores = score_adapter(adapter, config, "val", "test")
+    (val, _), (test, _) = scores["val"], scores["test"]
     return {"val": val, "test": test, "run_id": run_id}
 
 
@@ -326,8 +324,8 @@ def seed_at_equal_compute(experiment, epochs: int, work: Path) -> dict:
     config = trial.model_copy(update={"method": LoraMethod(
         r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
         target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])})
-    val, _ = score_adapter(adapter, config, "val")
-    test, _ = score_adapter(adapter, config, "test")
+    scores = score_adapter(adapter, config, "val", "test")
+    (val, _), (test, _) = scores["val"], scores["test"]
     return {"val": val, "test": test, "epochs": epochs, "steps": run.steps, "tokens": run.tokens,
             "train_seconds": run.seconds}
 

@@ -180,15 +180,15 @@ class MlflowTrials(_TuneCallback):
         # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
         ended_itself = (last.get("epoch", 0) >= training["epochs"]
                         or last.get("val_exact_recall", 0.0) >= training["stop_at_val_recall"])
-        status = "FINISHED"
-        if not ended_itself:
-            out_of_time = self.deadline is not None and time.time() >= self.deadline
-            self.client.set_tag(run_id, "recall.stopped_by", "time_budget" if out_of_time else "asha")
-            status = "KILLED" if out_of_time else "FINISHED"
+        out_of_time = self.deadline is not None and time.time() >= self.deadline
+        stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"
+        status = "KILLED" if stopped_by == "time_budget" else "FINISHED"
+        if stopped_by:
+            self.client.set_tag(run_id, "recall.stopped_by", stopped_by)
         self.client.set_terminated(run_id, status)
-        how = "" if ended_itself else (" (time budget)" if status == "KILLED" else " (stopped early by ASHA)")
         console.print(f"[bold]trial {trial.trial_id}[/] {status} after {last.get('epoch', 0)} epochs: "
-                      f"val_exact_recall {last.get('val_exact_recall', 0):.3f}{how}")
+                      f"val_exact_recall {last.get('val_exact_recall', 0):.3f}"
+                      f"{f' (stopped by {stopped_by})' if stopped_by else ''}")
         self._runs.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -234,6 +234,11 @@ class SweepOutcome:
         return [row for row in self.leaderboard if row["status"] != "FAILED" and row["val_exact_recall"] is not None]
 
 
+# Trials print their own progress through the driver's callback; Ray's dashboard and worker logs
+# would only add noise (and a port) to a sweep started from a terminal.
+RAY_OPTIONS = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
+
+
 def connect_ray(address: str | None) -> None:
     """Join RAY_ADDRESS / --address when given, else start a local Ray; reuse one already up."""
     import ray
@@ -241,7 +246,7 @@ def connect_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
+    kwargs: dict = dict(RAY_OPTIONS)
     if address:
         import orchestrator
         import trials

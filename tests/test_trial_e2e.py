@@ -124,7 +124,7 @@ def test_saved_adapter_reproduces_the_predictions(demo_trial, demo_metrics, demo
     from trials.evaluate import score_adapter
 
     saved = read_jsonl(demo_trial[0] / "predictions_val.jsonl")
-    recall, records = score_adapter(demo_trial[0] / "adapter", demo_config, "val")
+    recall, records = score_adapter(demo_trial[0] / "adapter", demo_config, "val")["val"]
     assert [(r["question"], r["got"]) for r in records] == [(r["question"], r["got"]) for r in saved]
     assert [r["correct"] for r in records] == [r["correct"] for r in saved]
     assert recall == pytest.approx(demo_metrics["val_exact_recall"], abs=1e-12)
@@ -169,7 +169,7 @@ def test_prefix_trial_runs_end_to_end(tmp_path, orchestrator, repo_root, demo_qa
 
     config = TrialConfig.model_validate_json((output_dir / "trial_config.json").read_text())
     saved = read_jsonl(output_dir / "predictions_val.jsonl")
-    recall, records = score_adapter(output_dir / "adapter", config, "val")
+    recall, records = score_adapter(output_dir / "adapter", config, "val")["val"]
     assert [r["got"] for r in records] == [r["got"] for r in saved]
     assert recall == pytest.approx(metrics["val_exact_recall"], abs=1e-12)
 

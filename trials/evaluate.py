@@ -39,9 +39,13 @@ def load_trained(adapter_dir: Path, config: TrialConfig):
     return model, tokenizer, device
 
 
-def score_adapter(adapter_dir: Path, config: TrialConfig, split: str) -> tuple[float, list[dict]]:
-    """Exact recall of a saved adapter on one split of the trial's own data."""
+def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str) -> dict[str, tuple[float, list[dict]]]:
+    """Exact recall of a saved adapter on splits of the trial's own data: {split: (recall, records)}.
+
+    The model and the data load once, however many splits are scored.
+    """
     knowledge = load_knowledge(config.data)
     model, tokenizer, device = load_trained(adapter_dir, config)
-    return score_rows(model, tokenizer, knowledge.split(split), batch_size=config.eval.batch_size,
-                      max_new_tokens=generation_budget(tokenizer, knowledge, config.eval), device=device)
+    budget = generation_budget(tokenizer, knowledge, config.eval)
+    return {split: score_rows(model, tokenizer, knowledge.split(split), batch_size=config.eval.batch_size,
+                              max_new_tokens=budget, device=device) for split in splits}

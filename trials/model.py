@@ -6,11 +6,11 @@ import warnings
 
 import torch
 
+from trials.config import EMBEDDED_MODEL, LoraMethod, PrefixMethod, TrainingConfig
+
 # peft 0.21 still calls transformers 5's deprecated `is_gradient_checkpointing`; harmless, and it
 # would print once per trial.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-from trials.config import EMBEDDED_MODEL, LoraMethod, PrefixMethod, TrainingConfig
 
 
 def resolve_model(name: str) -> str:
