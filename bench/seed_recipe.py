@@ -120,6 +120,7 @@ def train_seed(model, tokenizer, dataset, output_dir: Path, *, epochs: float = 1
         learning_rate=SEED_LORA["learning_rate"],
         num_train_epochs=epochs,
         bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),  # HF refuses bf16 on the CPU unless told it is the CPU
         seed=seed,
         save_strategy="no",
         report_to="none",

@@ -117,7 +117,8 @@ def _score_candidate(client, run, directory: Path) -> Scored:
     """Download a trial run's adapter and config, score it on the test split, log the score."""
     from trials.config import TrialConfig
     from trials.data import load_knowledge
-    from trials.evaluate import generation_budget, load_trained, score_rows
+    from trials.evaluate import generation_budget, score_adapter
+    from trials.model import load_tokenizer
 
     directory.mkdir(parents=True)
     run_id = run.info.run_id
@@ -135,14 +136,10 @@ def _score_candidate(client, run, directory: Path) -> Scored:
         raise PromotionError(f"run {run_id} was trained on data {trained_on}, but {config.data.qa} and its "
                              f"documents now fingerprint as {knowledge.fingerprint}: the data changed since the "
                              "sweep, so its test split is not the one to judge it on; run a new sweep")
-    rows = knowledge.split("test")
-    if not rows:
+    if not knowledge.split("test"):
         raise PromotionError(f"{config.data.qa}: no 'test' rows: promotion needs held-out questions to judge on")
-    model, tokenizer, device = load_trained(directory / "adapter", config)
-    budget = generation_budget(tokenizer, knowledge, config.eval)
-    recall, _ = score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size,
-                           max_new_tokens=budget, device=device)
-    del model
+    recall, _ = score_adapter(directory / "adapter", config, "test")["test"]
+    budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval)
     client.log_metric(run_id, TEST_METRIC, recall)
     return Scored(
         role="candidate", test_recall=recall, val_recall=run.data.metrics[VAL_METRIC],

@@ -76,11 +76,16 @@ class RecallModel(mlflow.pyfunc.PythonModel):
         config = TrialConfig.model_validate_json(Path(context.artifacts[TRIAL_CONFIG]).read_text(encoding="utf-8"))
         base = context.artifacts.get(BASE_MODEL) or resolve_model(config.model)
         options = context.model_config or {}
-        # Where it is served, not where it was trained: the GPU if there is one, else the CPU.
-        serving = config.training.model_copy(update={"device": "auto", "bf16": "auto"})
+        # Where it is served, not where it was trained: the GPU if there is one, else the CPU; in the
+        # trial's precision where that device has it, so the answers are the ones the trial scored.
+        serving = config.training.model_copy(update={"device": "auto"})
         self.device = pick_device(serving)
+        try:
+            self.bf16 = use_bf16(serving, self.device)
+        except ValueError:  # bf16: true, served on a GPU without bf16
+            self.bf16 = False
         self.tokenizer = load_tokenizer(context.artifacts[ADAPTER])
-        self.model = load_adapter(context.artifacts[ADAPTER], base, self.device, use_bf16(serving, self.device))
+        self.model = load_adapter(context.artifacts[ADAPTER], base, self.device, self.bf16, serving.attention)
         self.batch_size = int(options.get("batch_size", config.eval.batch_size))
         self.max_new_tokens = int(options["max_new_tokens"])
 
@@ -93,7 +98,7 @@ class RecallModel(mlflow.pyfunc.PythonModel):
         if not questions:
             return []
         generated = generate_answers(self.model, self.tokenizer, questions, batch_size=self.batch_size,
-                                     max_new_tokens=self.max_new_tokens, device=self.device)
+                                     max_new_tokens=self.max_new_tokens, device=self.device, bf16=self.bf16)
         return [cut_answer(text) for text in generated]
 
 

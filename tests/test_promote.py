@@ -80,8 +80,8 @@ def trained(tmp_path_factory, demo_documents, demo_qa):
     # A train question the strong adapter answers right, with its exact answer, for `ask`
     # (one batch of train questions is plenty: its train recall is well above zero).
     knowledge = load_knowledge(strong.config.data)
-    model, tokenizer, device = load_trained(strong.dir / "adapter", strong.config)
-    _, records = score_rows(model, tokenizer, knowledge.split("train")[:64], batch_size=64,
+    model, tokenizer, device, bf16 = load_trained(strong.dir / "adapter", strong.config)
+    _, records = score_rows(model, tokenizer, knowledge.split("train")[:64], batch_size=64, bf16=bf16,
                             max_new_tokens=generation_budget(tokenizer, knowledge, strong.config.eval), device=device)
     strong.learned = next(record for record in records if record["correct"])
     return strong, weak

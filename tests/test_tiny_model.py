@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trials import tiny_model
+from trials import model_cache, tiny_model
 from trials.model import resolve_model
 
 
@@ -59,9 +59,9 @@ def test_cached_model_is_reused(two_builds, monkeypatch):
 
 def test_cache_root_follows_recall_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("RECALL_CACHE", str(tmp_path))
-    assert tiny_model.cache_root() == tmp_path
+    assert model_cache.cache_root() == tmp_path
     monkeypatch.delenv("RECALL_CACHE")
-    assert tiny_model.cache_root() == Path.home() / ".cache" / "recall-orchestrator"
+    assert model_cache.cache_root() == Path.home() / ".cache" / "recall-orchestrator"
 
 
 def test_other_model_names_pass_through():

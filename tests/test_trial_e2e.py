@@ -245,10 +245,10 @@ def test_resume_continues_exactly(tmp_path, short_config):
 def test_failed_trial_leaves_metrics_saying_so(tmp_path, short_config):
     from trials.trial import run_trial
 
-    training = short_config.training.model_copy(update={"bf16": True, "device": "cpu"})
-    config = short_config.model_copy(update={"training": training})
-    with pytest.raises(ValueError, match="bf16"):
-        run_trial(config, tmp_path / "out", log=lambda line: None)  # bf16 on CPU is refused
+    missing = tmp_path / "no-such-model"
+    config = short_config.model_copy(update={"model": str(missing)})
+    with pytest.raises(OSError):
+        run_trial(config, tmp_path / "out", log=lambda line: None)  # the data is fine, the model is not
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and "bf16" in metrics["error"] and metrics["method"] == "lora"
+    assert metrics["status"] == "failed" and "no-such-model" in metrics["error"] and metrics["method"] == "lora"
     assert not (tmp_path / "out" / "adapter").exists()

@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-EMBEDDED_MODEL = "embedded:tiny-llama"
+EMBEDDED_MODEL = "embedded:tiny-llama"  # the default: built here, random, for fast tests and the demo
+SMOLLM2_MODEL = "embedded:smollm2-135m-instruct"  # a real pretrained chat model from a PyPI wheel
+EMBEDDED_MODELS = (EMBEDDED_MODEL, SMOLLM2_MODEL)
 
 
 class Strict(BaseModel):
@@ -72,6 +74,9 @@ class TrainingConfig(Strict):
     seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
     bf16: Literal["auto"] | bool = Field("auto", description="bf16 autocast; auto = on where the GPU supports it.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (7B models).")
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel (transformers' attn_implementation); eager is faster on the CPU "
+                            "for short QA sequences, sdpa everywhere else.")
     include_documents: bool = Field(True, description="Train on the document passages as well as the train QA pairs.")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val exact recall reaches this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
@@ -88,7 +93,8 @@ class EvalConfig(Strict):
 
 
 class TrialConfig(Strict):
-    model: str = Field(EMBEDDED_MODEL, description="Base model: a local path, a hub name, or the embedded tiny model.")
+    model: str = Field(EMBEDDED_MODEL, description="Base model: a local path, a hub name, or an embedded model "
+                                                  f"({', '.join(EMBEDDED_MODELS)}).")
     data: DataConfig
     method: Method = Field(default_factory=LoraMethod)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -99,6 +105,12 @@ class TrialConfig(Strict):
     def _model_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must name a local path, a hub model or " + EMBEDDED_MODEL)
+        if value.startswith("embedded:") and value not in EMBEDDED_MODELS:
+            raise ValueError(f"unknown embedded model {value!r}; embedded models: {', '.join(EMBEDDED_MODELS)}")
+        if value == SMOLLM2_MODEL:
+            from trials.smollm2 import gguf_path
+
+            gguf_path()  # a missing package is a config error, before anything is loaded
         return value
 
 

@@ -130,3 +130,18 @@ def write(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     write(Path(sys.argv[1] if len(sys.argv) > 1 else "data/demo"))
+
+
+def first_people(directory: Path, documents: list[Path], qa: Path, people: int) -> list[str]:
+    """A slice of demo-shaped data, the first `people` passages and every QA row naming them, written
+    to `directory`; returns the `--set` overrides that point a config at it (smoke runs, tests)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    first = Path(documents[0]).read_text(encoding="utf-8")
+    passages = [block for block in first.split("\n\n") if block.strip()][:people]
+    doc = directory / "documents.txt"
+    doc.write_text("\n\n".join(passages) + "\n", encoding="utf-8")
+    names = [" ".join(passage.split()[:2]) for passage in passages]
+    lines = [line for line in Path(qa).read_text(encoding="utf-8").splitlines() if any(name in line for name in names)]
+    sliced = directory / "qa.jsonl"
+    sliced.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [f"data.documents=[{json.dumps(str(doc))}]", f"data.qa={json.dumps(str(sliced))}"]

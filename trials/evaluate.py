@@ -25,18 +25,19 @@ def generation_budget(tokenizer, knowledge: Knowledge, eval_config: EvalConfig) 
 
 
 def score_rows(model, tokenizer, rows: list[QARow], *, batch_size: int, max_new_tokens: int,
-               device: torch.device) -> tuple[float, list[dict]]:
+               device: torch.device, bf16: bool = False) -> tuple[float, list[dict]]:
     answers = generate_answers(model, tokenizer, [row.question for row in rows],
-                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device)
+                               batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, bf16=bf16)
     return score(rows, answers)
 
 
 def load_trained(adapter_dir: Path, config: TrialConfig):
-    """(model, tokenizer, device) for an adapter saved by a trial, on the base model it names."""
+    """(model, tokenizer, device, bf16) for an adapter saved by a trial, on the base model it names."""
     device = pick_device(config.training)
+    bf16 = use_bf16(config.training, device)
     tokenizer = load_tokenizer(str(adapter_dir))
-    model = load_adapter(str(adapter_dir), resolve_model(config.model), device, use_bf16(config.training, device))
-    return model, tokenizer, device
+    model = load_adapter(str(adapter_dir), resolve_model(config.model), device, bf16, config.training.attention)
+    return model, tokenizer, device, bf16
 
 
 def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str) -> dict[str, tuple[float, list[dict]]]:
@@ -45,7 +46,7 @@ def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str) -> dict[
     The model and the data load once, however many splits are scored.
     """
     knowledge = load_knowledge(config.data)
-    model, tokenizer, device = load_trained(adapter_dir, config)
+    model, tokenizer, device, bf16 = load_trained(adapter_dir, config)
     budget = generation_budget(tokenizer, knowledge, config.eval)
     return {split: score_rows(model, tokenizer, knowledge.split(split), batch_size=config.eval.batch_size,
-                              max_new_tokens=budget, device=device) for split in splits}
+                              max_new_tokens=budget, device=device, bf16=bf16) for split in splits}

@@ -1,8 +1,9 @@
 """Prompt formatting and tokenisation: identical at train time, eval time and in the registry.
 
 A question becomes the tokenizer's chat template when it has one (Llama-2-chat:
-`<s>[INST] question [/INST]`), else `Question: ...\\nAnswer:`. The answer follows with a leading
-space and ends with EOS, so the model learns to stop. Labels are built from lengths, never from
+`<s>[INST] question [/INST]`, ChatML: `...<|im_start|>assistant\\n`), else `Question: ...\\nAnswer:`.
+The answer follows (after a space, unless the prompt already ends in white space, as ChatML's
+does) and ends with EOS, so the model learns to stop. Labels are built from lengths, never from
 token ids: the seed recipe's pad = eos with the mlm=False collator masks every EOS out of the
 labels, so its model never learns to stop.
 """
@@ -35,13 +36,17 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
-    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    # A pretrained chat model continues "assistant\n" with the answer's first word, not a space:
+    # training it on an extra space would fight what it already knows.
+    separator = "" if prompt_text(tokenizer, "?")[-1:].isspace() else " "
+    return tokenizer(separator + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 @dataclass(frozen=True)
 class Example:
     input_ids: list[int]
     labels: list[int]
+    prompt_tokens: int = 0  # leading tokens without a label (a QA prompt); 0 for a passage
 
     @property
     def num_tokens(self) -> int:
@@ -52,7 +57,7 @@ def qa_example(tokenizer, question: str, answer: str) -> Example:
     """Loss on the answer (and its EOS) only."""
     prompt = prompt_ids(tokenizer, question)
     target = answer_ids(tokenizer, answer)
-    return Example(prompt + target, [IGNORE_INDEX] * len(prompt) + target)
+    return Example(prompt + target, [IGNORE_INDEX] * len(prompt) + target, prompt_tokens=len(prompt))
 
 
 def passage_examples(tokenizer, passage: str, max_length: int) -> list[Example]:

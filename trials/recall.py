@@ -35,10 +35,13 @@ def is_correct(generated: str, accepted: Sequence[str]) -> bool:
 
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, device: torch.device
+    model, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, device: torch.device,
+    bf16: bool = False,
 ) -> list[str]:
-    """Batched greedy generation with left padding, formatted exactly as in training."""
+    """Batched greedy generation with left padding, formatted exactly as in training, in the same
+    precision (bf16 autocast or not) as the training that is being scored."""
     from trials.formatting import left_padded, prompt_ids
+    from trials.model import autocast
 
     was_training = model.training
     model.eval()
@@ -47,13 +50,14 @@ def generate_answers(
     for start in range(0, len(questions), batch_size):
         prompts = [prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
-        output = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        with autocast(device, bf16):
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     model.train(was_training)
@@ -72,5 +76,8 @@ def score(rows, generated: Sequence[str]) -> tuple[float, list[dict]]:
         }
         for row, text in zip(rows, generated, strict=True)
     ]
-    recall = sum(r["correct"] for r in records) / len(records) if records else 0.0
-    return recall, records
+    return recall_of(records), records
+
+
+def recall_of(records: Sequence[dict]) -> float:
+    return sum(r["correct"] for r in records) / len(records) if records else 0.0

@@ -2,19 +2,17 @@
 
 A byte-level BPE tokenizer is trained on the demo corpus and a randomly initialised
 `LlamaForCausalLM` is made from a fixed seed; both are saved once with `save_pretrained` into a
-cache directory keyed by a hash of this recipe, and loaded back with `from_pretrained` like any
-other model. Concurrent trials may race to build it: each builds in a private temporary
-directory and renames it into place, so a reader never sees a half-written model.
+cache directory keyed by a hash of this recipe (`trials.model_cache`, atomic under concurrent
+trials), and loaded back with `from_pretrained` like any other model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from trials.model_cache import build_once
 
 SPEC = {
     "seed": 1234,
@@ -29,10 +27,6 @@ SPEC = {
     "recipe": 1,  # bump when the build below changes
 }
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RECALL_CACHE", Path.home() / ".cache" / "recall-orchestrator"))
 
 
 def spec_hash() -> str:
@@ -84,20 +78,10 @@ def _build_model(tokenizer):
 
 def embedded_model_path() -> Path:
     """Path of the built tiny model, building it first if this recipe is not cached yet."""
-    target = cache_root() / f"tiny-llama-{spec_hash()}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         tokenizer = _build_tokenizer()
         _build_model(tokenizer).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "config.json").exists():  # lost the race to a broken writer: re-raise
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(f"tiny-llama-{spec_hash()}", build)

@@ -1,35 +1,46 @@
 """The training loop: a plain PyTorch loop over dynamically padded, length-grouped batches.
 
 Why not HF Trainer: a trial here is short and evaluated by generation every epoch; a plain loop
-keeps that in one readable function, pads each batch only to its own longest example, and groups
-similar lengths so little compute goes to padding.
+keeps that in one readable function, pads each batch only to its own longest example, groups
+similar lengths so little compute goes to padding, and computes the output layer only where a
+label is (`batch_loss`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from trials.config import TrainingConfig
-from trials.formatting import Example, collate
+from trials.formatting import IGNORE_INDEX, Example, collate
+from trials.model import autocast
 
 # Batches are drawn from shuffled windows of this many batches, sorted by length inside a window:
 # random enough for SGD, and padding falls to a few percent on mixed QA/passage data.
 LENGTH_GROUP_WINDOW = 32
 
 
-def batches_for_epoch(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
+def group_key(example: Example) -> tuple[int, int, int]:
+    # QA pairs (loss on the answer only) apart from passages (loss everywhere), then by prompt and
+    # total length: answers of one batch then sit at nearly the same positions, so the output
+    # layer runs on few positions (see batch_loss).
+    return example.prompt_tokens == 0, example.prompt_tokens, example.num_tokens
+
+
+def batches_for_epoch(examples: list[Example], batch_size: int, rng: random.Random,
+                      key: Callable[[Example], Any] = group_key) -> list[list[Example]]:
     order = list(range(len(examples)))
     rng.shuffle(order)
     window = batch_size * LENGTH_GROUP_WINDOW
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: examples[i].num_tokens)
+        chunk = sorted(order[start : start + window], key=lambda i: key(examples[i]))
         batches += [[examples[i] for i in chunk[b : b + batch_size]] for b in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -46,8 +57,63 @@ class EpochStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+# Below this many shared leading tokens, a second forward call costs more than it saves.
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix_length(inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> int:
+    """Leading tokens every row of the batch has in common, before any position whose logits count.
+
+    Chat templates start every prompt alike: SmolLM2's ChatML puts a 20-token system prompt before
+    each question, about half of a QA example's tokens.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    labelled = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+    if len(labelled) == 0 or ids.shape[0] < 2:
+        return 0
+    first_logit = int(labelled[0])  # the logit at this position predicts the first label
+    same = ((ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0))[:first_logit]
+    return int(same.int().cumprod(dim=0).sum())
+
+
+def batch_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+               share_prefix: bool = False) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy, number of target tokens) of one batch.
+
+    The output layer runs only at positions whose next token is a label in some row of the batch
+    (`logits_to_keep` with those positions). A QA example has ~5 answer tokens after a ~40-token
+    chat prompt; with SmolLM2's 49,152-word vocabulary the full logits would cost 28 M
+    multiply-adds a position, ~20% of the model's forward pass, and a float32 soft-max over a
+    16 x 45 x 49,152 tensor, almost all of it for positions without a label.
+
+    With `share_prefix` (not for prefix-tuning, whose own virtual tokens take the KV cache), leading
+    tokens identical in every row are computed once, for one row, and their keys and values repeated
+    for the batch as a KV cache the rest attends to; gradients flow back through the cache, so the
+    loss and its gradients are those of the plain forward pass.
+    """
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    shared = shared_prefix_length(inputs, labels) if share_prefix else 0
+    if shared >= MIN_SHARED_PREFIX:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        cache = model(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], use_cache=True,
+                      logits_to_keep=1).cache
+        cache.batch_repeat_interleave(ids.shape[0])
+        logits = model(input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True,
+                       logits_to_keep=keep - shared).logits
+    else:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    targets = labels[:, keep + 1]
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             reduction="sum", ignore_index=IGNORE_INDEX)
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
 class Trainer:
     """Optimiser, schedule and one-epoch step over a peft model."""
+
+    # The bench swaps in the previous full-logits loss and length-only grouping to compare.
+    loss_fn = staticmethod(batch_loss)
+    group_key = staticmethod(group_key)
 
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
                  pad_id: int, device: torch.device, bf16: bool):
@@ -55,6 +121,10 @@ class Trainer:
 
         self.model, self.examples, self.training = model, examples, training
         self.pad_id, self.device, self.bf16 = pad_id, device, bf16
+        # Prefix-tuning feeds its virtual tokens as the KV cache; checkpointing turns the cache off.
+        peft_config = getattr(model, "active_peft_config", None)
+        prompt_learning = peft_config is not None and peft_config.is_prompt_learning
+        self.share_prefix = not (prompt_learning or training.gradient_checkpointing)
         self.rng = random.Random(training.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay)
@@ -68,29 +138,20 @@ class Trainer:
             num_training_steps=total_steps,
         )
 
-    def _autocast(self):
-        if self.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def train_epoch(self) -> EpochStats:
         self.model.train()
         started = time.perf_counter()
         accumulate = self.training.gradient_accumulation_steps
-        batches = batches_for_epoch(self.examples, self.training.batch_size, self.rng)
+        batches = batches_for_epoch(self.examples, self.training.batch_size, self.rng, self.group_key)
         loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(batches, start=1):
             inputs = {k: v.to(self.device) for k, v in collate(batch, self.pad_id).items()}
             labels = inputs.pop("labels")
-            with self._autocast():
-                logits = self.model(**inputs).logits
+            with autocast(self.device, self.bf16):
+                loss_total, targets = self.loss_fn(self.model, inputs, labels, self.share_prefix)
             # Mean over answer/passage tokens of this micro-batch; the epoch loss reported is
             # token-weighted across batches, so short and long batches count by their tokens.
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-            shift_labels = labels[:, 1:].reshape(-1)
-            loss_total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, reduction="sum")
-            targets = int((shift_labels != -100).sum())
             (loss_total / max(targets, 1) / accumulate).backward()
             loss_sum += loss_total.item()
             loss_tokens += targets

@@ -19,6 +19,7 @@ from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
+from trials.recall import recall_of
 from trials.train import Trainer
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
@@ -91,7 +92,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     bf16 = use_bf16(config.training, device)
     base_path = resolve_model(config.model)
     tokenizer = load_tokenizer(base_path)
-    model = attach_method(load_base_model(base_path, device, bf16), config.method,
+    model = attach_method(load_base_model(base_path, device, bf16, config.training.attention), config.method,
                           config.training.gradient_checkpointing)
     trainable, total = count_parameters(model)
     log(f"{config.method.name}: {trainable:,} trainable of {total:,} parameters on {device}"
@@ -109,9 +110,17 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
     max_new_tokens = generation_budget(tokenizer, knowledge, config.eval)
 
-    def evaluate(rows):
-        return score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size,
-                          max_new_tokens=max_new_tokens, device=device)
+    def evaluate(*row_sets: list) -> list[tuple[float, list[dict]]]:
+        """Score several sets of questions with one pass of batched generation over all of them."""
+        _, records = score_rows(model, tokenizer, [row for rows in row_sets for row in rows],
+                                batch_size=config.eval.batch_size, max_new_tokens=max_new_tokens,
+                                device=device, bf16=bf16)
+        results, start = [], 0
+        for rows in row_sets:
+            part = records[start : start + len(rows)]
+            results.append((recall_of(part), part))
+            start += len(rows)
+        return results
 
     def summary(metrics: dict, status: str) -> dict:
         return {
@@ -134,9 +143,11 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         progress["train_tokens"] += stats.tokens
         progress["train_seconds"] += stats.seconds
         eval_started = time.perf_counter()
-        val_recall, val_records = evaluate(val_rows)
-        last = epoch == config.training.epochs or val_recall >= config.training.stop_at_val_recall
-        train_recall, _ = evaluate(train_rows if last else per_epoch_train)
+        final_epoch = epoch == config.training.epochs
+        (val_recall, val_records), (train_recall, _) = evaluate(val_rows, train_rows if final_epoch else per_epoch_train)
+        last = final_epoch or val_recall >= config.training.stop_at_val_recall
+        if last and not final_epoch and len(per_epoch_train) < len(train_rows):
+            (train_recall, _), = evaluate(train_rows)  # stopping early: the final train recall is on all of them
         progress["eval_seconds"] += time.perf_counter() - eval_started
         metrics = {
             "epoch": epoch,

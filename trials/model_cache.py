@@ -1,0 +1,39 @@
+"""Where embedded base models are built once and kept, and how they get there atomically.
+
+Concurrent trials may race to build the same model: each builds in a private temporary directory
+that is renamed into place, so a reader sees either no model or a whole one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+# The file a finished build always has (save_pretrained writes it); its presence means "complete".
+COMPLETE_MARKER = "config.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RECALL_CACHE", Path.home() / ".cache" / "recall-orchestrator"))
+
+
+def build_once(name: str, build: Callable[[Path], None]) -> Path:
+    """`cache_root()/name`, calling `build(staging_dir)` first if it is not there yet."""
+    target = cache_root() / name
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).exists():  # lost the race to a broken writer: re-raise
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
