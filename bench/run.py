@@ -107,16 +107,14 @@ def loop_breakdown(trial, knowledge, base_path: str, device, bf16: bool, epochs:
     One pass each (after a warm-up epoch), informational: loop vs HF Trainer at the same batch and
     adapter, then the batch, then our trial's larger adapter.
     """
-    from bench.seed_recipe import SEED_BATCH_SIZE, SEED_LORA
-    from trials.config import LoraMethod
+    from bench.seed_recipe import SEED_BATCH_SIZE, seed_method
     from trials.model import attach_method, load_base_model, load_tokenizer
     from trials.train import Trainer
     from trials.trial import build_examples
 
     tokenizer = load_tokenizer(base_path)
     examples = build_examples(tokenizer, knowledge, trial)
-    seed_adapter = LoraMethod(r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
-                              target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])
+    seed_adapter = seed_method()
     rows = []
     for batch in (SEED_BATCH_SIZE, trial.training.batch_size):
         model = attach_method(load_base_model(base_path, device, bf16), seed_adapter, False)
@@ -295,27 +293,12 @@ def score_best(sweep: dict, work: Path) -> dict:
 
 def seed_at_equal_compute(experiment, epochs: int, work: Path) -> dict:
     """The seed recipe trained for `epochs` epochs, then scored by our exact-recall scorer."""
-    from bench.seed_recipe import SEED_LORA, seed_dataset, seed_lines, seed_model, seed_tokenizer, train_seed
-    from trials.config import LoraMethod
-    from trials.data import load_knowledge
+    from bench.seed_recipe import save_for_scoring, train_seed_for
     from trials.evaluate import score_adapter
-    from trials.model import load_tokenizer, pick_device, resolve_model, use_bf16
 
-    trial = experiment.trial_config()
-    device = pick_device(trial.training)
-    bf16 = use_bf16(trial.training, device)
-    base_path = resolve_model(trial.model)
-    tokenizer = seed_tokenizer(base_path)
-    dataset = seed_dataset(tokenizer, seed_lines(load_knowledge(trial.data), trial.data.documents))
-    model = seed_model(base_path, device, bf16)
-    run = train_seed(model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=bf16)
-    adapter = work / "seed-adapter"
-    model.save_pretrained(adapter)
-    load_tokenizer(base_path).save_pretrained(adapter)  # the tokenizer our scorer generates with
-    config = trial.model_copy(update={"method": LoraMethod(
-        r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
-        target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])})
-    scores = score_adapter(adapter, config, "val", "test")
+    trained = train_seed_for(experiment.trial_config(), epochs, work)
+    run = trained.run
+    scores = score_adapter(save_for_scoring(trained, work / "seed-adapter"), trained.config, "val", "test")
     (val, _), (test, _) = scores["val"], scores["test"]
     return {"val": val, "test": test, "epochs": epochs, "steps": run.steps, "tokens": run.tokens,
             "train_seconds": run.seconds}

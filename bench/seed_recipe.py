@@ -140,3 +140,48 @@ def train_seed(model, tokenizer, dataset, output_dir: Path, *, epochs: float = 1
     state = trainer.state
     return SeedRun(counts["tokens"], counts["padded"], seconds, state.global_step, float(state.epoch or 0.0),
                    len(dataset))
+
+
+def seed_method():
+    """The seed recipe's LoRA as our config type (for scoring its adapter with our scorer)."""
+    from trials.config import LoraMethod
+
+    return LoraMethod(r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
+                      target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])
+
+
+@dataclass
+class SeedTrained:
+    run: SeedRun
+    model: object  # the peft model, trained
+    base_path: str
+    bf16: bool
+    config: object  # the trial config with the seed's method: what score_adapter needs
+
+
+def train_seed_for(trial, epochs: int, work: Path) -> SeedTrained:
+    """The seed recipe on `trial`'s base model and data (its documents' lines + train QA pairs)."""
+    from trials.data import load_knowledge
+    from trials.model import pick_device, resolve_model, use_bf16
+
+    device = pick_device(trial.training)
+    bf16 = use_bf16(trial.training, device)
+    base_path = resolve_model(trial.model)
+    tokenizer = seed_tokenizer(base_path)
+    dataset = seed_dataset(tokenizer, seed_lines(load_knowledge(trial.data), trial.data.documents))
+    model = seed_model(base_path, device, bf16)
+    run = train_seed(model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=bf16)
+    return SeedTrained(run, model, base_path, bf16, trial.model_copy(update={"method": seed_method()}))
+
+
+def save_for_scoring(trained: SeedTrained, directory: Path, chat_template: bool = True) -> Path:
+    """The seed adapter with the tokenizer our scorer generates with; without the chat template the
+    scorer asks `Question: q\nAnswer:`, the lines the seed recipe trained on."""
+    from trials.model import load_tokenizer
+
+    trained.model.save_pretrained(directory)
+    tokenizer = load_tokenizer(trained.base_path)
+    if not chat_template:
+        tokenizer.chat_template = None
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -181,32 +181,15 @@ def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
 
 def seed_recall(experiment, epochs: int, work: Path) -> dict:
     """The seed recipe for `epochs` epochs of its own lines on SmolLM2, scored on every split."""
-    from bench.seed_recipe import SEED_LORA, seed_dataset, seed_lines, seed_model, seed_tokenizer, train_seed
-    from trials.config import LoraMethod
-    from trials.data import load_knowledge
+    from bench.seed_recipe import save_for_scoring, train_seed_for
     from trials.evaluate import score_adapter
-    from trials.model import load_tokenizer, pick_device, resolve_model, use_bf16
 
-    trial = experiment.trial_config()
-    device = pick_device(trial.training)
-    bf16 = use_bf16(trial.training, device)
-    base_path = resolve_model(trial.model)
-    tokenizer = seed_tokenizer(base_path)
-    dataset = seed_dataset(tokenizer, seed_lines(load_knowledge(trial.data), trial.data.documents))
-    model = seed_model(base_path, device, bf16)
-    run = train_seed(model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=bf16)
-    config = trial.model_copy(update={"method": LoraMethod(
-        r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
-        target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])})
+    trained = train_seed_for(experiment.trial_config(), epochs, work)
+    run, bf16 = trained.run, trained.bf16
     formats = {}
     for name in ("chatml", "plain"):
-        adapter = work / f"seed-adapter-{name}"
-        model.save_pretrained(adapter)
-        scorer_tokenizer = load_tokenizer(base_path)
-        if name == "plain":  # no chat template: `Question: q\nAnswer:`, the lines it trained on
-            scorer_tokenizer.chat_template = None
-        scorer_tokenizer.save_pretrained(adapter)
-        scores = score_adapter(adapter, config, "train", "val", "test")
+        adapter = save_for_scoring(trained, work / f"seed-adapter-{name}", chat_template=name == "chatml")
+        scores = score_adapter(adapter, trained.config, "train", "val", "test")
         formats[name] = {split: scores[split][0] for split in ("train", "val", "test")}
     best = max(formats, key=lambda name: (formats[name]["test"], formats[name]["train"]))
     return {

@@ -73,6 +73,43 @@ def test_bench_smoke_writes_every_key(tmp_path):
     assert (_stamp(real_json), _stamp(real_md)) == before, "a test must never overwrite bench/results"
 
 
+SMOLLM2_KEYS = (
+    "smollm2_champion_test_recall", "smollm2_champion_train_recall", "smollm2_seed_test_recall",
+    "smollm2_throughput_ratio_vs_seed", "smollm2_speedup_vs_previous",
+)
+
+
+@pytest.mark.real_model
+@pytest.mark.timeout(420)
+def test_bench_smollm2_smoke_writes_every_key_and_keeps_the_other_sections(tmp_path):
+    """`--sections smollm2` on a slice: its keys are written, and a previous run's tiny-model figures
+    in the same latest.json are kept, not dropped."""
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"throughput_ratio_vs_seed": 1.7, "sections": {"tiny": {"date": "earlier"}}, "smoke": True}
+    (out / "latest.json").write_text(json.dumps(earlier))
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--sections", "smollm2", "--out", str(out)],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=410)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    results = json.loads((out / "latest.json").read_text())
+    assert not [key for key in SMOLLM2_KEYS if key not in results]
+    for key in ("smollm2_throughput_ratio_vs_seed", "smollm2_speedup_vs_previous", "smollm2_tokens_per_s_ours"):
+        assert isinstance(results[key], float) and results[key] > 0, key
+    for key in ("smollm2_champion_test_recall", "smollm2_champion_train_recall", "smollm2_seed_test_recall"):
+        assert 0.0 <= results[key] <= 1.0, key
+    # The three sides of the speed comparison trained on the same examples; the seed matched our tokens.
+    runs = results["smollm2_speed_runs"]
+    assert runs["ours"][0]["tokens"] == runs["previous"][0]["tokens"]
+    assert runs["ours"][0]["tokens"] <= runs["seed"][0]["tokens"] < runs["ours"][0]["tokens"] + 400
+    assert results["smollm2_sweep"]["num_trials"] == 2
+    assert results["smollm2_seed"]["epochs"] == results["smollm2_champion"]["epochs"]
+    assert set(results["smollm2_seed"]["recall_by_prompt_format"]) == {"chatml", "plain"}
+    assert results["throughput_ratio_vs_seed"] == 1.7 and results["sections"]["tiny"] == {"date": "earlier"}
+    assert "smollm2" in results["sections"]
+    assert "SmolLM2-135M-Instruct" in (out / "RESULTS.md").read_text()
+
+
 @pytest.mark.timeout(120)
 def test_gpu_bench_code_paths_on_cpu(tmp_path):
     """bench/gpu.py --tiny: the GPU bench's two training loops on a tiny model on CPU."""
