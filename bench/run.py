@@ -484,7 +484,12 @@ def merge_previous(results: dict, previous_path: Path, sections: list[str]) -> d
             if ("smollm2" not in sections and is_smollm2_key(key))
             or ("tiny" not in sections and not is_smollm2_key(key) and key != "sections")}
     merged = {**kept, **results}
-    merged["sections"] = {**previous.get("sections", {}), **results["sections"]}
+    # A latest.json from before sections were recorded held the tiny sections alone, dated at the top.
+    earlier = previous.get("sections") or {"tiny": {
+        "date": previous.get("date"), "seconds": previous.get("bench_seconds"), "command": previous.get("command"),
+        "load_average": previous.get("load_average"), "torch_threads": previous.get("torch_threads"),
+        "smoke": previous.get("smoke")}}
+    merged["sections"] = {**earlier, **results["sections"]}
     return merged
 
 
