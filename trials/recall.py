@@ -42,6 +42,7 @@ def generate_answers(
     precision (bf16 autocast or not) as the training that is being scored."""
     from trials.formatting import left_padded, prompt_ids
     from trials.model import autocast
+    from trials.prefix_generation import prefix_aware_generation
 
     was_training = model.training
     model.eval()
@@ -50,7 +51,7 @@ def generate_answers(
     for start in range(0, len(questions), batch_size):
         prompts = [prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
-        with autocast(device, bf16):
+        with autocast(device, bf16), prefix_aware_generation(model):
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
