@@ -8,8 +8,9 @@
    on the weights' values.
 2. Synthetic examples: random token ids, lengths uniform in [seq_len/4, seq_len] (mixed lengths, like
    real documents + QA, so padding matters). The same examples for both sides.
-3. The same adapter for both (LoRA r=8, alpha=32 on q_proj/v_proj, the seed recipe's), so the
-   difference is the training loop alone:
+3. The same adapter and learning rate for both (bench/seed_recipe.SEED: LoRA r=8, alpha=32 on
+   q_proj/v_proj, lr 1e-6; the rate does not change what a step costs), so the difference is the
+   training loop alone:
    - ours: trials.train.Trainer (what run_trial trains with): batch --batch (default 4; fits twice on
      an 80 GB GPU for part 4), length-grouped dynamic padding, bf16 autocast;
    - seed: transformers.Trainer, per_device_train_batch_size=2, DataCollatorForLanguageModeling
@@ -34,10 +35,13 @@ import platform
 import random
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from bench.seed_recipe import SEED
 
 REPO = Path(__file__).resolve().parent.parent
 LLAMA2_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
@@ -46,7 +50,6 @@ TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "nu
         "intermediate_size": 172, "vocab_size": 1024, "max_position_embeddings": 512}
 # Peak dense bf16 tensor FLOP/s (no sparsity), by device-name fragment.
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "A10G": 70e12, "L4": 121e12}
-LORA = {"r": 8, "alpha": 32.0, "target_modules": ["q_proj", "v_proj"], "learning_rate": 2e-4}
 
 
 def build_model(shapes: dict, device: torch.device, bf16: bool):
@@ -109,24 +112,17 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def lora_method():
-    from trials.config import LoraMethod
-
-    return LoraMethod(r=LORA["r"], alpha=LORA["alpha"], dropout=0.0, target_modules=LORA["target_modules"],
-                      learning_rate=LORA["learning_rate"])
-
-
 def run_ours(base, examples, batch: int, device: torch.device, bf16: bool, warmup_examples: list):
     """trials.train.Trainer on a LoRA of `base`: a warm-up epoch, then one timed epoch."""
     from trials.config import TrainingConfig
     from trials.model import attach_method
     from trials.train import Trainer
 
-    model = attach_method(base, lora_method(), gradient_checkpointing=False)
+    model = attach_method(base, SEED.method(), gradient_checkpointing=False)
     training = TrainingConfig(epochs=2, batch_size=batch, seed=0, bf16=bf16)
-    warm = Trainer(model, warmup_examples, training, LORA["learning_rate"], 0, device, bf16)
+    warm = Trainer(model, warmup_examples, training, SEED.learning_rate, 0, device, bf16)
     warm.train_epoch()
-    trainer = Trainer(model, examples, training, LORA["learning_rate"], 0, device, bf16)
+    trainer = Trainer(model, examples, training, SEED.learning_rate, 0, device, bf16)
     _sync(device)
     _reset_peak(device)
     stats = trainer.train_epoch()  # synchronises at its end on CUDA
@@ -138,13 +134,12 @@ def run_ours(base, examples, batch: int, device: torch.device, bf16: bool, warmu
 def run_seed(base, examples, device: torch.device, bf16: bool, token_target: int, work: Path):
     """The seed recipe's Trainer (bench/seed_recipe.train_seed) on the same examples."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    from bench.seed_recipe import SEED_BATCH_SIZE, seed_tokenizer, train_seed
+    from bench.seed_recipe import seed_tokenizer, train_seed
     from trials.model import resolve_model
 
-    model = get_peft_model(base, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
-                                            target_modules=LORA["target_modules"], task_type="CAUSAL_LM"))
+    model = get_peft_model(base, SEED.lora_config())
     tokenizer = seed_tokenizer(resolve_model("embedded:tiny-llama"))  # only pads: pad = eos id 2
     dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
                                  "attention_mask": [[1] * e.num_tokens for e in examples]})
@@ -155,7 +150,7 @@ def run_seed(base, examples, device: torch.device, bf16: bool, token_target: int
     run = train_seed(model, tokenizer, dataset, work / "seed", epochs=1, token_target=token_target, bf16=bf16)
     _sync(device)
     return model, {"tokens": run.tokens, "seconds": run.seconds, "tokens_per_s": run.tokens_per_second,
-                   "peak_memory_gib": _peak_gib(device), "batch_size": SEED_BATCH_SIZE, "steps": run.steps,
+                   "peak_memory_gib": _peak_gib(device), "batch_size": SEED.batch_size, "steps": run.steps,
                    "pad_fraction": 1 - run.tokens / max(run.padded_tokens, 1), "warmup_steps": warm.steps}
 
 
@@ -197,10 +192,10 @@ def shared_gpu(args, shapes: dict, single_tokens_per_s: float) -> dict:
         from trials.model import attach_method
         from trials.train import Trainer
 
-        model = attach_method(base, lora_method(), gradient_checkpointing=False)
+        model = attach_method(base, SEED.method(), gradient_checkpointing=False)
         training = TrainingConfig(epochs=1, batch_size=args.batch, seed=index, bf16=True)
-        Trainer(model, warmup, training, LORA["learning_rate"], 0, device, True).train_epoch()
-        trainer = Trainer(model, examples, training, LORA["learning_rate"], 0, device, True)
+        Trainer(model, warmup, training, SEED.learning_rate, 0, device, True).train_epoch()
+        trainer = Trainer(model, examples, training, SEED.learning_rate, 0, device, True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         ray.get(barrier.wait.remote())
@@ -283,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                   "build_seconds": build_seconds},
         "data": {"examples": len(examples), "seq_len_max": args.seq_len, "seq_len_min": max(args.seq_len // 4, 2),
                  "real_tokens": sum(lengths["lengths"]), "distribution": "uniform lengths, random ids"},
-        "lora": LORA,
+        "lora": asdict(SEED),
         "ours": ours,
         "seed": seed,
         "throughput_ratio_vs_seed": ours["tokens_per_s"] / seed["tokens_per_s"],

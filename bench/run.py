@@ -6,7 +6,9 @@
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
-date, command and machine load under `sections`).
+date, command and machine load under `sections`). A section that raises is recorded there with its
+error (type, message, traceback tail) and no figures; latest.json and RESULTS.md are written all the
+same, with the other sections' figures, and the exit status is 1.
 
 Writes OUT/latest.json and RESULTS.md (bench/results/ and bench/RESULTS.md by default). Every
 MLflow run and Ray result goes to a private temporary directory, never the user's store.
@@ -30,27 +32,28 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench.goals import tiny_goals_met
+from bench.seed_recipe import SEED
+from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_REQUIRED_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
 DEFAULT_OUT = REPO / "bench" / "results"
 DEFAULT_MARKDOWN = REPO / "bench" / "RESULTS.md"
 
-REQUIRED_KEYS = (
+TINY_REQUIRED_KEYS = (
     "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
     "recall_best_val", "recall_best_test", "recall_seed_val", "recall_seed_test",
     "overhead_fraction", "per_trial_overhead_s",
     "asha_trial_epochs", "noasha_trial_epochs", "asha_best_val", "noasha_best_val",
 )
-GOALS = {
-    "throughput_ratio_vs_seed": ">= 1.5",
-    "recall_best_val": ">= recall_seed_val + 0.2",
-    "overhead_fraction": "<= 0.15",
-    "asha": "noasha_trial_epochs >= 2 x asha_trial_epochs, asha_best_val >= noasha_best_val - 0.05",
-}
+TRACEBACK_LINES = 40  # of a failed section's traceback, kept in latest.json
 
 
 @dataclass
@@ -70,14 +73,10 @@ SMOKE = Settings(
     throughput_epochs=1, throughput_rounds=1, smoke=True,
     smollm2_overrides=["training.epochs=1", "training.batch_size=4"],
 )
-SECTIONS = ("tiny", "smollm2")
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------------------------- data
 
 
 # ---------------------------------------------------------------------------------------- 1. speed
@@ -107,16 +106,15 @@ def loop_breakdown(trial, knowledge, base_path: str, device, bf16: bool, epochs:
     One pass each (after a warm-up epoch), informational: loop vs HF Trainer at the same batch and
     adapter, then the batch, then our trial's larger adapter.
     """
-    from bench.seed_recipe import SEED_BATCH_SIZE, seed_method
     from trials.model import attach_method, load_base_model, load_tokenizer
     from trials.train import Trainer
     from trials.trial import build_examples
 
     tokenizer = load_tokenizer(base_path)
     examples = build_examples(tokenizer, knowledge, trial)
-    seed_adapter = seed_method()
+    seed_adapter = SEED.method()
     rows = []
-    for batch in (SEED_BATCH_SIZE, trial.training.batch_size):
+    for batch in (SEED.batch_size, trial.training.batch_size):
         model = attach_method(load_base_model(base_path, device, bf16), seed_adapter, False)
         training = trial.training.model_copy(update={"batch_size": batch, "epochs": epochs + 1})
         trainer = Trainer(model, examples, training, seed_adapter.learning_rate, tokenizer.pad_token_id, device, bf16)
@@ -125,7 +123,7 @@ def loop_breakdown(trial, knowledge, base_path: str, device, bf16: bool, epochs:
         for _ in range(epochs):
             stats = trainer.train_epoch()
             tokens, seconds = tokens + stats.tokens, seconds + stats.seconds
-        rows.append({"loop": "ours (trials/train.py)", "adapter": "seed: r=8 alpha=32 q_proj,v_proj", "batch_size": batch,
+        rows.append({"loop": "ours (trials/train.py)", "adapter": f"seed: {SEED.adapter}", "batch_size": batch,
                      "tokens": int(tokens), "seconds": seconds, "tokens_per_s": tokens / seconds})
         log(f"breakdown: our loop, seed adapter, batch {batch}: {tokens / seconds:,.0f} tok/s")
     return rows
@@ -180,7 +178,7 @@ def measure_throughput(experiment, settings: Settings, work: Path) -> dict:
             "ours": {"method": trial.method.model_dump(mode="json"), "batch_size": trial.training.batch_size,
                      "epochs_per_round": settings.throughput_epochs, "examples": "QA pairs + document passages, "
                      "length-grouped dynamic padding (trials/train.py)"},
-            "seed": {"batch_size": 2, "lora": "r=8 alpha=32 q_proj,v_proj", "learning_rate": 1e-6,
+            "seed": {"batch_size": SEED.batch_size, "lora": SEED.adapter, "learning_rate": SEED.learning_rate,
                      "examples": len(dataset), "collator": "DataCollatorForLanguageModeling(mlm=False), pad=eos",
                      "pad_fraction": 1 - seed_real / max(sum(r["padded_tokens"] for r in seed), 1)},
             "device": str(device), "bf16": bf16, "rounds": settings.throughput_rounds,
@@ -269,12 +267,20 @@ def run_bench_sweep(experiment, name: str, source: str) -> dict:
     }
 
 
+def exact_recall(adapter: Path, config, *splits: str) -> dict[str, float]:
+    """Our scorer's exact recall of a saved adapter on `splits` of its trial's data, by split."""
+    from trials.evaluate import score_adapter
+
+    return {split: recall for split, (recall, _) in score_adapter(adapter, config, *splits).items()}
+
+
 def score_best(sweep: dict, work: Path) -> dict:
     """Download the best trial's adapter + trial_config.json from MLflow; score val and test."""
     from orchestrator import tracking
     from trials.config import TrialConfig
-    from trials.evaluate import score_adapter
 
+    if not sweep["best_trial"]:  # every trial failed
+        return {"val": None, "test": None, "run_id": None}
     client = tracking.client()
     run_id = sweep["best_trial"]["run_id"]
     target = work / "best"
@@ -283,9 +289,8 @@ def score_best(sweep: dict, work: Path) -> dict:
     config = TrialConfig.model_validate_json(
         Path(client.download_artifacts(run_id, "trial_config.json", str(target))).read_text()
     )
-    scores = score_adapter(adapter, config, "val", "test")
-    (val, _), (test, _) = scores["val"], scores["test"]
-    return {"val": val, "test": test, "run_id": run_id}
+    scores = exact_recall(adapter, config, "val", "test")
+    return {"val": scores["val"], "test": scores["test"], "run_id": run_id}
 
 
 # --------------------------------------------------------------------------------------- 3. recall
@@ -294,13 +299,11 @@ def score_best(sweep: dict, work: Path) -> dict:
 def seed_at_equal_compute(experiment, epochs: int, work: Path) -> dict:
     """The seed recipe trained for `epochs` epochs, then scored by our exact-recall scorer."""
     from bench.seed_recipe import save_for_scoring, train_seed_for
-    from trials.evaluate import score_adapter
 
     trained = train_seed_for(experiment.trial_config(), epochs, work)
     run = trained.run
-    scores = score_adapter(save_for_scoring(trained, work / "seed-adapter"), trained.config, "val", "test")
-    (val, _), (test, _) = scores["val"], scores["test"]
-    return {"val": val, "test": test, "epochs": epochs, "steps": run.steps, "tokens": run.tokens,
+    scores = exact_recall(save_for_scoring(trained, work / "seed-adapter"), trained.config, "val", "test")
+    return {"val": scores["val"], "test": scores["test"], "epochs": epochs, "steps": run.steps, "tokens": run.tokens,
             "train_seconds": run.seconds}
 
 
@@ -352,69 +355,62 @@ def load_average() -> list[float] | None:
         return None
 
 
-def goals(results: dict) -> dict:
-    asha_ok = (results["noasha_trial_epochs"] >= 2 * results["asha_trial_epochs"]
-               and results["asha_best_val"] is not None and results["noasha_best_val"] is not None
-               and results["asha_best_val"] >= results["noasha_best_val"] - 0.05)
-    return {
-        "throughput_ratio_vs_seed": results["throughput_ratio_vs_seed"] >= 1.5,
-        "recall_best_val": results["recall_best_val"] is not None
-        and results["recall_best_val"] >= results["recall_seed_val"] + 0.2,
-        "overhead_fraction": results["overhead_fraction"] <= 0.15,
-        "asha": asha_ok,
-    }
+# ------------------------------------------------------------------------------------------ sections
 
 
-# -------------------------------------------------------------------------------------------- main
+@dataclass
+class Bench:
+    """What every section gets: the command line, the settings, the experiment and a private work dir."""
+
+    args: argparse.Namespace
+    settings: Settings
+    experiment: object  # orchestrator.config.ExperimentConfig with `overrides` applied
+    overrides: list[str]  # --set overrides (and the smoke data slice) every section's config gets
+    work: Path
+    threads: int
 
 
-def tiny_sections(args, settings: Settings, experiment, overrides: list[str], work: Path, threads: int) -> dict:
-    """Sections 1-4 on the embedded tiny model (configs/demo.yaml unless --config)."""
+def timed(timings: dict[str, float], name: str, measure: Callable, *args):
+    """`measure(*args)`, its wall seconds recorded as `timings[name]`."""
+    started = time.perf_counter()
+    result = measure(*args)
+    timings[name] = time.perf_counter() - started
+    return result
+
+
+def both_sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict]:
+    """The demo sweep with ASHA, then without (same num_samples and seed), on a fresh local Ray."""
+    import ray
+
     from orchestrator.config import load_experiment
 
-    noasha = load_experiment(args.config, [*overrides, "sweep.asha.enabled=false"])
-    timings: dict[str, float] = {}
-
+    noasha = load_experiment(bench.args.config, [*bench.overrides, "sweep.asha.enabled=false"])
     try:
-        section = time.perf_counter()
-        speed = measure_throughput(experiment, settings, work)
-        timings["throughput"] = time.perf_counter() - section
-        log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
-            f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
-
         ray_init_seconds = start_ray()
         log(f"ray.init {ray_init_seconds:.1f}s")
-        section = time.perf_counter()
-        asha = run_bench_sweep(experiment, "bench-asha", str(args.config))
-        timings["sweep_asha"] = time.perf_counter() - section
+        asha = timed(timings, "sweep_asha", run_bench_sweep, bench.experiment, "bench-asha", str(bench.args.config))
         log(f"ASHA sweep: {asha['num_trials']} trials, {asha['trial_epochs']} trial-epochs, best val "
             f"{asha['best_val']}, wall {asha['wall_seconds']:.0f}s, overhead {asha['overhead_fraction']:.2f}")
-        section = time.perf_counter()
-        flat = run_bench_sweep(noasha, "bench-noasha", str(args.config))
-        timings["sweep_noasha"] = time.perf_counter() - section
+        flat = timed(timings, "sweep_noasha", run_bench_sweep, noasha, "bench-noasha", str(bench.args.config))
         log(f"no-ASHA sweep: {flat['num_trials']} trials, {flat['trial_epochs']} trial-epochs, best val "
             f"{flat['best_val']}, wall {flat['wall_seconds']:.0f}s, overhead {flat['overhead_fraction']:.2f}")
-        import ray
-
-        ray.shutdown()  # frees the cores for what follows
-
-        section = time.perf_counter()
-        best = score_best(asha, work) if asha["best_trial"] else {"val": None, "test": None, "run_id": None}
-        timings["score_best"] = time.perf_counter() - section
-        section = time.perf_counter()
-        seed = seed_at_equal_compute(experiment, asha["trial_epochs"], work)
-        timings["seed_equal_compute"] = time.perf_counter() - section
-        log(f"recall: best val {asha['best_val']} test {best['test']}; seed ({seed['epochs']} epochs) "
-            f"val {seed['val']} test {seed['test']}")
     finally:
-        try:
-            import ray
+        ray.shutdown()  # frees the cores for what follows, also when a sweep raised
+    return ray_init_seconds, asha, flat
 
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
 
+def run_tiny(bench: Bench) -> dict:
+    """Sections 1-4 on the embedded tiny model (configs/demo.yaml unless --config)."""
+    experiment, settings, work = bench.experiment, bench.settings, bench.work
+    timings: dict[str, float] = {}
+    speed = timed(timings, "throughput", measure_throughput, experiment, settings, work)
+    log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
+        f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
+    ray_init_seconds, asha, flat = both_sweeps(bench, timings)
+    best = timed(timings, "score_best", score_best, asha, work)
+    seed = timed(timings, "seed_equal_compute", seed_at_equal_compute, experiment, asha["trial_epochs"], work)
+    log(f"recall: best val {asha['best_val']} test {best['test']}; seed ({seed['epochs']} epochs) "
+        f"val {seed['val']} test {seed['test']}")
     results = {
         "throughput_ratio_vs_seed": speed["throughput_ratio_vs_seed"],
         "tokens_per_s_ours": speed["tokens_per_s_ours"],
@@ -441,13 +437,76 @@ def tiny_sections(args, settings: Settings, experiment, overrides: list[str], wo
         "sweeps": {"asha": asha, "noasha": flat},
         "smoke": settings.smoke,
         "settings": asdict(settings),
-        "torch_threads": threads,
-        "config": str(args.config),
+        "torch_threads": bench.threads,
+        "config": str(bench.args.config),
         "section_seconds": timings,
     }
-    results["goals_met"] = goals(results)
+    results["goals_met"] = tiny_goals_met(results)
     return results
 
+
+def run_smollm2(bench: Bench) -> dict:
+    """The real-model sections (bench/smollm2.py), on configs/smollm2.yaml."""
+    from bench import smollm2
+
+    return smollm2.run(bench.overrides, bench.settings, bench.work, log)
+
+
+def is_smollm2_key(key: str) -> bool:
+    return key.startswith("smollm2_")
+
+
+def is_tiny_key(key: str) -> bool:
+    # The tiny sections came first, with unprefixed keys: every key that is not SmolLM2's is theirs.
+    return not is_smollm2_key(key)
+
+
+@dataclass(frozen=True)
+class Section:
+    run: Callable[[Bench], dict]
+    required_keys: tuple[str, ...]
+    owns: Callable[[str], bool]  # the latest.json keys this section writes: replaced when it runs
+
+
+# `--sections` chooses among these, run in the order given.
+SECTIONS: dict[str, Section] = {
+    "tiny": Section(run_tiny, TINY_REQUIRED_KEYS, is_tiny_key),
+    "smollm2": Section(run_smollm2, SMOLLM2_REQUIRED_KEYS, is_smollm2_key),
+}
+
+
+class MissingFigures(Exception):
+    """A section returned without a figure latest.json must hold."""
+
+
+def error_record(error: BaseException) -> dict:
+    lines = "".join(traceback.format_exception(type(error), error, error.__traceback__)).splitlines()
+    return {"type": type(error).__name__, "message": str(error),
+            "traceback": "\n".join(lines[-TRACEBACK_LINES:])}
+
+
+def run_section(name: str, bench: Bench, command: str) -> tuple[dict, dict]:
+    """One section's figures (none if it raised) and its record: date, seconds, load, and any error."""
+    section = SECTIONS[name]
+    started, started_at, load_before = time.perf_counter(), datetime.now(timezone.utc), load_average()
+    figures, error = {}, None
+    try:
+        figures = section.run(bench)
+        missing = [key for key in section.required_keys if key not in figures]
+        if missing:
+            raise MissingFigures(f"section {name} did not produce {', '.join(missing)}")
+    except Exception as raised:  # the other sections' figures are still written, and this error with them
+        figures, error = {}, error_record(raised)
+        log(f"section {name} FAILED: {error['type']}: {error['message']}\n{error['traceback']}")
+    record = {
+        "date": started_at.isoformat(timespec="seconds"), "seconds": time.perf_counter() - started,
+        "load_average": {"start": load_before, "end": load_average()}, "command": command,
+        "smoke": bench.settings.smoke, "torch_threads": bench.threads,
+    }
+    return figures, record | ({"error": error} if error else {})
+
+
+# -------------------------------------------------------------------------------------------- main
 
 
 def parse_args(argv):
@@ -470,19 +529,18 @@ def parse_args(argv):
     return args
 
 
-def is_smollm2_key(key: str) -> bool:
-    return key.startswith("smollm2_")
-
-
 def merge_previous(results: dict, previous_path: Path, sections: list[str]) -> dict:
-    """Results of the sections run now, plus the previous latest.json's figures for the others."""
+    """Results of the sections run now, plus the previous latest.json's figures for the others.
+
+    A section that ran and failed keeps no figures: its previous ones would read as this run's.
+    """
     try:
         previous = json.loads(previous_path.read_text())
     except (OSError, ValueError):
         return results
+    ran = [SECTIONS[name] for name in sections]
     kept = {key: value for key, value in previous.items()
-            if ("smollm2" not in sections and is_smollm2_key(key))
-            or ("tiny" not in sections and not is_smollm2_key(key) and key != "sections")}
+            if key != "sections" and not any(section.owns(key) for section in ran)}
     merged = {**kept, **results}
     # A latest.json from before sections were recorded held the tiny sections alone, dated at the top.
     earlier = previous.get("sections") or {"tiny": {
@@ -493,22 +551,15 @@ def merge_previous(results: dict, previous_path: Path, sections: list[str]) -> d
     return merged
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = SMOKE if args.smoke else FULL
-    out = args.out.resolve()
-    markdown = args.markdown or (DEFAULT_MARKDOWN if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
-    work = Path(tempfile.mkdtemp(prefix="recall-bench-"))
-    # A private MLflow store and Ray storage: the user's mlflow.db and ray_results are never touched.
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    bench_started = time.perf_counter()
-    started_at_all = datetime.now(timezone.utc)
-    load_before_all = load_average()
 
+
+def prepare(args, settings: Settings, work: Path) -> Bench:
+    """The experiment every section starts from (the smoke data slice, private Ray storage) and torch threads."""
     import torch
 
     from orchestrator.config import load_experiment
@@ -522,24 +573,39 @@ def main(argv: list[str] | None = None) -> int:
     experiment = load_experiment(args.config, overrides)
     threads = args.threads or max(int(experiment.sweep.resources.cpu), 1)
     torch.set_num_threads(threads)
-    log(f"work dir {work}; torch threads {threads}; {'smoke' if settings.smoke else 'full'} settings; "
+    return Bench(args, settings, experiment, overrides, work, threads)
+
+
+def write_results(results: dict, out: Path, markdown: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    from bench.report import render  # after latest.json: a rendering problem never loses a measurement
+
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_libraries()
+    settings = SMOKE if args.smoke else FULL
+    out = args.out.resolve()
+    markdown = args.markdown or (DEFAULT_MARKDOWN if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
+    work = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+    # A private MLflow store and Ray storage: the user's mlflow.db and ray_results are never touched.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    bench_started = time.perf_counter()
+    started_at_all = datetime.now(timezone.utc)
+    load_before_all = load_average()
+    bench = prepare(args, settings, work)
+    log(f"work dir {work}; torch threads {bench.threads}; {'smoke' if settings.smoke else 'full'} settings; "
         f"sections {', '.join(args.sections)}")
     command = " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])])
 
     results: dict = {"sections": {}}
     for name in args.sections:
-        section_started, started_at, load_before = time.perf_counter(), datetime.now(timezone.utc), load_average()
-        if name == "tiny":
-            results.update(tiny_sections(args, settings, experiment, overrides, work, threads))
-        else:
-            from bench import smollm2
-
-            results.update(smollm2.run(overrides, settings, work, log))
-        results["sections"][name] = {
-            "date": started_at.isoformat(timespec="seconds"), "seconds": time.perf_counter() - section_started,
-            "load_average": {"start": load_before, "end": load_average()}, "command": command,
-            "smoke": settings.smoke, "torch_threads": threads,
-        }
+        figures, results["sections"][name] = run_section(name, bench, command)
+        results.update(figures)
     results.update({
         "smoke": settings.smoke,
         "bench_seconds": time.perf_counter() - bench_started,
@@ -549,28 +615,16 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "command": command,
     })
-    if "tiny" in args.sections:
-        missing = [key for key in REQUIRED_KEYS if key not in results]
-        assert not missing, missing
-    if "smollm2" in args.sections:
-        from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_KEYS
-
-        missing = [key for key in SMOLLM2_KEYS if key not in results]
-        assert not missing, missing
     results = merge_previous(results, out / "latest.json", args.sections)
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    from bench.report import render  # after latest.json: a rendering problem never loses a measurement
-
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render(results))
-    log(f"wrote {out / 'latest.json'} and {markdown} in {results['bench_seconds']:.0f}s")
+    write_results(results, out, markdown)
+    failed = [name for name in args.sections if "error" in results["sections"][name]]
+    log(f"wrote {out / 'latest.json'} and {markdown} in {results['bench_seconds']:.0f}s"
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.keep:
         log(f"kept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

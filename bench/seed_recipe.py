@@ -29,9 +29,40 @@ import torch
 
 from trials.data import Knowledge
 
-SEED_LORA = {"r": 8, "alpha": 32, "target_modules": ["q_proj", "v_proj"], "learning_rate": 1e-6, "dropout": 0.0}
-SEED_BATCH_SIZE = 2
 VERY_LARGE_INTEGER = int(1e30)  # what transformers uses when a tokenizer has no model_max_length
+
+
+@dataclass(frozen=True)
+class SeedRecipe:
+    """The recipe's hyperparameters: the one definition every bench side and report line uses."""
+
+    r: int = 8
+    alpha: int = 32
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    dropout: float = 0.0  # the blog leaves peft's default, 0 (the sweep's seed point says so too)
+    learning_rate: float = 1e-6
+    batch_size: int = 2
+
+    @property
+    def adapter(self) -> str:
+        """How latest.json names this adapter: `r=8 alpha=32 q_proj,v_proj`."""
+        return f"r={self.r} alpha={self.alpha} {','.join(self.target_modules)}"
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(self.target_modules),
+                          lora_dropout=self.dropout, bias="none", task_type="CAUSAL_LM")
+
+    def method(self):
+        """This LoRA as our config type: for our loop with the seed's adapter, and our scorer."""
+        from trials.config import LoraMethod
+
+        return LoraMethod(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=list(self.target_modules),
+                          learning_rate=self.learning_rate)
+
+
+SEED = SeedRecipe()
 
 
 def seed_lines(knowledge: Knowledge, documents: list[Path]) -> list[str]:
@@ -72,14 +103,11 @@ def seed_dataset(tokenizer, lines: list[str]):
 
 
 def seed_model(base_path: str, device: torch.device, bf16: bool):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from trials.model import load_base_model
 
-    config = LoraConfig(r=SEED_LORA["r"], lora_alpha=SEED_LORA["alpha"],
-                        target_modules=list(SEED_LORA["target_modules"]), lora_dropout=SEED_LORA["dropout"],
-                        bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(load_base_model(base_path, device, bf16), config)
+    return get_peft_model(load_base_model(base_path, device, bf16), SEED.lora_config())
 
 
 @dataclass
@@ -116,8 +144,8 @@ def train_seed(model, tokenizer, dataset, output_dir: Path, *, epochs: float = 1
 
     args = TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=SEED_BATCH_SIZE,
-        learning_rate=SEED_LORA["learning_rate"],
+        per_device_train_batch_size=SEED.batch_size,
+        learning_rate=SEED.learning_rate,
         num_train_epochs=epochs,
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),  # HF refuses bf16 on the CPU unless told it is the CPU
@@ -142,14 +170,6 @@ def train_seed(model, tokenizer, dataset, output_dir: Path, *, epochs: float = 1
                    len(dataset))
 
 
-def seed_method():
-    """The seed recipe's LoRA as our config type (for scoring its adapter with our scorer)."""
-    from trials.config import LoraMethod
-
-    return LoraMethod(r=SEED_LORA["r"], alpha=SEED_LORA["alpha"], dropout=SEED_LORA["dropout"],
-                      target_modules=SEED_LORA["target_modules"], learning_rate=SEED_LORA["learning_rate"])
-
-
 @dataclass
 class SeedTrained:
     run: SeedRun
@@ -171,7 +191,7 @@ def train_seed_for(trial, epochs: int, work: Path) -> SeedTrained:
     dataset = seed_dataset(tokenizer, seed_lines(load_knowledge(trial.data), trial.data.documents))
     model = seed_model(base_path, device, bf16)
     run = train_seed(model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=bf16)
-    return SeedTrained(run, model, base_path, bf16, trial.model_copy(update={"method": seed_method()}))
+    return SeedTrained(run, model, base_path, bf16, trial.model_copy(update={"method": SEED.method()}))
 
 
 def save_for_scoring(trained: SeedTrained, directory: Path, chat_template: bool = True) -> Path:

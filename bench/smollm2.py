@@ -18,28 +18,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bench.goals import smollm2_goals_met
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
 REQUIRED_KEYS = (
     "smollm2_champion_test_recall", "smollm2_champion_train_recall", "smollm2_seed_test_recall",
     "smollm2_throughput_ratio_vs_seed", "smollm2_speedup_vs_previous",
 )
-GOALS = {
-    "smollm2_champion_train_recall": ">= 0.98",
-    "smollm2_champion_test_recall": ">= 0.9 and >= smollm2_seed_test_recall + 0.5",
-    "smollm2_throughput_ratio_vs_seed": ">= 1.5",
-    "smollm2_speedup_vs_previous": ">= 2",
-}
-
-
-def goals(results: dict) -> dict:
-    return {
-        "smollm2_champion_train_recall": results["smollm2_champion_train_recall"] >= 0.98,
-        "smollm2_champion_test_recall": results["smollm2_champion_test_recall"] >= 0.9
-        and results["smollm2_champion_test_recall"] >= results["smollm2_seed_test_recall"] + 0.5,
-        "smollm2_throughput_ratio_vs_seed": results["smollm2_throughput_ratio_vs_seed"] >= 1.5,
-        "smollm2_speedup_vs_previous": results["smollm2_speedup_vs_previous"] >= 2,
-    }
 
 
 # -------------------------------------------------------------------------------------------- speed
@@ -137,10 +123,9 @@ def measure_speed(experiment, epochs: int, rounds: int, work: Path, log) -> dict
 
 
 def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
-    from bench.run import run_bench_sweep, start_ray
+    from bench.run import exact_recall, run_bench_sweep, start_ray
     from orchestrator.promote import promote
     from trials.config import TrialConfig
-    from trials.evaluate import score_adapter
 
     import ray
 
@@ -163,12 +148,12 @@ def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
     adapter = Path(client.download_artifacts(best.run_id, "adapter", str(target)))
     config = TrialConfig.model_validate_json(
         Path(client.download_artifacts(best.run_id, "trial_config.json", str(target))).read_text())
-    scores = score_adapter(adapter, config, "train", "val", "test")
+    scores = exact_recall(adapter, config, "train", "val", "test")
     champion_trial = next(t for t in sweep["trials"] if t["run_id"] == best.run_id)
     return {
-        "smollm2_champion_test_recall": scores["test"][0],
-        "smollm2_champion_train_recall": scores["train"][0],
-        "smollm2_champion_val_recall": scores["val"][0],
+        "smollm2_champion_test_recall": scores["test"],
+        "smollm2_champion_train_recall": scores["train"],
+        "smollm2_champion_val_recall": scores["val"],
         "smollm2_champion": {"trial": best.trial, "run_id": best.run_id, "method": best.method,
                              "promotion": outcome.reason, "epochs": champion_trial["epochs"],
                              "trial_config": config.model_dump(mode="json"),
@@ -181,16 +166,15 @@ def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
 
 def seed_recall(experiment, epochs: int, work: Path) -> dict:
     """The seed recipe for `epochs` epochs of its own lines on SmolLM2, scored on every split."""
+    from bench.run import exact_recall
     from bench.seed_recipe import save_for_scoring, train_seed_for
-    from trials.evaluate import score_adapter
 
     trained = train_seed_for(experiment.trial_config(), epochs, work)
     run, bf16 = trained.run, trained.bf16
     formats = {}
     for name in ("chatml", "plain"):
         adapter = save_for_scoring(trained, work / f"seed-adapter-{name}", chat_template=name == "chatml")
-        scores = score_adapter(adapter, trained.config, "train", "val", "test")
-        formats[name] = {split: scores[split][0] for split in ("train", "val", "test")}
+        formats[name] = exact_recall(adapter, trained.config, "train", "val", "test")
     best = max(formats, key=lambda name: (formats[name]["test"], formats[name]["train"]))
     return {
         "smollm2_seed_test_recall": formats[best]["test"],
@@ -222,5 +206,5 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
         f"{results['smollm2_champion_test_recall']:.3f}; seed train {results['smollm2_seed_train_recall']:.3f} "
         f"test {results['smollm2_seed_test_recall']:.3f}")
     results["smollm2_section_seconds"] = timings
-    results["smollm2_goals_met"] = goals(results)
+    results["smollm2_goals_met"] = smollm2_goals_met(results)
     return results
