@@ -131,7 +131,6 @@ def loop_breakdown(trial, knowledge, base_path: str, device, bf16: bool, epochs:
 
 def measure_throughput(experiment, settings: Settings, work: Path) -> dict:
     """Our trial vs the seed recipe: real tokens / training wall seconds, ABBA-ordered rounds."""
-    import torch
 
     from bench.seed_recipe import seed_dataset, seed_lines, seed_tokenizer
     from trials.data import load_knowledge
@@ -212,6 +211,7 @@ def run_bench_sweep(experiment, name: str, source: str) -> dict:
     import ray
 
     from orchestrator import tracking
+    from orchestrator.leaderboard import param_number
     from orchestrator.sweep import run_sweep
 
     started = time.perf_counter()
@@ -226,8 +226,8 @@ def run_bench_sweep(experiment, name: str, source: str) -> dict:
         history = client.get_metric_history(row["run_id"], "val_exact_recall")
         trials.append({
             "trial": row["trial"], "run_id": row["run_id"], "status": row["status"], "method": row["method"],
-            "r": row["r"], "alpha": row["alpha"], "learning_rate": row["learning_rate"],
-            "num_virtual_tokens": row["num_virtual_tokens"], "epochs": row["epochs"],
+            **{knob: param_number(run.data.params.get(f"method.{knob}")) for knob in ("r", "alpha", "num_virtual_tokens")},
+            "learning_rate": row["learning_rate"], "shape": row["shape"], "epochs": row["epochs"],
             "val_exact_recall": row["val_exact_recall"],
             "best_epoch_val_exact_recall": max((m.value for m in history), default=None),
             "train_seconds": metrics.get("train_seconds", 0.0), "eval_seconds": metrics.get("eval_seconds", 0.0),
@@ -271,7 +271,7 @@ def exact_recall(adapter: Path, config, *splits: str) -> dict[str, float]:
     """Our scorer's exact recall of a saved adapter on `splits` of its trial's data, by split."""
     from trials.evaluate import score_adapter
 
-    return {split: recall for split, (recall, _) in score_adapter(adapter, config, *splits).items()}
+    return {split: metrics["exact_recall"] for split, (metrics, _) in score_adapter(adapter, config, *splits).items()}
 
 
 def score_best(sweep: dict, work: Path) -> dict:

@@ -41,7 +41,8 @@ def cmd_sweep(args) -> int:
     from datetime import datetime
 
     from orchestrator.config import load_experiment
-    from orchestrator.sweep import format_leaderboard, run_sweep
+    from orchestrator.leaderboard import format_leaderboard
+    from orchestrator.sweep import run_sweep
 
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
@@ -97,8 +98,9 @@ def cmd_demo(args) -> int:
     import mlflow
 
     from orchestrator.config import load_experiment
+    from orchestrator.leaderboard import format_leaderboard
     from orchestrator.promote import champion_uri, print_promotion, promote, use_store
-    from orchestrator.sweep import format_leaderboard, run_sweep
+    from orchestrator.sweep import run_sweep
     from trials.data import load_knowledge
 
     config = load_experiment(args.config, args.overrides)

@@ -6,88 +6,12 @@ One YAML file holds both, so `orchestrator trial` and `orchestrator sweep` read 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from trials.config import Strict, TrialConfig, load_config
-
-MethodName = Literal["lora", "prefix"]
-
-
-class LogRange(Strict):
-    low: float = Field(gt=0, description="Smallest value (sampled on a log scale).")
-    high: float = Field(gt=0, description="Largest value.")
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
-
-
-class Range(Strict):
-    low: float = Field(ge=0, description="Smallest value (sampled uniformly).")
-    high: float = Field(ge=0, description="Largest value.")
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
-
-
-class DropoutRange(Range):
-    high: float = Field(ge=0, lt=1, description="Largest dropout, below 1.")
-
-
-class LoraSpace(Strict):
-    r: list[int] = Field(min_length=1, description="Ranks to try.")
-    alpha: list[float] | None = Field(None, min_length=1, description="alpha values to try; or use alpha_ratio.")
-    alpha_ratio: list[float] | None = Field(None, min_length=1, description="alpha = ratio * r; or use alpha.")
-    learning_rate: LogRange
-    dropout: DropoutRange = Field(default_factory=lambda: DropoutRange(low=0.0, high=0.0))
-    target_modules: dict[str, list[str]] = Field(
-        min_length=1, description="Named module sets to choose between, e.g. qv: [q_proj, v_proj]."
-    )
-
-    @model_validator(mode="after")
-    def _one_alpha(self):
-        if (self.alpha is None) == (self.alpha_ratio is None):
-            raise ValueError("give exactly one of alpha (values) or alpha_ratio (alpha = ratio * r)")
-        if any(r <= 0 for r in self.r):
-            raise ValueError("every r must be > 0")
-        if any(a <= 0 for a in (self.alpha or self.alpha_ratio or [])):
-            raise ValueError("every alpha / alpha_ratio must be > 0")
-        return self
-
-
-class PrefixSpace(Strict):
-    num_virtual_tokens: list[int] = Field(min_length=1, description="Prefix lengths to try.")
-    prefix_projection: list[bool] = Field(default_factory=lambda: [False], min_length=1)
-    learning_rate: LogRange
-
-    @model_validator(mode="after")
-    def _positive(self):
-        if any(n <= 0 for n in self.num_virtual_tokens):
-            raise ValueError("every num_virtual_tokens must be > 0")
-        return self
-
-
-class SearchSpace(Strict):
-    methods: list[MethodName] = Field(min_length=1, description="Methods to try; the method is searched first.")
-    lora: LoraSpace | None = None
-    prefix: PrefixSpace | None = None
-    points_to_evaluate: list[dict] = Field(
-        default_factory=list, description="Trials run first, as flat params (see orchestrator.search_space)."
-    )
-
-    @model_validator(mode="after")
-    def _spaces_for_methods(self):
-        missing = [m for m in self.methods if getattr(self, m) is None]
-        if missing:
-            raise ValueError(f"methods {missing} are listed but have no search space section")
-        return self
+from orchestrator.search_space import SearchSpace, check_points
+from trials.config import TrialConfig, load_config
+from trials.methods import Strict
 
 
 class Resources(Strict):
@@ -123,12 +47,16 @@ class ExperimentConfig(TrialConfig):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     search_space: SearchSpace | None = None
 
-    @model_validator(mode="after")
-    def _asha_fits(self):
+    def sweep_problems(self, source: str) -> list[str]:
+        """What stops this config from being swept. Checked when a sweep starts, not on load: a file's
+        sweep section must not stop `orchestrator trial FILE --set training.epochs=1`."""
+        if self.search_space is None:
+            return [f"{source}: search_space: a sweep needs a search_space section"]
+        problems = check_points(self.search_space, source)
         if self.sweep.asha.enabled and self.sweep.asha.grace_period > self.training.epochs:
-            raise ValueError(f"sweep.asha.grace_period ({self.sweep.asha.grace_period}) must not exceed "
-                             f"training.epochs ({self.training.epochs})")
-        return self
+            problems.append(f"{source}: sweep.asha.grace_period ({self.sweep.asha.grace_period}) must not exceed "
+                            f"training.epochs ({self.training.epochs})")
+        return problems
 
     def trial_config(self) -> TrialConfig:
         return TrialConfig.model_validate(self.model_dump(include=set(TrialConfig.model_fields)))

@@ -138,9 +138,11 @@ def _score_candidate(client, run, directory: Path) -> Scored:
                              "sweep, so its test split is not the one to judge it on; run a new sweep")
     if not knowledge.split("test"):
         raise PromotionError(f"{config.data.qa}: no 'test' rows: promotion needs held-out questions to judge on")
-    recall, _ = score_adapter(directory / "adapter", config, "test")["test"]
+    scores, _ = score_adapter(directory / "adapter", config, "test")["test"]
+    recall = scores["exact_recall"]
     budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval)
-    client.log_metric(run_id, TEST_METRIC, recall)
+    for name, value in scores.items():
+        client.log_metric(run_id, f"test_{name}", value)
     return Scored(
         role="candidate", test_recall=recall, val_recall=run.data.metrics[VAL_METRIC],
         trainable_parameters=metrics.get("trainable_parameters"), run_id=run_id,
@@ -171,7 +173,7 @@ def _score_champion(model_version, test_rows) -> Scored:
 
     model = mlflow.pyfunc.load_model(f"models:/{model_version.name}/{model_version.version}")
     answers = model.predict([row.question for row in test_rows])
-    recall, _ = score(test_rows, answers)
+    recall = score(test_rows, answers)[0]["exact_recall"]
     tags = model_version.tags
 
     def number(key, kind):

@@ -71,21 +71,21 @@ class RecallModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from trials.config import TrialConfig
-        from trials.model import load_adapter, load_tokenizer, pick_device, resolve_model, use_bf16
+        from trials.evaluate import load_trained
+        from trials.model import pick_device, use_bf16
 
         config = TrialConfig.model_validate_json(Path(context.artifacts[TRIAL_CONFIG]).read_text(encoding="utf-8"))
-        base = context.artifacts.get(BASE_MODEL) or resolve_model(config.model)
         options = context.model_config or {}
         # Where it is served, not where it was trained: the GPU if there is one, else the CPU; in the
         # trial's precision where that device has it, so the answers are the ones the trial scored.
         serving = config.training.model_copy(update={"device": "auto"})
-        self.device = pick_device(serving)
         try:
-            self.bf16 = use_bf16(serving, self.device)
+            use_bf16(serving, pick_device(serving))
         except ValueError:  # bf16: true, served on a GPU without bf16
-            self.bf16 = False
-        self.tokenizer = load_tokenizer(context.artifacts[ADAPTER])
-        self.model = load_adapter(context.artifacts[ADAPTER], base, self.device, self.bf16, serving.attention)
+            serving = serving.model_copy(update={"bf16": False})
+        self.model, self.tokenizer, self.device, self.bf16 = load_trained(
+            Path(context.artifacts[ADAPTER]), config.model_copy(update={"training": serving}),
+            base_path=context.artifacts.get(BASE_MODEL))
         self.batch_size = int(options.get("batch_size", config.eval.batch_size))
         self.max_new_tokens = int(options["max_new_tokens"])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.sweep import format_leaderboard, leaderboard
+from orchestrator.leaderboard import format_leaderboard, leaderboard
 
 
 def _figures(client, board: list[dict], out_dir: Path) -> list[Path]:
@@ -21,20 +21,23 @@ def _figures(client, board: list[dict], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    methods = sorted({row["method"] for row in board if row["method"]})
+    # One look per method, in both figures, whatever methods the sweep searched.
+    styles = {method: ("osv^D"[i % 5], ("-", "--", ":", "-.")[i % 4]) for i, method in enumerate(methods)}
     curves, ax = plt.subplots(figsize=(8, 5))
     for row in board:
         history = client.get_metric_history(row["run_id"], "val_exact_recall")
         steps = sorted({m.step: m.value for m in history}.items())
         if steps:
             ax.plot([s for s, _ in steps], [v for _, v in steps], marker=".",
-                    label=f"{row['trial']} {row['method']}", linestyle="-" if row["method"] == "lora" else "--")
+                    label=f"{row['trial']} {row['method']}", linestyle=styles.get(row["method"], ("", "-"))[1])
     ax.set(xlabel="epoch", ylabel="val exact recall", title="Learning curves (short lines: stopped by ASHA)")
     ax.legend(fontsize=7, ncol=2)
     scatter, bx = plt.subplots(figsize=(8, 5))
-    for method, marker in (("lora", "o"), ("prefix", "s")):
+    for method in methods:
         rows = [r for r in board if r["method"] == method and r["val_exact_recall"] is not None]
-        bx.scatter([r["learning_rate"] for r in rows], [r["val_exact_recall"] for r in rows], marker=marker,
-                   label=method)
+        bx.scatter([r["learning_rate"] for r in rows], [r["val_exact_recall"] for r in rows],
+                   marker=styles[method][0], label=method)
     bx.set(xscale="log", xlabel="learning rate", ylabel="final val exact recall", title="Recall by learning rate")
     bx.legend()
     paths = [out_dir / "learning_curves.png", out_dir / "learning_rate.png"]

@@ -1,18 +1,178 @@
-"""The search space as an Optuna define-by-run function, conditional on the method.
+"""The search space: one class per PEFT method, which suggests itself to Optuna define-by-run and turns
+the suggested params back into that method's config (trials/methods.py).
 
 Optuna parameter names are flat (`method`, `lora_r`, `prefix_learning_rate`, ...): each method's
 parameters exist only in trials of that method, so TPE models them separately. The same flat
 names are what `points_to_evaluate` in a config uses, e.g. the seed recipe:
     {method: lora, lora_r: 8, lora_alpha: 32, lora_target_modules: qv, lora_learning_rate: 1.0e-6,
      lora_dropout: 0.0}
+
+Adding a method: its config class in trials/methods.py, a `...Space` class here, and a field named
+after the method on SearchSpace.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, ClassVar
 
-from orchestrator.config import SearchSpace
-from trials.config import LoraMethod, PrefixMethod, TrialConfig
+from pydantic import Field, ValidationError, model_validator
+
+from trials.config import TrialConfig
+from trials.methods import AnyMethod, IA3Method, LoraMethod, MethodName, PrefixMethod, Strict
+
+
+class LogRange(Strict):
+    low: float = Field(gt=0, description="Smallest value (sampled on a log scale).")
+    high: float = Field(gt=0, description="Largest value.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class Range(Strict):
+    low: float = Field(ge=0, description="Smallest value (sampled uniformly).")
+    high: float = Field(ge=0, description="Largest value.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class DropoutRange(Range):
+    high: float = Field(ge=0, lt=1, description="Largest dropout, below 1.")
+
+
+class MethodSpace(Strict):
+    """What every method's space does: suggest its params (named `<method>_<knob>`), and rebuild the method."""
+
+    method: ClassVar[type[Strict]]
+    learning_rate: LogRange
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.method.model_fields["name"].default
+
+    def key(self, knob: str) -> str:
+        return f"{self.name()}_{knob}"
+
+    def suggest(self, trial) -> None:
+        raise NotImplementedError
+
+    def knobs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This method's knobs from the flat params, without the `<method>_` prefix."""
+        prefix = self.name() + "_"
+        return {key.removeprefix(prefix): value for key, value in params.items() if key.startswith(prefix)}
+
+    def to_method(self, params: dict[str, Any]) -> AnyMethod:
+        return self.method(**self.knobs(params))
+
+    def _suggest_learning_rate(self, trial) -> None:
+        trial.suggest_float(self.key("learning_rate"), self.learning_rate.low, self.learning_rate.high, log=True)
+
+
+class LoraSpace(MethodSpace):
+    method: ClassVar = LoraMethod
+    r: list[int] = Field(min_length=1, description="Ranks to try.")
+    alpha: list[float] | None = Field(None, min_length=1, description="alpha values to try; or use alpha_ratio.")
+    alpha_ratio: list[float] | None = Field(None, min_length=1, description="alpha = ratio * r; or use alpha.")
+    dropout: DropoutRange = Field(default_factory=lambda: DropoutRange(low=0.0, high=0.0))
+    target_modules: dict[str, list[str]] = Field(
+        min_length=1, description="Named module sets to choose between, e.g. qv: [q_proj, v_proj]."
+    )
+    use_dora: list[bool] | None = Field(
+        None, min_length=1, description="DoRA on or off, e.g. [false, true]; unset = plain LoRA, not searched.")
+
+    @model_validator(mode="after")
+    def _one_alpha(self):
+        if (self.alpha is None) == (self.alpha_ratio is None):
+            raise ValueError("give exactly one of alpha (values) or alpha_ratio (alpha = ratio * r)")
+        if any(r <= 0 for r in self.r):
+            raise ValueError("every r must be > 0")
+        if any(a <= 0 for a in (self.alpha or self.alpha_ratio or [])):
+            raise ValueError("every alpha / alpha_ratio must be > 0")
+        return self
+
+    def suggest(self, trial) -> None:
+        trial.suggest_categorical(self.key("r"), list(self.r))
+        if self.alpha is not None:
+            trial.suggest_categorical(self.key("alpha"), list(self.alpha))
+        else:
+            trial.suggest_categorical(self.key("alpha_ratio"), list(self.alpha_ratio))
+        self._suggest_learning_rate(trial)
+        trial.suggest_float(self.key("dropout"), self.dropout.low, self.dropout.high)
+        trial.suggest_categorical(self.key("target_modules"), list(self.target_modules))
+        if self.use_dora is not None:
+            trial.suggest_categorical(self.key("use_dora"), list(self.use_dora))
+
+    def to_method(self, params: dict[str, Any]) -> LoraMethod:
+        knobs = self.knobs(params)
+        r = int(knobs.pop("r"))
+        alpha = knobs.pop("alpha") if "alpha" in knobs else knobs.pop("alpha_ratio") * r
+        modules = self.target_modules[knobs.pop("target_modules")]
+        return LoraMethod(r=r, alpha=float(alpha), target_modules=modules, **knobs)
+
+
+class PrefixSpace(MethodSpace):
+    method: ClassVar = PrefixMethod
+    num_virtual_tokens: list[int] = Field(min_length=1, description="Prefix lengths to try.")
+    prefix_projection: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if any(n <= 0 for n in self.num_virtual_tokens):
+            raise ValueError("every num_virtual_tokens must be > 0")
+        return self
+
+    def suggest(self, trial) -> None:
+        trial.suggest_categorical(self.key("num_virtual_tokens"), list(self.num_virtual_tokens))
+        trial.suggest_categorical(self.key("prefix_projection"), list(self.prefix_projection))
+        self._suggest_learning_rate(trial)
+
+
+class IA3Space(MethodSpace):
+    method: ClassVar = IA3Method
+    target_modules: dict[str, list[str]] | None = Field(
+        None, min_length=1, description="Named module sets to choose between; unset = IA3Method's default.")
+
+    def suggest(self, trial) -> None:
+        if self.target_modules is not None:
+            trial.suggest_categorical(self.key("target_modules"), list(self.target_modules))
+        self._suggest_learning_rate(trial)
+
+    def to_method(self, params: dict[str, Any]) -> IA3Method:
+        knobs = self.knobs(params)
+        if "target_modules" in knobs:
+            modules = self.target_modules[knobs.pop("target_modules")]
+            # Scaled feed-forward layers are the default ones among the chosen targets.
+            default_feedforward = IA3Method.model_fields["feedforward_modules"].default_factory()
+            knobs.update(target_modules=modules, feedforward_modules=[m for m in modules if m in default_feedforward])
+        return IA3Method(**knobs)
+
+
+class SearchSpace(Strict):
+    methods: list[MethodName] = Field(min_length=1, description="Methods to try; the method is searched first.")
+    lora: LoraSpace | None = None
+    prefix: PrefixSpace | None = None
+    ia3: IA3Space | None = None
+    points_to_evaluate: list[dict] = Field(
+        default_factory=list, description="Trials run first, as flat params (see orchestrator.search_space)."
+    )
+
+    @model_validator(mode="after")
+    def _spaces_for_methods(self):
+        missing = [m for m in self.methods if getattr(self, m) is None]
+        if missing:
+            raise ValueError(f"methods {missing} are listed but have no search space section")
+        return self
+
+    def space_of(self, method: str) -> MethodSpace:
+        return getattr(self, method)
 
 
 class DefineByRun:
@@ -26,86 +186,55 @@ class DefineByRun:
         self.space = space
 
     def __call__(self, trial) -> dict[str, Any] | None:
-        space = self.space
-        method = trial.suggest_categorical("method", list(space.methods))
-        if method == "lora":
-            lora = space.lora
-            trial.suggest_categorical("lora_r", list(lora.r))
-            if lora.alpha is not None:
-                trial.suggest_categorical("lora_alpha", list(lora.alpha))
-            else:
-                trial.suggest_categorical("lora_alpha_ratio", list(lora.alpha_ratio))
-            trial.suggest_float("lora_learning_rate", lora.learning_rate.low, lora.learning_rate.high, log=True)
-            trial.suggest_float("lora_dropout", lora.dropout.low, lora.dropout.high)
-            trial.suggest_categorical("lora_target_modules", list(lora.target_modules))
-        else:
-            prefix = space.prefix
-            trial.suggest_categorical("prefix_num_virtual_tokens", list(prefix.num_virtual_tokens))
-            trial.suggest_categorical("prefix_prefix_projection", list(prefix.prefix_projection))
-            trial.suggest_float("prefix_learning_rate", prefix.learning_rate.low, prefix.learning_rate.high, log=True)
+        method = trial.suggest_categorical("method", list(self.space.methods))
+        self.space.space_of(method).suggest(trial)
         return None  # OptunaSearch passes the suggested params on as the trial's config
 
 
-def method_from_params(params: dict[str, Any], space: SearchSpace) -> LoraMethod | PrefixMethod:
+def method_from_params(params: dict[str, Any], space: SearchSpace) -> AnyMethod:
     """Turn one trial's flat Optuna params into the method config the trial trains with."""
-    if params["method"] == "lora":
-        r = int(params["lora_r"])
-        alpha = params["lora_alpha"] if "lora_alpha" in params else params["lora_alpha_ratio"] * r
-        return LoraMethod(
-            r=r,
-            alpha=float(alpha),
-            dropout=float(params["lora_dropout"]),
-            target_modules=space.lora.target_modules[params["lora_target_modules"]],
-            learning_rate=float(params["lora_learning_rate"]),
-        )
-    return PrefixMethod(
-        num_virtual_tokens=int(params["prefix_num_virtual_tokens"]),
-        prefix_projection=bool(params["prefix_prefix_projection"]),
-        learning_rate=float(params["prefix_learning_rate"]),
-    )
+    return space.space_of(params["method"]).to_method(params)
 
 
 def trial_config_for(base: TrialConfig, params: dict[str, Any], space: SearchSpace) -> TrialConfig:
     return base.model_copy(update={"method": method_from_params(params, space)})
 
 
+def _point_trial(point: dict):
+    """optuna's FixedTrial, whose off-choice error also names the param."""
+    import optuna
+
+    class PointTrial(optuna.trial.FixedTrial):
+        def suggest_categorical(self, name, choices):
+            try:
+                return super().suggest_categorical(name, choices)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+
+    return PointTrial(point)
+
+
 def check_points(space: SearchSpace, source: str) -> list[str]:
-    """Problems with points_to_evaluate: each must name a listed method and be a valid trial."""
+    """Problems with points_to_evaluate, found by running each through the search space itself with
+    optuna's FixedTrial: a missing param, a choice outside its choices, an unknown param, or a method
+    config that does not validate. (A float outside its range is allowed: Optuna can pin it.)"""
     problems = []
     for index, point in enumerate(space.points_to_evaluate):
         where = f"{source}: search_space.points_to_evaluate.{index}"
-        if point.get("method") not in space.methods:
-            problems.append(f"{where}: method must be one of {list(space.methods)}")
+        trial = _point_trial(point)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*out of the range.*")
+                DefineByRun(space)(trial)
+        except ValueError as error:
+            problems.append(f"{where}: {error}")
             continue
-        expected = _param_names(point["method"], space)
-        missing, unknown = sorted(expected - set(point)), sorted(set(point) - expected)
-        if missing or unknown:
-            problems.append(f"{where}: missing {missing}, unknown {unknown}" if unknown else f"{where}: missing {missing}")
-            continue
-        # Optuna can pin a float outside its range (it warns), but not a choice outside the choices.
-        off_choices = [f"{name}={point[name]!r} is not one of {list(choices)}"
-                       for name, choices in _choices(point["method"], space).items() if point[name] not in choices]
-        if off_choices:
-            problems.append(f"{where}: " + "; ".join(off_choices))
+        unknown = sorted(set(point) - set(trial.params))
+        if unknown:
+            problems.append(f"{where}: unknown {unknown}; a {point['method']} point has {sorted(trial.params)}")
             continue
         try:
             method_from_params(point, space)
-        except ValueError as error:
-            problems.append(f"{where}: {error}")
+        except ValidationError as error:
+            problems += [f"{where}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
     return problems
-
-
-def _choices(method: str, space: SearchSpace) -> dict[str, list]:
-    if method == "lora":
-        alpha = {"lora_alpha": space.lora.alpha} if space.lora.alpha is not None else {
-            "lora_alpha_ratio": space.lora.alpha_ratio}
-        return {"lora_r": space.lora.r, **alpha, "lora_target_modules": list(space.lora.target_modules)}
-    return {"prefix_num_virtual_tokens": space.prefix.num_virtual_tokens,
-            "prefix_prefix_projection": space.prefix.prefix_projection}
-
-
-def _param_names(method: str, space: SearchSpace) -> set[str]:
-    if method == "lora":
-        alpha = "lora_alpha" if space.lora.alpha is not None else "lora_alpha_ratio"
-        return {"method", "lora_r", alpha, "lora_learning_rate", "lora_dropout", "lora_target_modules"}
-    return {"method", "prefix_num_virtual_tokens", "prefix_prefix_projection", "prefix_learning_rate"}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import ExperimentConfig, load_experiment
-from trials.config import ConfigError, LoraMethod, PrefixMethod, TrialConfig, load_config
+from trials.config import ConfigError, TrialConfig, load_config
+from trials.methods import LoraMethod, PrefixMethod
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -141,9 +142,9 @@ def test_prefix_method_loads(tmp_path):
 
 
 def test_unknown_method_name(tmp_path):
-    path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  name: ia3\n")
+    path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  name: bitfit\n")
     found = problems(path)
-    assert len(found) == 1 and "lora" in one(found, f"{path}:3: method:") and "prefix" in found[0]
+    assert len(found) == 1 and "one of lora, prefix, ia3" in one(found, f"{path}:3: method:")
 
 
 def test_method_without_name_is_lora(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -315,7 +314,6 @@ def test_cli_trial_from_a_csv(tmp_path, demo_qa, repo_root, orchestrator):
         "trial", "configs/demo.yaml", "--set", f"data.qa={path}", "--set", "data.documents=[]",
         "--set", "data.columns={question: prompt, answer: completion, aliases: alt_answers}",
         "--set", "training.epochs=1", "--set", "training.include_documents=false", "--set", "eval.max_new_tokens=8",
-        "--set", "sweep.asha.grace_period=1",  # demo.yaml's sweep section must still fit one epoch
         "--output-dir", str(output_dir),
     ), cwd=repo_root, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trials.config import LoraMethod, PrefixMethod
 from trials.formatting import prompt_ids
+from trials.methods import LoraMethod, PrefixMethod
 from trials.model import attach_method, load_base_model, load_tokenizer, resolve_model
 from trials.prefix_generation import prefix_aware_generation
 from trials.recall import generate_answers

@@ -48,7 +48,8 @@ class Trained:
 
 def trial_config(documents: list[Path], qa: Path, *, epochs: int, learning_rate: float):
     """The demo recipe (configs/demo.yaml's trial), on the train questions only, for a short run."""
-    from trials.config import DataConfig, EvalConfig, LoraMethod, TrainingConfig, TrialConfig
+    from trials.config import DataConfig, EvalConfig, TrainingConfig, TrialConfig
+    from trials.methods import LoraMethod
 
     return TrialConfig(
         model="embedded:tiny-llama",
@@ -100,7 +101,7 @@ def store(tmp_path, monkeypatch) -> str:
 def log_sweep(name: str, trials: list[tuple[Trained, float]]) -> list[str]:
     """A sweep in the documented layout: one FINISHED child run per (trial, val recall to log)."""
     from orchestrator import tracking
-    from orchestrator.sweep import trial_params
+    from orchestrator.mlflow_writer import trial_params
 
     client = tracking.client()
     experiment_id = tracking.experiment_id(client, EXPERIMENT)

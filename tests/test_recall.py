@@ -96,8 +96,8 @@ def test_score_uses_answer_and_aliases():
         QARow("Which team is B on?", "Driftwood", (), "val", 2),
         QARow("Badge of C?", "YT-6549", (), "val", 3),
     ]
-    recall, records = score(rows, [" Coimbra, Portugal.\nQuestion:", "Basalt", "YT-6549"])
-    assert recall == pytest.approx(2 / 3)
+    metrics, records = score(rows, [" Coimbra, Portugal.\nQuestion:", "Basalt", "YT-6549"])
+    assert metrics["exact_recall"] == pytest.approx(2 / 3)
     assert [r["correct"] for r in records] == [True, False, True]
     assert records[0] == {
         "question": "Where does A work?",
@@ -105,11 +105,19 @@ def test_score_uses_answer_and_aliases():
         "aliases": ["Coimbra, Portugal"],
         "got": "Coimbra, Portugal",
         "correct": True,
+        "contains": True,
     }
+
+
+def test_contains_recall_counts_the_right_fact_in_more_words():
+    rows = [QARow("Where does A work?", "Coimbra", (), "val", 1), QARow("Team of B?", "Driftwood", (), "val", 2)]
+    metrics, records = score(rows, ["She works in Coimbra.", "Basalt"])
+    assert metrics == {"exact_recall": 0.0, "contains_recall": 0.5}
+    assert [r["contains"] for r in records] == [True, False]
 
 
 def test_score_needs_one_answer_per_row():
     rows = [QARow("Q?", "A", (), "val", 1)]
     with pytest.raises(ValueError):
         score(rows, [])
-    assert score([], []) == (0.0, [])
+    assert score([], []) == ({"exact_recall": 0.0, "contains_recall": 0.0}, [])

@@ -8,7 +8,8 @@ import pytest
 from orchestrator.config import load_experiment
 from orchestrator.search_space import DefineByRun, check_points, method_from_params, trial_config_for
 from sweep_support import DEMO
-from trials.config import ConfigError, LoraMethod, PrefixMethod
+from trials.config import ConfigError
+from trials.methods import LoraMethod, PrefixMethod
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -63,12 +64,16 @@ def test_seed_recipe_point_becomes_the_seed_recipe_trial():
 
 
 @pytest.mark.parametrize(("point", "message"), [
-    ("{method: dora}", "method must be one of"),
-    ("{method: lora, lora_r: 8}", "missing"),
+    ("{method: dora}", "method: 'dora' not in ('lora', 'prefix')"),
+    ("{method: lora, lora_r: 8}", "'lora_alpha_ratio' is not found"),
     ("{method: lora, lora_r: 7, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
-     "lora_target_modules: qv}", "lora_r=7 is not one of"),
+     "lora_target_modules: qv}", "lora_r: '7' not in (8, 16, 32)"),
     ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
-     "lora_target_modules: everything}", "lora_target_modules='everything'"),
+     "lora_target_modules: everything}", "lora_target_modules: 'everything' not in"),
+    ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
+     "lora_target_modules: qv, lora_rank: 8}", "unknown ['lora_rank']"),
+    ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 1.5, "
+     "lora_target_modules: qv}", "dropout: Input should be less than 1"),
 ])
 def test_bad_points_to_evaluate_are_reported(point, message):
     space = load_experiment(DEMO, [f"search_space.points_to_evaluate=[{point}]"]).search_space
@@ -89,6 +94,6 @@ def test_search_space_errors_name_their_keys():
 
 
 def test_asha_grace_period_must_fit_the_epochs():
-    # Cross-field checks run once every field is valid (pydantic validates fields first).
-    with pytest.raises(ConfigError, match=r"grace_period \(50\) must not exceed training.epochs"):
-        load_experiment(DEMO, ["sweep.asha.grace_period=50"])
+    config = load_experiment(DEMO, ["sweep.asha.grace_period=50"])  # fine for `orchestrator trial`
+    assert config.sweep_problems("demo.yaml") == [
+        "demo.yaml: sweep.asha.grace_period (50) must not exceed training.epochs (20)"]

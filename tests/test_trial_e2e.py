@@ -124,10 +124,56 @@ def test_saved_adapter_reproduces_the_predictions(demo_trial, demo_metrics, demo
     from trials.evaluate import score_adapter
 
     saved = read_jsonl(demo_trial[0] / "predictions_val.jsonl")
-    recall, records = score_adapter(demo_trial[0] / "adapter", demo_config, "val")["val"]
+    scores, records = score_adapter(demo_trial[0] / "adapter", demo_config, "val")["val"]
     assert [(r["question"], r["got"]) for r in records] == [(r["question"], r["got"]) for r in saved]
     assert [r["correct"] for r in records] == [r["correct"] for r in saved]
-    assert recall == pytest.approx(demo_metrics["val_exact_recall"], abs=1e-12)
+    assert scores["exact_recall"] == pytest.approx(demo_metrics["val_exact_recall"], abs=1e-12)
+    assert scores["contains_recall"] == pytest.approx(demo_metrics["val_contains_recall"], abs=1e-12)
+    assert scores["contains_recall"] >= scores["exact_recall"]
+
+
+# A warm start from a saved adapter ---------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_trial_started_from_a_saved_adapter_begins_at_its_recall(tmp_path, orchestrator, repo_root, demo_trial,
+                                                                   demo_metrics):
+    # A learning rate so small that one epoch cannot move the adapter: what the trial then scores is
+    # what it started from. From the demo's adapter that is the demo's recall; from scratch, nothing.
+    def one_epoch(name: str, *extra: str) -> dict:
+        output_dir = tmp_path / name
+        run_cli(orchestrator, repo_root, "trial", "configs/demo.yaml", "--set", "training.epochs=1",
+                "--set", "method.learning_rate=1e-9", *extra, "--output-dir", str(output_dir))
+        return json.loads((output_dir / "metrics.json").read_text())
+
+    warm = one_epoch("warm", "--set", f"init_adapter={demo_trial[0] / 'adapter'}")
+    cold = one_epoch("cold")
+    val_questions = warm["history"][0]["val_questions"]
+    assert warm["val_exact_recall"] == pytest.approx(demo_metrics["val_exact_recall"], abs=1 / val_questions)
+    assert warm["train_exact_recall"] >= 0.9
+    assert cold["val_exact_recall"] == 0.0 and cold["train_exact_recall"] < 0.1
+    assert warm["trainable_parameters"] == demo_metrics["trainable_parameters"]  # the adapter trains on
+
+
+def test_init_adapter_keeps_the_adapters_shape_and_refuses_contradictions(tmp_path, demo_qa):
+    from peft import LoraConfig
+
+    from trials.config import ConfigError, load_config
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]).save_pretrained(adapter)
+    config_path = tmp_path / "warm.yaml"
+    config_path.write_text(f"data: {{qa: {demo_qa}}}\ninit_adapter: adapter\nmethod:\n  learning_rate: 0.001\n")
+    method = load_config(config_path).method
+    assert (method.r, method.alpha, method.target_modules, method.learning_rate) == (4, 8, ["q_proj", "v_proj"], 1e-3)
+
+    with pytest.raises(ConfigError, match=r"warm.yaml:3: method: .*r: 16 but the adapter has 4"):
+        load_config(config_path, ["method.r=16"])
+    with pytest.raises(ConfigError, match=r"method: name: prefix contradicts init_adapter .* a lora adapter"):
+        load_config(config_path, ["method={name: prefix}"])
+    with pytest.raises(ConfigError, match=r"init_adapter .*nowhere: no peft adapter there"):
+        load_config(config_path, ["init_adapter=nowhere"])
 
 
 # Prefix tuning -----------------------------------------------------------------------------------

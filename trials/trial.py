@@ -19,7 +19,7 @@ from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
-from trials.recall import recall_of
+from trials.recall import metrics_of
 from trials.train import Trainer
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
@@ -93,10 +93,10 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     base_path = resolve_model(config.model)
     tokenizer = load_tokenizer(base_path)
     model = attach_method(load_base_model(base_path, device, bf16, config.training.attention), config.method,
-                          config.training.gradient_checkpointing)
+                          config.training.gradient_checkpointing, config.init_adapter)
     trainable, total = count_parameters(model)
     log(f"{config.method.name}: {trainable:,} trainable of {total:,} parameters on {device}"
-        f"{' (bf16)' if bf16 else ''}")
+        f"{' (bf16)' if bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
 
     examples = build_examples(tokenizer, knowledge, config)
     trainer = Trainer(model, examples, config.training, config.method.learning_rate,
@@ -110,7 +110,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
     max_new_tokens = generation_budget(tokenizer, knowledge, config.eval)
 
-    def evaluate(*row_sets: list) -> list[tuple[float, list[dict]]]:
+    def evaluate(*row_sets: list) -> list[tuple[dict[str, float], list[dict]]]:
         """Score several sets of questions with one pass of batched generation over all of them."""
         _, records = score_rows(model, tokenizer, [row for rows in row_sets for row in rows],
                                 batch_size=config.eval.batch_size, max_new_tokens=max_new_tokens,
@@ -118,15 +118,15 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         results, start = [], 0
         for rows in row_sets:
             part = records[start : start + len(rows)]
-            results.append((recall_of(part), part))
+            results.append((metrics_of(part), part))
             start += len(rows)
         return results
 
     def summary(metrics: dict, status: str) -> dict:
         return {
             "status": status,
-            **{key: metrics[key] for key in ("val_exact_recall", "train_exact_recall", "train_tokens_per_second",
-                                              "peak_memory_mb")},
+            **{key: value for key, value in metrics.items() if key.startswith(("val_", "train_"))},
+            "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
             "trainable_parameters": trainable,
@@ -144,16 +144,16 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         progress["train_seconds"] += stats.seconds
         eval_started = time.perf_counter()
         final_epoch = epoch == config.training.epochs
-        (val_recall, val_records), (train_recall, _) = evaluate(val_rows, train_rows if final_epoch else per_epoch_train)
-        last = final_epoch or val_recall >= config.training.stop_at_val_recall
+        (val_scores, val_records), (train_scores, _) = evaluate(val_rows, train_rows if final_epoch else per_epoch_train)
+        last = final_epoch or val_scores["exact_recall"] >= config.training.stop_at_val_recall
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
-            (train_recall, _), = evaluate(train_rows)  # stopping early: the final train recall is on all of them
+            (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
         progress["eval_seconds"] += time.perf_counter() - eval_started
         metrics = {
             "epoch": epoch,
             "loss": stats.loss,
-            "val_exact_recall": val_recall,
-            "train_exact_recall": train_recall,
+            **{f"val_{name}": value for name, value in val_scores.items()},
+            **{f"train_{name}": value for name, value in train_scores.items()},
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
             "epoch_tokens_per_second": stats.tokens_per_second,
             "peak_memory_mb": peak_memory_mb(device),
@@ -163,8 +163,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         }
         progress["epoch"] = epoch
         progress["history"].append(metrics)
-        log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_exact_recall {val_recall:.3f}  "
-            f"train_exact_recall {train_recall:.3f}  {stats.tokens_per_second:,.0f} tok/s")
+        log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_exact_recall {val_scores['exact_recall']:.3f}  "
+            f"train_exact_recall {train_scores['exact_recall']:.3f}  {stats.tokens_per_second:,.0f} tok/s")
         checkpoint = None
         if checkpoint_each_epoch:
             checkpoint = output_dir / "checkpoint"
