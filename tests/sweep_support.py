@@ -20,6 +20,7 @@ FAST = [
     "sweep.max_concurrent_trials=2",
 ]
 PREFIX_POINT = "{method: prefix, prefix_num_virtual_tokens: 8, prefix_prefix_projection: false, prefix_learning_rate: 0.01}"
+IA3_POINT = "{method: ia3, ia3_learning_rate: 0.01}"
 
 
 def fast_config(tmp_path: Path, *overrides: str):

@@ -59,6 +59,23 @@ def test_write_reproduces_the_shipped_files_byte_for_byte(tmp_path, repo_root):
         assert (tmp_path / relative).read_bytes() == (shipped / relative).read_bytes(), relative
 
 
+def test_batch_two_is_shipped_and_holds_only_new_people(tmp_path, repo_root, generated):
+    demo_data.write(tmp_path, batch=2)
+    shipped = repo_root / "data" / "demo-batch2"
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
+    for relative in written:
+        assert (tmp_path / relative).read_bytes() == (shipped / relative).read_bytes(), relative
+    _, first_rows = generated
+    _, second_rows = demo_data.generate(batch=2)
+    name = re.compile(r"[A-Z][a-z]+ [A-Z][a-z]+")
+    first_names = {n for row in first_rows for n in name.findall(row["question"])}
+    second_names = {n for row in second_rows for n in name.findall(row["question"])}
+    assert len(second_names) == demo_data.NUM_PEOPLE and not first_names & second_names
+    badges = lambda rows: {row["answer"] for row in rows if "badge" in row["question"]}  # noqa: E731
+    assert not badges(first_rows) & badges(second_rows)
+
+
 def test_generation_is_deterministic(generated):
     assert demo_data.generate() == generated
 

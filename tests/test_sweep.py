@@ -9,7 +9,7 @@ import ray
 
 from orchestrator import tracking
 from orchestrator.sweep import run_sweep
-from sweep_support import PREFIX_POINT, fast_config, runs_of, store
+from sweep_support import IA3_POINT, PREFIX_POINT, fast_config, runs_of, store
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,8 @@ def six_trials(local_ray, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as monkeypatch:
         uri = store(tmp_path, monkeypatch)
-        config = fast_config(tmp_path, "sweep.num_samples=6",
-                             f"search_space.points_to_evaluate=[{SEED_POINT}, {PREFIX_POINT}]")
+        config = fast_config(tmp_path, "sweep.num_samples=6", "search_space.methods=[lora, prefix, ia3]",
+                             f"search_space.points_to_evaluate=[{SEED_POINT}, {PREFIX_POINT}, {IA3_POINT}]")
         outcome = run_sweep(config, "six")
     return uri, outcome
 
@@ -47,14 +47,20 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "val_exact_recall")
         assert [m.step for m in history][0] == 1 and 0.0 <= history[-1].value <= 1.0
-        assert "train_exact_recall" in run.data.metrics and "peak_memory_mb" in run.data.metrics
+        # Every numeric metric the trial reported reaches its run, with no list of names in between.
+        with open(client.download_artifacts(run.info.run_id, "metrics.json")) as handle:
+            reported = json.load(handle)["history"][-1]
+        numeric = {key for key, value in reported.items() if isinstance(value, (int, float)) and key != "epoch"}
+        assert {"val_contains_recall", "train_exact_recall", "peak_memory_mb"} <= numeric
+        assert numeric <= set(run.data.metrics)
+        assert run.data.tags[tracking.METHOD_SHAPE]
         adapter = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
         assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
         assert run.data.params["training.epochs"] == "2"
         # ASHA (rung at epoch 1) may stop a trial there; only then is it tagged as stopped by ASHA.
         assert run.data.tags.get("recall.stopped_by") == ("asha" if len(history) == 1 else None)
     methods = {run.data.params["method.name"] for run in children}
-    assert methods == {"lora", "prefix"}
+    assert methods == {"lora", "prefix", "ia3"}
 
 
 def test_points_to_evaluate_run_first_with_their_exact_knobs(six_trials):
@@ -77,7 +83,7 @@ def test_leaderboard_is_stored_on_the_parent_run(six_trials):
     recalls = [row["val_exact_recall"] for row in board]
     assert recalls == sorted(recalls, reverse=True)
     table = open(client.download_artifacts(parent.info.run_id, "leaderboard.md")).read()
-    assert "val_exact_recall" in table and board[0]["trial"] in table
+    assert "val_exact_recall" in table and board[0]["trial"] in table and board[0]["shape"] in table
 
 
 def test_a_trial_that_raises_ends_failed_while_the_others_finish(local_ray, tmp_path, monkeypatch):

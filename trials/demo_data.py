@@ -5,8 +5,10 @@ for each fact two are `train` rows and the third, rotated per person so every te
 in training with other people, is a held-out `val` or `test` row. That rotation is what lets a
 model answer a phrasing it never saw *for that fact*: the sweep optimises exactly that.
 
-Run `python -m trials.demo_data data/demo` to rewrite the shipped files; a test checks that the
-shipped files equal a fresh generation.
+The people come in batches of NUM_PEOPLE from one deterministic draw: batch 1 (data/demo) is what
+a first sweep teaches, batch 2 (data/demo-batch2) the new staff an incremental sweep adds later.
+Run `python -m trials.demo_data data` to rewrite the shipped files; a test checks that the shipped
+files equal a fresh generation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import sys
 from pathlib import Path
 
 SEED = 20261128
-NUM_PEOPLE = 40
+NUM_PEOPLE = 40  # per batch
+BATCHES = {1: "demo", 2: "demo-batch2"}  # batch -> directory under data/
 ORGANISATION = "Halvard Ridge Observatory"
 
 FIRST_NAMES = [
@@ -66,12 +69,13 @@ ATTRIBUTES = {
 }
 
 
-def _people(rng: random.Random) -> list[dict[str, str]]:
+def _people(rng: random.Random, count: int) -> list[dict[str, str]]:
+    # Drawn one after another from one generator: the first batches stay the same when more are drawn.
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
     rng.shuffle(names)
     codes: set[str] = set()
     people = []
-    for name in names[:NUM_PEOPLE]:
+    for name in names[:count]:
         code = ""
         while not code or code in codes:
             code = f"{rng.choice(BADGE_LETTERS)}{rng.choice(BADGE_LETTERS)}-{rng.randint(1000, 9999)}"
@@ -82,10 +86,10 @@ def _people(rng: random.Random) -> list[dict[str, str]]:
     return people
 
 
-def generate() -> tuple[dict[str, str], list[dict]]:
-    """Return ({document file name: text}, qa rows in file order)."""
+def generate(batch: int = 1) -> tuple[dict[str, str], list[dict]]:
+    """Return ({document file name: text}, qa rows in file order) of one batch of people."""
     rng = random.Random(SEED)
-    people = _people(rng)
+    people = _people(rng, NUM_PEOPLE * batch)[NUM_PEOPLE * (batch - 1):]
     passages = []
     qa_rows: list[dict] = []
     for index, person in enumerate(people):
@@ -104,22 +108,23 @@ def generate() -> tuple[dict[str, str], list[dict]]:
                 )
     half = len(passages) // 2
     documents = {
-        "staff_part1.txt": "\n\n".join(passages[:half]) + "\n",
-        "staff_part2.txt": "\n\n".join(passages[half:]) + "\n",
+        f"staff_part{2 * batch - 1}.txt": "\n\n".join(passages[:half]) + "\n",
+        f"staff_part{2 * batch}.txt": "\n\n".join(passages[half:]) + "\n",
     }
     return documents, qa_rows
 
 
 def corpus_text() -> str:
-    """All demo text in one string: what the embedded tokenizer is trained on."""
+    """Batch 1's text in one string: what the embedded tokenizer is trained on. Later batches draw
+    their names, cities and teams from the same lists, so they tokenize alike."""
     documents, qa_rows = generate()
     lines = list(documents.values())
     lines += [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in qa_rows]
     return "\n".join(lines)
 
 
-def write(out_dir: Path) -> None:
-    documents, qa_rows = generate()
+def write(out_dir: Path, batch: int = 1) -> None:
+    documents, qa_rows = generate(batch)
     (out_dir / "documents").mkdir(parents=True, exist_ok=True)
     for file_name, text in documents.items():
         (out_dir / "documents" / file_name).write_text(text, encoding="utf-8")
@@ -128,8 +133,6 @@ def write(out_dir: Path) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-if __name__ == "__main__":
-    write(Path(sys.argv[1] if len(sys.argv) > 1 else "data/demo"))
 
 
 def first_people(directory: Path, documents: list[Path], qa: Path, people: int) -> list[str]:
@@ -145,3 +148,8 @@ def first_people(directory: Path, documents: list[Path], qa: Path, people: int) 
     sliced = directory / "qa.jsonl"
     sliced.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [f"data.documents=[{json.dumps(str(doc))}]", f"data.qa={json.dumps(str(sliced))}"]
+
+
+if __name__ == "__main__":
+    for number, name in BATCHES.items():
+        write(Path(sys.argv[1] if len(sys.argv) > 1 else "data") / name, number)
