@@ -46,7 +46,8 @@ def cmd_sweep(args) -> int:
 
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    outcome = run_sweep(config, name, source=str(args.config), resume=args.resume, address=args.address)
+    outcome = run_sweep(config, name, source=str(args.config), resume=args.resume, address=args.address,
+                        start=args.start)
     print(f"\nsweep '{name}': {len(outcome.leaderboard)} trials in {outcome.wall_seconds:.0f}s "
           f"(MLflow parent run {outcome.parent_run_id})")
     print(format_leaderboard(outcome.leaderboard))
@@ -92,41 +93,61 @@ def cmd_ask(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Sweep -> promote -> ask the champion one question it was taught; then where to look."""
+    """Sweep -> promote -> ask the champion one question it was taught; then where to look.
+    With --incremental, a second round teaches the champion new people from it, keeping the old."""
     from datetime import datetime
 
-    import mlflow
-
     from orchestrator.config import load_experiment
-    from orchestrator.leaderboard import format_leaderboard
-    from orchestrator.promote import champion_uri, print_promotion, promote, use_store
-    from orchestrator.sweep import run_sweep
+    from orchestrator.promote import champion_uri, use_store
     from trials.data import load_knowledge
 
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("demo-%Y%m%d-%H%M%S")
-
-    print(f"== 1/3 sweep '{name}': {config.sweep.num_samples} trials, each an MLflow child run")
-    outcome = run_sweep(config, name, source=str(args.config))
-    print(format_leaderboard(outcome.leaderboard))
-    if not outcome.succeeded:
-        print("no trial finished: nothing to promote", file=sys.stderr)
+    steps = 6 if args.incremental else 3
+    if not _demo_round(config, name, str(args.config), 1, steps):
         return 1
+    asked = [load_knowledge(config.data).split("train")[0]]
+    if args.incremental:
+        batch2 = Path(__file__).resolve().parent.parent / "data" / "demo-batch2"
+        second = load_experiment(args.config, [*args.overrides, f"data.qa={batch2 / 'qa.jsonl'}",
+                                               f"data.documents={sorted(map(str, (batch2 / 'documents').glob('*.txt')))}"])
+        if not _demo_round(second, f"{name}-batch2", str(args.config), 4, steps, start=champion_uri()):
+            return 1
+        asked.append(load_knowledge(second.data).split("train")[0])
 
-    print("== 2/3 promote: the top trials by val recall, re-scored on the test split, against the champion")
-    _quiet_loading()
-    print_promotion(promote(name, experiment=config.sweep.experiment))
+    import mlflow
 
-    print("== 3/3 ask the champion a question it was taught")
-    row = load_knowledge(config.data).split("train")[0]
+    print(f"== {steps}/{steps} ask the champion {'a question' if len(asked) == 1 else 'a question from each batch'}"
+          " it was taught")
     uri = use_store()
-    answer = mlflow.pyfunc.load_model(champion_uri()).predict([row.question])[0]
-    print(f"question: {row.question}\nexpected: {row.answer}\nanswer:   {answer}")
+    model = mlflow.pyfunc.load_model(champion_uri())
+    for row, answer in zip(asked, model.predict([row.question for row in asked])):
+        print(f"question: {row.question}\nexpected: {row.answer}\nanswer:   {answer}")
 
-    print(f"\nask it yourself:        orchestrator ask \"{row.question}\"")
+    print(f"\nask it yourself:        orchestrator ask \"{asked[-1].question}\"")
     print(f"serve it (venv active): mlflow models serve -m {champion_uri()} --env-manager local --port 5001")
     print(f"open the MLflow UI:     orchestrator ui   (or: mlflow ui --backend-store-uri {uri})")
     return 0
+
+
+def _demo_round(config, name: str, source: str, step: int, steps: int, start: str | None = None) -> bool:
+    """One sweep (incremental from `start` when given) and its promotion; False when no trial finished."""
+    from orchestrator.leaderboard import format_leaderboard
+    from orchestrator.promote import print_promotion, promote
+    from orchestrator.sweep import run_sweep
+
+    how = f"incremental from {start}, " if start else ""
+    print(f"== {step}/{steps} sweep '{name}': {how}{config.sweep.num_samples} trials, each an MLflow child run")
+    outcome = run_sweep(config, name, source=source, start=start)
+    print(format_leaderboard(outcome.leaderboard))
+    if not outcome.succeeded:
+        print("no trial finished: nothing to promote", file=sys.stderr)
+        return False
+    print(f"== {step + 1}/{steps} promote: the top trials by val recall, re-scored on the test split"
+          f"{' (new and old facts)' if start else ''}, against the champion")
+    _quiet_loading()
+    print_promotion(promote(name, experiment=config.sweep.experiment))
+    return True
 
 
 def cmd_report(args) -> int:
@@ -162,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="sweep name (MLflow parent run, Ray experiment); default: a timestamp")
     sweep.add_argument("--resume", action="store_true", help="continue a sweep whose driver was stopped")
     sweep.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    sweep.add_argument("--from", dest="start", metavar="SOURCE",
+                       help="incremental: continue this adapter and keep the facts it knows: models:/NAME@ALIAS, "
+                            "models:/NAME/VERSION, a trial run id, or an adapter directory (then give data.retain)")
     sweep.set_defaults(func=cmd_sweep)
 
     promote = commands.add_parser("promote", help="register a sweep's best adapter (judged on the test split) "
@@ -182,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="sweep, promote the best, ask the champion a question")
     _add_config_args(demo)
     demo.add_argument("--name", help="sweep name (default: demo-<timestamp>)")
+    demo.add_argument("--incremental", action="store_true",
+                      help="then teach the champion the demo's second batch of people (data/demo-batch2) in an "
+                           "incremental sweep from it, promote, and ask about both batches")
     demo.set_defaults(func=cmd_demo)
 
     report = commands.add_parser("report", help="a sweep's leaderboard and plots, read back from MLflow")

@@ -41,6 +41,9 @@ class SweepConfig(Strict):
     asha: AshaConfig = Field(default_factory=AshaConfig)
     storage_path: str | None = Field(None, description="Ray Tune results; shared storage on a cluster. Default ./ray_results.")
     experiment: str = Field("recall-orchestrator", description="MLflow experiment holding the sweeps.")
+    retention_floor: float = Field(
+        0.95, ge=0.0, le=1.0, description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall "
+                                          "at least this share of the starting adapter's on the same questions.")
 
 
 class ExperimentConfig(TrialConfig):

@@ -45,8 +45,10 @@ def _flat(prefix: str, value) -> dict[str, str]:
 
 def trial_params(config: TrialConfig) -> dict[str, str]:
     """MLflow params of a trial, named as the `--set` keys that would reproduce it."""
-    dumped = config.model_dump(mode="json", include={"model", "method", "training"})
-    return _flat("", dumped)
+    dumped = config.model_dump(mode="json", include={"model", "init_adapter", "method", "training"})
+    if config.data.retain is not None:  # an incremental trial: where it started and what it keeps
+        dumped["data"] = {"retain": str(config.data.retain)}
+    return {key: value for key, value in _flat("", dumped).items() if key != "init_adapter" or value != "None"}
 
 
 def trial_metrics(result: dict, step: int) -> list[Metric]:

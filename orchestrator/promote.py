@@ -34,8 +34,11 @@ from orchestrator.errors import PromotionError
 DEFAULT_MODEL_NAME = "recall-champion"
 ALIAS = "champion"
 VAL_METRIC, TEST_METRIC = "val_exact_recall", "test_exact_recall"
+# Incremental promotions: the candidate's and the champion's recall on the old facts' test rows.
+RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall"
 DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
 PROMOTION_ROLE = "promotion"
+DEFAULT_RETENTION_FLOOR = 0.95  # = SweepConfig.retention_floor's default, for sweeps logged before it
 
 
 def champion_uri(model_name: str = DEFAULT_MODEL_NAME) -> str:
@@ -62,7 +65,9 @@ class Scored:
     trial: str | None
     method: str | None
     version: str | None = None  # registered version (the champion; a candidate once promoted)
+    retention_recall: float | None = None  # incremental: recall on the old facts' test rows
     data_fingerprint: str | None = None
+    retained_fingerprint: str | None = None
     trial_config: str | None = None  # compact JSON
     max_new_tokens: int | None = None
     files: Path | None = None  # downloaded adapter/, trial_config.json, metrics.json
@@ -85,6 +90,7 @@ class Promotion:
     new_version: bool = False
     test_questions: int = 0
     forced: bool = False
+    retention_bar: float | None = None  # incremental: the old-fact recall a candidate had to keep
 
     @property
     def best(self) -> Scored:
@@ -117,7 +123,7 @@ def _score_candidate(client, run, directory: Path) -> Scored:
     """Download a trial run's adapter and config, score it on the test split, log the score."""
     from trials.config import TrialConfig
     from trials.data import load_knowledge
-    from trials.evaluate import generation_budget, score_adapter
+    from trials.evaluate import generation_budget, retained_knowledge, score_adapter
     from trials.model import load_tokenizer
 
     directory.mkdir(parents=True)
@@ -138,17 +144,23 @@ def _score_candidate(client, run, directory: Path) -> Scored:
                              "sweep, so its test split is not the one to judge it on; run a new sweep")
     if not knowledge.split("test"):
         raise PromotionError(f"{config.data.qa}: no 'test' rows: promotion needs held-out questions to judge on")
-    scores, _ = score_adapter(directory / "adapter", config, "test")["test"]
+    incremental = config.data.retain is not None
+    scored = score_adapter(directory / "adapter", config, "test", retained=("test",) if incremental else ())
+    scores = scored["test"][0]
     recall = scores["exact_recall"]
     budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval)
     for name, value in scores.items():
         client.log_metric(run_id, f"test_{name}", value)
+    retention = scored["retained_test"][0]["exact_recall"] if incremental else None
+    if incremental:  # not retention_exact_recall: the trial logged that per epoch, on the old val rows
+        client.log_metric(run_id, f"test_{RETENTION_METRIC}", retention)
     return Scored(
         role="candidate", test_recall=recall, val_recall=run.data.metrics[VAL_METRIC],
         trainable_parameters=metrics.get("trainable_parameters"), run_id=run_id,
         trial=run.data.tags.get(tracking.TRIAL_ID, run.info.run_name), method=config.method.name,
         data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
-        files=directory,
+        files=directory, retention_recall=retention,
+        retained_fingerprint=retained_knowledge(config).fingerprint if incremental else None,
     )
 
 
@@ -167,13 +179,15 @@ def _current_champion(client, model_name: str):
     return client.get_model_version(model_name, str(version)) if version is not None else None
 
 
-def _score_champion(model_version, test_rows) -> Scored:
-    """The champion's test recall, answered through its registered pyfunc (as it is served)."""
+def _score_champion(model_version, test_rows, old_test_rows=()) -> Scored:
+    """The champion's test recall (and, for an incremental candidate, its recall on the old facts' test
+    rows: the bar for retention), answered through its registered pyfunc, as it is served."""
     from trials.recall import score
 
     model = mlflow.pyfunc.load_model(f"models:/{model_version.name}/{model_version.version}")
-    answers = model.predict([row.question for row in test_rows])
-    recall = score(test_rows, answers)[0]["exact_recall"]
+    answers = model.predict([row.question for row in [*test_rows, *old_test_rows]])
+    recall = score(test_rows, answers[: len(test_rows)])[0]["exact_recall"]
+    old_recall = score(old_test_rows, answers[len(test_rows):])[0]["exact_recall"] if old_test_rows else None
     tags = model_version.tags
 
     def number(key, kind):
@@ -187,7 +201,7 @@ def _score_champion(model_version, test_rows) -> Scored:
         role="champion", test_recall=recall, val_recall=number(VAL_METRIC, float),
         trainable_parameters=number("trainable_parameters", int), run_id=tags.get("source_run_id"),
         trial=tags.get("trial"), method=json.loads(config)["method"]["name"] if config else None,
-        version=str(model_version.version), data_fingerprint=tags.get("data_fingerprint"),
+        version=str(model_version.version), data_fingerprint=tags.get("data_fingerprint"), retention_recall=old_recall,
     )
 
 
@@ -199,9 +213,12 @@ def _existing_version(client, model_name: str, run_id: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _register(best: Scored, model_name: str, parent, sweep: str):
-    """Log `best` as a pyfunc model in a promotion run and register it; returns the ModelVersion."""
-    from orchestrator.registry_model import log_recall_model
+def _register(best: Scored, model_name: str, parent, sweep: str, champion: Scored | None):
+    """Log `best` as a pyfunc model, with the facts it knows (orchestrator.lineage), in a promotion run
+    and register it; returns the ModelVersion."""
+    from orchestrator.lineage import write_knowledge
+    from orchestrator.registry_model import KNOWLEDGE, log_recall_model
+    from trials.config import TrialConfig
 
     tags = {
         TEST_METRIC: f"{best.test_recall:.6g}",
@@ -213,14 +230,22 @@ def _register(best: Scored, model_name: str, parent, sweep: str):
         "trainable_parameters": str(best.trainable_parameters or ""),
         "trial_config": best.trial_config,
     }
+    if best.retention_recall is not None:  # incremental: its lineage and what it kept
+        tags.update({RETENTION_METRIC: f"{best.retention_recall:.6g}",
+                     "retained_data_fingerprint": best.retained_fingerprint or "",
+                     "parent_version": parent.data.tags.get(tracking.PARENT_VERSION)
+                     or (champion.version if champion else "") or ""})
+        if champion is not None and champion.retention_recall is not None:
+            tags[PARENT_METRIC] = f"{champion.retention_recall:.6g}"
     run_tags = {tracking.PARENT: parent.info.run_id, tracking.ROLE: PROMOTION_ROLE, tracking.SWEEP: sweep,
                 "recall.source_run_id": best.run_id}
     with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=f"{sweep}-promote-{best.trial}",
                           tags=run_tags):
         mlflow.log_params({"model_name": model_name, "source_run_id": best.run_id})
         mlflow.log_metric(TEST_METRIC, best.test_recall)
+        knowledge = write_knowledge(best.files / KNOWLEDGE, TrialConfig.model_validate_json(best.trial_config))
         info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
-                                max_new_tokens=best.max_new_tokens)
+                                max_new_tokens=best.max_new_tokens, knowledge=knowledge)
         # An exception here (or above) ends the run as FAILED and leaves the alias untouched.
         return mlflow.register_model(info.model_uri, model_name, tags=tags)
 
@@ -230,6 +255,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     """Score the sweep's top-k on test, compare with the champion, register and move the alias."""
     from trials.config import TrialConfig
     from trials.data import load_knowledge
+    from trials.evaluate import retained_knowledge
 
     if top_k < 1:
         raise PromotionError("--top-k must be at least 1")
@@ -241,28 +267,33 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     log(f"scoring the top {len(runs)} trial(s) of sweep '{sweep_name}' by {VAL_METRIC} on the test split")
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         candidates = [_score_candidate(client, run, Path(tmp, run.info.run_id)) for run in runs]
-        candidates.sort(key=Scored.rank_key)
-        best = candidates[0]
-        test_rows = load_knowledge(TrialConfig.model_validate_json(best.trial_config).data).split("test")
+        config = TrialConfig.model_validate_json(candidates[0].trial_config)
+        test_rows = load_knowledge(config.data).split("test")
+        old = retained_knowledge(config)
+        old_test_rows = old.split("test") if old else []
 
         current = _current_champion(client, model_name)
-        champion = _score_champion(current, test_rows) if current is not None else None
+        champion = _score_champion(current, test_rows, old_test_rows) if current is not None else None
+        floor = float(parent.data.params.get("sweep.retention_floor", DEFAULT_RETENTION_FLOOR))
+        bar = floor * champion.retention_recall if champion and champion.retention_recall is not None else None
+        # Incremental: candidates that keep the old facts rank before any that forget them.
+        candidates.sort(key=lambda c: (bar is not None and c.retention_recall < bar, *c.rank_key()))
+        best = candidates[0]
         outcome = Promotion(sweep_name, model_name, candidates, champion, promoted=False, reason="",
-                            test_questions=len(test_rows), forced=force)
+                            test_questions=len(test_rows), forced=force, retention_bar=bar)
         if champion is not None and champion.run_id == best.run_id:
             best.version = champion.version
-        if champion is not None and best.test_recall <= champion.test_recall and not force:
+        refusal = _refusal(best, champion, bar)
+        if refusal and not force:
             outcome.version = champion.version
-            outcome.reason = (f"kept champion v{champion.version}: candidate trial {best.trial} scores "
-                              f"{best.test_recall:.3f} on test, not above the champion's {champion.test_recall:.3f} "
-                              "(--force promotes anyway)")
+            outcome.reason = f"kept champion v{champion.version}: {refusal} (--force promotes anyway)"
             return outcome
 
         existing = _existing_version(client, model_name, best.run_id)
         if existing is not None:
             version = existing
         else:
-            version = _register(best, model_name, parent, sweep_name)
+            version = _register(best, model_name, parent, sweep_name, champion)
             outcome.new_version = True
         # Last step, after the version exists with its tags: the alias moves.
         client.set_registered_model_alias(model_name, ALIAS, version.version)
@@ -272,20 +303,37 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         previous = f"; replaces champion v{champion.version} ({champion.test_recall:.3f})" if champion else ""
         if champion is not None and champion.version == outcome.version:
             previous = "; it already was the champion"
-        outcome.reason = (f"promoted trial {best.trial} (test {best.test_recall:.3f}), {how} "
+        kept = f", old facts {best.retention_recall:.3f}" if best.retention_recall is not None else ""
+        outcome.reason = (f"promoted trial {best.trial} (test {best.test_recall:.3f}{kept}), {how} "
                           f"{version.version} of '{model_name}', alias '{ALIAS}'{previous}"
-                          f"{' (--force)' if force and champion and best.test_recall <= champion.test_recall else ''}")
+                          f"{' (--force)' if force and refusal else ''}")
         return outcome
+
+
+def _refusal(best: Scored, champion: Scored | None, bar: float | None) -> str | None:
+    """Why `best` must not replace `champion`, or None: it must beat it on test and, when it is
+    incremental, keep the old facts (retention at least the floor x the champion's recall on them)."""
+    if champion is None:
+        return None
+    if best.test_recall <= champion.test_recall:
+        return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the champion's "
+                f"{champion.test_recall:.3f}")
+    if bar is not None and best.retention_recall is not None and best.retention_recall < bar:
+        return (f"candidate trial {best.trial} forgets: {best.retention_recall:.3f} on the old facts' test "
+                f"questions, below the floor {bar:.3f} (retention floor x the champion's "
+                f"{champion.retention_recall:.3f})")
+    return None
 
 
 def comparison_table(outcome: Promotion):
     """A rich Table: the candidates, best first, and the champion they were measured against."""
     from rich.table import Table
 
+    bar = f"; old facts must stay >= {outcome.retention_bar:.3f}" if outcome.retention_bar is not None else ""
     table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
-                        f"{outcome.test_questions} test questions")
-    for column in ("", "trial", "run", "version", "method", "val", "test", "params"):
-        table.add_column(column, justify="right" if column in ("val", "test", "params") else "left")
+                        f"{outcome.test_questions} test questions{bar}")
+    for column in ("", "trial", "run", "version", "method", "val", "test", "old facts", "params"):
+        table.add_column(column, justify="left" if column in ("", "trial", "run", "version", "method") else "right")
 
     def cell(value):
         if value is None:
@@ -297,7 +345,8 @@ def comparison_table(outcome: Promotion):
     for index, row in enumerate([*outcome.candidates, *([outcome.champion] if outcome.champion else [])]):
         label = "champion" if row.role == "champion" else "best" if index == 0 else ""
         table.add_row(label, cell(row.trial), (row.run_id or "-")[:8], cell(row.version), cell(row.method),
-                      cell(row.val_recall), cell(row.test_recall), cell(row.trainable_parameters),
+                      cell(row.val_recall), cell(row.test_recall), cell(row.retention_recall),
+                      cell(row.trainable_parameters),
                       style="bold" if index == 0 else None)
     return table
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import mlflow.pyfunc
 
 # Artifact keys of the logged model.
-ADAPTER, TRIAL_CONFIG, BASE_MODEL = "adapter", "trial_config", "base_model"
+ADAPTER, TRIAL_CONFIG, BASE_MODEL, KNOWLEDGE = "adapter", "trial_config", "base_model", "knowledge"
 QUESTION_COLUMNS = ("question", "inputs")
 
 
@@ -113,7 +113,8 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_tokens: int, name: str = "model"):
+def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_tokens: int, name: str = "model",
+                     knowledge: Path | None = None):
     """Log a trained adapter as a pyfunc model in the active run; returns mlflow's ModelInfo.
 
     `max_new_tokens` is fixed here (the trial's generation budget, from its data), so answering
@@ -124,6 +125,8 @@ def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_toke
 
     config = TrialConfig.model_validate_json(Path(trial_config_path).read_text(encoding="utf-8"))
     artifacts = {ADAPTER: str(adapter_dir), TRIAL_CONFIG: str(trial_config_path)}
+    if knowledge is not None:  # the facts this version knows: what an incremental sweep from it keeps
+        artifacts[KNOWLEDGE] = str(knowledge)
     if config.model == EMBEDDED_MODEL:  # built here, on no hub: bundle it
         artifacts[BASE_MODEL] = resolve_model(config.model)
     return mlflow.pyfunc.log_model(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, ClassVar
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trials.config import TrialConfig
 from trials.methods import AnyMethod, IA3Method, LoraMethod, MethodName, PrefixMethod, Strict
@@ -48,6 +48,23 @@ class DropoutRange(Range):
     high: float = Field(ge=0, lt=1, description="Largest dropout, below 1.")
 
 
+def _named_set(sets: dict[str, list[str]], modules: list[str]) -> str | None:
+    """The name of the module set in `sets` that is `modules`, in any order."""
+    return next((name for name, members in sets.items() if sorted(members) == sorted(modules)), None)
+
+
+def _same(value: Any) -> Any:
+    return sorted(value) if isinstance(value, list) else value  # module lists match in any order
+
+
+def _require(knobs: list[tuple[str, Any, list]]) -> None:
+    """Raise ValueError for every (knob, adapter's value, choices) whose choices leave the value out."""
+    missing = [f"{knob}: the adapter's {value!r} is not among {choices!r}"
+               for knob, value, choices in knobs if _same(value) not in [_same(choice) for choice in choices]]
+    if missing:
+        raise ValueError("; ".join(missing))
+
+
 class MethodSpace(Strict):
     """What every method's space does: suggest its params (named `<method>_<knob>`), and rebuild the method."""
 
@@ -71,6 +88,11 @@ class MethodSpace(Strict):
 
     def to_method(self, params: dict[str, Any]) -> AnyMethod:
         return self.method(**self.knobs(params))
+
+    def narrowed_to(self, method: AnyMethod) -> MethodSpace:
+        """This space with every shape knob pinned to `method`'s (an adapter to continue), learning rate
+        still searched. Raises ValueError naming each knob whose choices leave the adapter's value out."""
+        raise NotImplementedError
 
     def _suggest_learning_rate(self, trial) -> None:
         trial.suggest_float(self.key("learning_rate"), self.learning_rate.low, self.learning_rate.high, log=True)
@@ -110,6 +132,18 @@ class LoraSpace(MethodSpace):
         if self.use_dora is not None:
             trial.suggest_categorical(self.key("use_dora"), list(self.use_dora))
 
+    def narrowed_to(self, method: LoraMethod) -> LoraSpace:
+        alpha = ("alpha", method.alpha, self.alpha) if self.alpha is not None else (
+            "alpha_ratio", method.alpha / method.r, self.alpha_ratio)
+        _require([("r", method.r, self.r), alpha, ("use_dora", method.use_dora, self.use_dora or [False]),
+                  ("target_modules", method.target_modules, list(self.target_modules.values()))])
+        # Dropout is the adapter's too: peft loads it with the saved config.
+        modules = _named_set(self.target_modules, method.target_modules)
+        return self.model_copy(update={"r": [method.r], alpha[0]: [alpha[1]],
+                                       "target_modules": {modules: method.target_modules},
+                                       "use_dora": None if not method.use_dora else [True],
+                                       "dropout": DropoutRange(low=method.dropout, high=method.dropout)})
+
     def to_method(self, params: dict[str, Any]) -> LoraMethod:
         knobs = self.knobs(params)
         r = int(knobs.pop("r"))
@@ -129,6 +163,12 @@ class PrefixSpace(MethodSpace):
             raise ValueError("every num_virtual_tokens must be > 0")
         return self
 
+    def narrowed_to(self, method: PrefixMethod) -> PrefixSpace:
+        _require([("num_virtual_tokens", method.num_virtual_tokens, self.num_virtual_tokens),
+                  ("prefix_projection", method.prefix_projection, self.prefix_projection)])
+        return self.model_copy(update={"num_virtual_tokens": [method.num_virtual_tokens],
+                                       "prefix_projection": [method.prefix_projection]})
+
     def suggest(self, trial) -> None:
         trial.suggest_categorical(self.key("num_virtual_tokens"), list(self.num_virtual_tokens))
         trial.suggest_categorical(self.key("prefix_projection"), list(self.prefix_projection))
@@ -145,6 +185,15 @@ class IA3Space(MethodSpace):
             trial.suggest_categorical(self.key("target_modules"), list(self.target_modules))
         self._suggest_learning_rate(trial)
 
+    def narrowed_to(self, method: IA3Method) -> IA3Space:
+        default = IA3Method.model_fields["target_modules"].default_factory()
+        if self.target_modules is None:
+            _require([("target_modules", method.target_modules, [default])])
+            return self
+        _require([("target_modules", method.target_modules, list(self.target_modules.values()))])
+        return self.model_copy(update={"target_modules": {_named_set(self.target_modules, method.target_modules):
+                                                          method.target_modules}})
+
     def to_method(self, params: dict[str, Any]) -> IA3Method:
         knobs = self.knobs(params)
         if "target_modules" in knobs:
@@ -160,6 +209,9 @@ class SearchSpace(Strict):
     lora: LoraSpace | None = None
     prefix: PrefixSpace | None = None
     ia3: IA3Space | None = None
+    replay_fraction: Range | None = Field(
+        None, description="Searched share of old train rows replayed per epoch (incremental sweeps; "
+                          "training.replay_fraction). Unset: an incremental sweep searches 0..1.")
     points_to_evaluate: list[dict] = Field(
         default_factory=list, description="Trials run first, as flat params (see orchestrator.search_space)."
     )
@@ -171,8 +223,39 @@ class SearchSpace(Strict):
             raise ValueError(f"methods {missing} are listed but have no search space section")
         return self
 
+    @field_validator("replay_fraction")
+    @classmethod
+    def _a_fraction(cls, value: Range | None) -> Range | None:
+        if value is not None and value.high > 1:
+            raise ValueError("high must be at most 1")
+        return value
+
     def space_of(self, method: str) -> MethodSpace:
         return getattr(self, method)
+
+    def narrowed_to(self, method: AnyMethod) -> tuple[SearchSpace, list[str]]:
+        """The space of an incremental sweep from an adapter trained with `method`: that method alone, its
+        shape pinned, replay searched; and notes on the points_to_evaluate dropped for not fitting it.
+        Raises ValueError when the space leaves the adapter out (another method, another rank)."""
+        if method.name not in self.methods:
+            raise ValueError(f"methods: the adapter is {method.name}, not one of {list(self.methods)}")
+        try:
+            narrowed = self.space_of(method.name).narrowed_to(method)
+        except ValueError as error:
+            raise ValueError(f"{method.name}: {error}") from None
+        space = SearchSpace(methods=[method.name], **{method.name: narrowed},
+                            replay_fraction=self.replay_fraction or Range(low=0.0, high=1.0))
+        kept, dropped = [], []
+        for index, point in enumerate(self.points_to_evaluate):
+            fits = point.get("method") == method.name and not check_points(
+                space.model_copy(update={"points_to_evaluate": [_with_replay(point, space)]}), "")
+            (kept if fits else dropped).append(index)
+        space.points_to_evaluate = [_with_replay(self.points_to_evaluate[i], space) for i in kept]
+        notes = [f"points_to_evaluate.{i} dropped: it does not fit the adapter ({method.shape()})" for i in dropped]
+        return space, notes
+
+
+REPLAY = "replay_fraction"  # the flat Optuna param of training.replay_fraction
 
 
 class DefineByRun:
@@ -188,6 +271,8 @@ class DefineByRun:
     def __call__(self, trial) -> dict[str, Any] | None:
         method = trial.suggest_categorical("method", list(self.space.methods))
         self.space.space_of(method).suggest(trial)
+        if self.space.replay_fraction is not None:
+            trial.suggest_float(REPLAY, self.space.replay_fraction.low, self.space.replay_fraction.high)
         return None  # OptunaSearch passes the suggested params on as the trial's config
 
 
@@ -197,7 +282,15 @@ def method_from_params(params: dict[str, Any], space: SearchSpace) -> AnyMethod:
 
 
 def trial_config_for(base: TrialConfig, params: dict[str, Any], space: SearchSpace) -> TrialConfig:
-    return base.model_copy(update={"method": method_from_params(params, space)})
+    update = {"method": method_from_params(params, space)}
+    if REPLAY in params:
+        update["training"] = base.training.model_copy(update={"replay_fraction": float(params[REPLAY])})
+    return base.model_copy(update=update)
+
+
+def _with_replay(point: dict, space: SearchSpace) -> dict:
+    """A point written for a plain sweep, given the replay knob an incremental sweep adds (at its low end)."""
+    return point if REPLAY in point else {**point, REPLAY: space.replay_fraction.low}
 
 
 def _point_trial(point: dict):

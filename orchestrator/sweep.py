@@ -6,6 +6,13 @@ question so it never outranks a real val difference. Early on most trials recall
 plain val recall then ties at 0, ASHA's cutoff is 0 and nothing is stopped, and TPE sees a flat
 landscape. Train recall rises first in the trials that are learning, so it separates them.
 
+An incremental sweep (one that starts from an adapter and keeps old facts, `data.retain`) adds a
+floor: a trial must keep `retention_exact_recall` (old held-out questions) at least
+`sweep.retention_floor` (0.95) x the recall its starting adapter had on the same questions. A trial
+that keeps the floor scores as above; one that breaks it scores retention / floor - 1, in [-1, 0):
+below every trial that keeps it, and the less it forgot the higher. So the sweep maximises new-fact
+recall subject to retention, and Optuna and ASHA see forgetting as the worst outcome.
+
 How ASHA-stopped trials reach Optuna: Ray's OptunaSearch tells Optuna every trial that ends,
 stopped early or not, as COMPLETE with its last reported `objective`. For a trial ASHA
 stopped, that is its recall at the rung where it trailed: a pessimistic value, which is the
@@ -35,7 +42,7 @@ METRIC, MODE = "objective", "max"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def _train_in_tune(params: dict, base: dict, space: dict) -> None:
+def _train_in_tune(params: dict, base: dict, space: dict, retention_floor: float) -> None:
     """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch."""
     import ray
     from ray import tune
@@ -53,7 +60,7 @@ def _train_in_tune(params: dict, base: dict, space: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report({**metrics, METRIC: objective(metrics), **placement}, checkpoint=checkpoint)
+        tune.report({**metrics, METRIC: objective(metrics, retention_floor), **placement}, checkpoint=checkpoint)
 
     resume_from = None
     checkpoint = tune.get_checkpoint()
@@ -62,9 +69,13 @@ def _train_in_tune(params: dict, base: dict, space: dict) -> None:
     run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
 
 
-def objective(metrics: dict) -> float:
-    """val_exact_recall, ties broken by train_exact_recall (see the module docstring)."""
-    return metrics["val_exact_recall"] + metrics["train_exact_recall"] / (2 * max(metrics["val_questions"], 1))
+def objective(metrics: dict, retention_floor: float) -> float:
+    """val_exact_recall, ties broken by train_exact_recall, under the retention floor (module docstring)."""
+    score = metrics["val_exact_recall"] + metrics["train_exact_recall"] / (2 * max(metrics["val_questions"], 1))
+    parent, kept = metrics.get("parent_retention_exact_recall"), metrics.get("retention_exact_recall")
+    if parent is None or kept is None or kept >= retention_floor * parent:
+        return score
+    return kept / (retention_floor * parent) - 1
 
 
 @dataclass
@@ -142,12 +153,43 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace):
     )
 
 
+def _incremental(config: ExperimentConfig, start: str | None, directory: Path,
+                 source: str) -> tuple[ExperimentConfig, dict[str, str]]:
+    """An incremental sweep continues one adapter (`--from`, or init_adapter in the config) and keeps
+    the old facts of its lineage (or data.retain): the config with its search space narrowed to that
+    adapter, and the parent run's lineage tags. A plain sweep passes through unchanged."""
+    from orchestrator.lineage import resolve_start
+    from trials.methods import check_base, saved_method
+
+    if config.search_space is None or (start is None and config.init_adapter is None):
+        return config, {}
+    origin = resolve_start(start, directory) if start else None
+    adapter = origin.adapter if origin else config.init_adapter
+    retain = config.data.retain or (origin.retain if origin else None)
+    try:
+        check_base(adapter, config.model)
+        space, notes = config.search_space.narrowed_to(saved_method(adapter))
+    except ValueError as error:
+        raise ConfigError([f"{source}: search_space: {error} (an incremental sweep continues {adapter})"]) from None
+    for note in notes:
+        print(f"{source}: search_space.{note}")
+    config = config.model_copy(update={"init_adapter": adapter, "search_space": space,
+                                       "data": config.data.model_copy(update={"retain": retain})})
+    tags = {tracking.FROM: start or str(adapter)}
+    if origin and origin.version:
+        tags.update({tracking.PARENT_MODEL: origin.model_name, tracking.PARENT_VERSION: origin.version})
+    return config, tags
+
+
 def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", resume: bool = False,
-              address: str | None = None, verbose: int = 0) -> SweepOutcome:
-    """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial."""
+              address: str | None = None, verbose: int = 0, start: str | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial.
+
+    `start` (`--from`) makes it incremental: see `_incremental`."""
     from ray import tune
 
-    space = _space(config, source)
+    from trials.evaluate import retained_knowledge
+
     load_knowledge(config.data)  # bad data fails here, with file:line, before Ray or MLflow start
     storage = Path(config.sweep.storage_path or "ray_results").resolve()
     experiment_path = storage / name
@@ -155,16 +197,23 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         raise SweepError(f"nothing to resume at {experiment_path}")
     if not resume and experiment_path.exists():
         raise SweepError(f"{experiment_path} exists: pass --resume to continue sweep '{name}', or choose another --name")
+    config, lineage = _incremental(config, start, storage / f"{name}.start", source)
+    space = _space(config, source)
+    retained_knowledge(config)  # the old facts are checked as early as the new ones
 
     base = config.trial_config().model_dump(mode="json")
     space_dump = space.model_dump(mode="json")
     resources = {"cpu": config.sweep.resources.cpu, "gpu": config.sweep.resources.gpu}
-    trainable = tune.with_resources(tune.with_parameters(_train_in_tune, base=base, space=space_dump), resources)
+    trainable = tune.with_parameters(_train_in_tune, base=base, space=space_dump,
+                                     retention_floor=config.sweep.retention_floor)
+    trainable = tune.with_resources(trainable, resources)
     tune_config = None if resume else _tune_config(config, space)  # built before anything is logged
     uri = tracking.tracking_uri()
     client = tracking.client(uri)
     experiment_id = tracking.experiment_id(client, config.sweep.experiment)
     parent_run_id = open_sweep_run(client, experiment_id, config.sweep.experiment, name, resume, config)
+    for key, value in lineage.items():
+        client.set_tag(parent_run_id, key, value)
     connect_ray(address)
     started = time.time()
     if resume:

@@ -23,6 +23,8 @@ from mlflow.tracking import MlflowClient
 DEFAULT_STORE = "mlflow.db"
 ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
 METHOD_SHAPE = "recall.method_shape"  # e.g. "r=16 alpha=32 q,v": the leaderboard's shape column
+# An incremental sweep's parent run: where it started (--from) and the registered version that is.
+FROM, PARENT_MODEL, PARENT_VERSION = "recall.from", "recall.parent_model", "recall.parent_version"
 PARENT = "mlflow.parentRunId"
 # Files of a trial directory that become artifacts (the optimiser state does not).
 TRIAL_ARTIFACTS = ("adapter", "predictions_val.jsonl", "metrics.json", "trial_config.json")

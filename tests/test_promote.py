@@ -75,7 +75,7 @@ def trained(tmp_path_factory, demo_documents, demo_qa):
         config = trial_config(demo_documents, demo_qa, epochs=epochs, learning_rate=learning_rate)
         run_trial(config, root / name, log=lambda line: None)
         trials[name] = Trained(root / name)
-        trials[name].test_recall, _ = score_adapter(root / name / "adapter", config, "test")["test"]
+        trials[name].test_recall = score_adapter(root / name / "adapter", config, "test")["test"][0]["exact_recall"]
     strong, weak = trials["strong"], trials["weak"]
     assert strong.test_recall > weak.test_recall, (strong.test_recall, weak.test_recall)
     # A train question the strong adapter answers right, with its exact answer, for `ask`

@@ -137,6 +137,6 @@ def test_smollm2_trial_learns_and_its_adapter_reproduces_its_predictions(tmp_pat
     assert summary["train_exact_recall"] >= 0.9, summary["history"]
     saved = [json.loads(line) for line in (tmp_path / "out" / "predictions_val.jsonl").read_text().splitlines()]
     saved_config = TrialConfig.model_validate_json((tmp_path / "out" / "trial_config.json").read_text())
-    recall, records = score_adapter(tmp_path / "out" / "adapter", saved_config, "val")["val"]
+    scores, records = score_adapter(tmp_path / "out" / "adapter", saved_config, "val")["val"]
     assert records == saved
-    assert recall == summary["val_exact_recall"]
+    assert scores["exact_recall"] == summary["val_exact_recall"]

@@ -174,6 +174,11 @@ def test_init_adapter_keeps_the_adapters_shape_and_refuses_contradictions(tmp_pa
         load_config(config_path, ["method={name: prefix}"])
     with pytest.raises(ConfigError, match=r"init_adapter .*nowhere: no peft adapter there"):
         load_config(config_path, ["init_adapter=nowhere"])
+    with pytest.raises(ConfigError, match=r"warm.yaml:2: init_adapter: .* trained on the base model "
+                                          r"/cache/smollm2-135m-instruct-0.1.2-r1, not embedded:tiny-llama"):
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                   base_model_name_or_path="/cache/smollm2-135m-instruct-0.1.2-r1").save_pretrained(adapter)
+        load_config(config_path)
 
 
 # Prefix tuning -----------------------------------------------------------------------------------
@@ -215,9 +220,9 @@ def test_prefix_trial_runs_end_to_end(tmp_path, orchestrator, repo_root, demo_qa
 
     config = TrialConfig.model_validate_json((output_dir / "trial_config.json").read_text())
     saved = read_jsonl(output_dir / "predictions_val.jsonl")
-    recall, records = score_adapter(output_dir / "adapter", config, "val")["val"]
+    scores, records = score_adapter(output_dir / "adapter", config, "val")["val"]
     assert [r["got"] for r in records] == [r["got"] for r in saved]
-    assert recall == pytest.approx(metrics["val_exact_recall"], abs=1e-12)
+    assert scores["exact_recall"] == pytest.approx(metrics["val_exact_recall"], abs=1e-12)
 
 
 # Resume ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from trials.methods import METHOD_NAMES, LoraMethod, Method, Strict, method_of_adapter
+from trials.methods import METHOD_NAMES, LoraMethod, Method, Strict, check_base, method_of_adapter
 
 EMBEDDED_MODEL = "embedded:tiny-llama"  # the default: built here, random, for fast tests and the demo
 SMOLLM2_MODEL = "embedded:smollm2-135m-instruct"  # a real pretrained chat model from a PyPI wheel
@@ -51,6 +51,10 @@ class DataConfig(Strict):
                           "named are ignored. Unset: a .jsonl file is read as strict qa.jsonl, anything else with the "
                           "default column names.")
     max_length: int = Field(512, gt=8, description="Longest training sequence in tokens; longer passages are cut into chunks.")
+    retain: Path | None = Field(
+        None, description="Old facts to keep (a qa.jsonl, as qa): their val rows are scored every epoch as "
+                          "retention_exact_recall, and training.replay_fraction of their train rows is mixed into "
+                          "each epoch. An incremental sweep (--from a registered version) sets it from the lineage.")
 
     @field_validator("qa", mode="before")
     @classmethod
@@ -86,6 +90,10 @@ class TrainingConfig(Strict):
         "sdpa", description="Attention kernel (transformers' attn_implementation); eager is faster on the CPU "
                             "for short QA sequences, sdpa everywhere else.")
     include_documents: bool = Field(True, description="Train on the document passages as well as the train QA pairs.")
+    replay_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of the old facts' train rows (data.retain) mixed into each epoch, "
+                                         "drawn afresh every epoch: 0 = train on the new facts alone (the seed "
+                                         "recipe's way), 1 = all old rows every epoch.")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val exact recall reaches this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
 
@@ -111,6 +119,13 @@ class TrialConfig(Strict):
     method: Method = Field(default_factory=LoraMethod)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("init_adapter")
+    @classmethod
+    def _adapter_fits_the_base(cls, init_adapter, info):
+        if init_adapter is not None and (info.context or {}).get(USER_CONFIG) and "model" in info.data:
+            check_base(init_adapter, info.data["model"])
+        return init_adapter
 
     @field_validator("method")
     @classmethod
@@ -149,7 +164,7 @@ class ConfigError(ValueError):
 
 # Paths inside a config file are relative to that file, so a config works from any directory;
 # paths given with --set are relative to the current directory, like any command-line path.
-PATH_KEYS = (("data", "qa"), ("data", "documents"), ("init_adapter",))
+PATH_KEYS = (("data", "qa"), ("data", "documents"), ("data", "retain"), ("init_adapter",))
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:

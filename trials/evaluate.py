@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from trials.config import EvalConfig, TrialConfig
+from trials.config import DataConfig, EvalConfig, TrialConfig
 from trials.data import Knowledge, QARow, load_knowledge
 from trials.formatting import answer_ids
 from trials.model import load_adapter, load_tokenizer, pick_device, resolve_model, use_bf16
@@ -42,13 +42,25 @@ def load_trained(adapter_dir: Path, config: TrialConfig, base_path: str | None =
     return model, tokenizer, device, bf16
 
 
-def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str) -> dict[str, tuple[dict, list[dict]]]:
-    """A saved adapter's metrics on splits of the trial's own data: {split: (metrics, records)}.
+def retained_knowledge(config: TrialConfig) -> Knowledge | None:
+    """The old facts a trial keeps (`data.retain`), validated like the new ones; None without them."""
+    return load_knowledge(DataConfig(qa=config.data.retain)) if config.data.retain else None
+
+
+def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str,
+                  retained: tuple[str, ...] = ()) -> dict[str, tuple[dict, list[dict]]]:
+    """A saved adapter's metrics on splits of the trial's own data: {split: (metrics, records)}, and on
+    splits of its old facts (`data.retain`) as {"retained_<split>": ...}.
 
     The model and the data load once, however many splits are scored.
     """
     knowledge = load_knowledge(config.data)
+    old = retained_knowledge(config) if retained else None
+    if retained and old is None:
+        raise ValueError("retained splits asked for, but the trial config has no data.retain")
     model, tokenizer, device, bf16 = load_trained(adapter_dir, config)
-    budget = generation_budget(tokenizer, knowledge, config.eval)
-    return {split: score_rows(model, tokenizer, knowledge.split(split), batch_size=config.eval.batch_size,
-                              max_new_tokens=budget, device=device, bf16=bf16) for split in splits}
+    budget = max(generation_budget(tokenizer, facts, config.eval) for facts in (knowledge, old) if facts)
+    rows = {split: knowledge.split(split) for split in splits}
+    rows.update({f"retained_{split}": old.split(split) for split in retained})
+    return {name: score_rows(model, tokenizer, part, batch_size=config.eval.batch_size, max_new_tokens=budget,
+                             device=device, bf16=bf16) for name, part in rows.items()}

@@ -124,26 +124,50 @@ Method = Annotated[
 ]
 
 
-def method_of_adapter(adapter_dir: Path, method: AnyMethod) -> AnyMethod:
-    """The method a saved adapter was trained with, and `method`'s learning rate: what a warm start
-    continues. Raises ValueError when `method` sets a knob (or names a method) the adapter contradicts."""
+def _adapter_config(adapter_dir: Path) -> dict:
     import json
 
     try:
-        saved = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+        return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
     except OSError as error:
         raise ValueError(f"init_adapter {adapter_dir}: no peft adapter there ({error.strerror})") from None
+
+
+def check_base(adapter_dir: Path, model: str) -> None:
+    """Raise ValueError when the adapter was trained on another base model than `model`. Embedded bases
+    live in per-machine cache directories named after them (tiny-llama-<spec hash>), so those compare by
+    that name; a hub name or a local path must be the one the adapter recorded."""
+    trained_on = _adapter_config(adapter_dir).get("base_model_name_or_path") or ""
+    wanted = model.removeprefix("embedded:")
+    if not trained_on or trained_on == model or Path(trained_on).name.startswith(Path(wanted).name + "-"):
+        return
+    raise ValueError(f"init_adapter {adapter_dir} was trained on the base model {trained_on}, not {model}: an "
+                     "adapter only fits the base it was trained on; set `model:` to that base")
+
+
+def saved_method(adapter_dir: Path, learning_rate: float | None = None) -> AnyMethod:
+    """The method a saved peft adapter was trained with (its class's default learning rate unless given)."""
+    saved = _adapter_config(adapter_dir)
     cls = PEFT_TYPES.get(saved.get("peft_type"))
     if cls is None:
         raise ValueError(f"init_adapter {adapter_dir}: peft_type {saved.get('peft_type')!r} is not one of "
                          f"{sorted(PEFT_TYPES)}")
-    if not isinstance(method, cls):
-        raise ValueError(f"name: {method.name} contradicts init_adapter {adapter_dir}, a "
-                         f"{cls.model_fields['name'].default} adapter")
-    knobs = cls.knobs_of(saved)
-    stated = {key: getattr(method, key) for key in method.model_fields_set if key in knobs}
-    contradicted = [f"{key}: {value!r} but the adapter has {knobs[key]!r}" for key, value in stated.items()
-                    if (sorted(value) if isinstance(value, list) else value) != knobs[key]]
+    return cls(**cls.knobs_of(saved), **({"learning_rate": learning_rate} if learning_rate is not None else {}))
+
+
+def method_of_adapter(adapter_dir: Path, method: AnyMethod) -> AnyMethod:
+    """The method a saved adapter was trained with, and `method`'s learning rate: what a warm start
+    continues. Raises ValueError when `method` sets a knob (or names a method) the adapter contradicts."""
+    saved = saved_method(adapter_dir, method.learning_rate)
+    if type(saved) is not type(method):
+        raise ValueError(f"name: {method.name} contradicts init_adapter {adapter_dir}, a {saved.name} adapter")
+    contradicted = [f"{key}: {getattr(method, key)!r} but the adapter has {getattr(saved, key)!r}"
+                    for key in sorted(method.model_fields_set - {"name", "learning_rate"})
+                    if _comparable(getattr(method, key)) != _comparable(getattr(saved, key))]
     if contradicted:
         raise ValueError(f"contradicts init_adapter {adapter_dir}: " + "; ".join(contradicted))
-    return cls(**knobs, learning_rate=method.learning_rate)
+    return saved
+
+
+def _comparable(value: Any) -> Any:
+    return sorted(value) if isinstance(value, list) else value  # module lists match in any order

@@ -116,10 +116,12 @@ class Trainer:
     group_key = staticmethod(group_key)
 
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
-                 pad_id: int, device: torch.device, bf16: bool):
+                 pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = ()):
         from transformers import get_scheduler
 
         self.model, self.examples, self.training = model, examples, training
+        # Old examples replayed: a fresh random share of them joins every epoch.
+        self.replay, self.replay_count = list(replay), round(training.replay_fraction * len(replay))
         self.pad_id, self.device, self.bf16 = pad_id, device, bf16
         # Prefix-tuning feeds its virtual tokens as the KV cache; checkpointing turns the cache off.
         peft_config = getattr(model, "active_peft_config", None)
@@ -128,7 +130,7 @@ class Trainer:
         self.rng = random.Random(training.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay)
-        micro_batches = math.ceil(len(examples) / training.batch_size)
+        micro_batches = math.ceil((len(examples) + self.replay_count) / training.batch_size)
         steps_per_epoch = math.ceil(micro_batches / training.gradient_accumulation_steps)
         total_steps = steps_per_epoch * training.epochs
         self.scheduler = get_scheduler(
@@ -142,7 +144,8 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         accumulate = self.training.gradient_accumulation_steps
-        batches = batches_for_epoch(self.examples, self.training.batch_size, self.rng, self.group_key)
+        examples = self.examples + self.rng.sample(self.replay, self.replay_count)
+        batches = batches_for_epoch(examples, self.training.batch_size, self.rng, self.group_key)
         loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(batches, start=1):

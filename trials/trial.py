@@ -16,7 +16,7 @@ import torch
 
 from trials.config import TrialConfig
 from trials.data import Knowledge, load_knowledge
-from trials.evaluate import generation_budget, score_rows
+from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
@@ -75,9 +75,11 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
     """
     output_dir = Path(output_dir)
     knowledge = load_knowledge(config.data)  # raises DataError before any model is loaded
+    retained = retained_knowledge(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_and_score(config, knowledge, output_dir, on_epoch, log, checkpoint_each_epoch, resume_from)
+        return _train_and_score(config, knowledge, retained, output_dir, on_epoch, log, checkpoint_each_epoch,
+                                resume_from)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
@@ -85,8 +87,9 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
         raise
 
 
-def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path, on_epoch: EpochCallback | None,
-                     log: Callable[[str], None], checkpoint_each_epoch: bool, resume_from: Path | None) -> dict:
+def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowledge | None, output_dir: Path,
+                     on_epoch: EpochCallback | None, log: Callable[[str], None], checkpoint_each_epoch: bool,
+                     resume_from: Path | None) -> dict:
     set_seed(config.training.seed)
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
@@ -99,16 +102,20 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         f"{' (bf16)' if bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
 
     examples = build_examples(tokenizer, knowledge, config)
+    replay = [qa_example(tokenizer, row.question, row.answer) for row in retained.split("train")] if retained else []
     trainer = Trainer(model, examples, config.training, config.method.learning_rate,
-                      tokenizer.pad_token_id, device, bf16)
-    progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": []}
+                      tokenizer.pad_token_id, device, bf16, replay=replay)
+    progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
+                "parent": {}}
     val_records: list[dict] = []
     if resume_from is not None:
         progress = _restore(Path(resume_from), model, trainer)
         val_records = _read_jsonl(Path(resume_from) / "predictions_val.jsonl")
         log(f"resumed from {resume_from} after epoch {progress['epoch']}")
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
-    max_new_tokens = generation_budget(tokenizer, knowledge, config.eval)
+    # Old facts held out from training: how much of what the model knew it still knows.
+    retention_rows = retained.split("val") if retained else []
+    max_new_tokens = max(generation_budget(tokenizer, facts, config.eval) for facts in (knowledge, retained) if facts)
 
     def evaluate(*row_sets: list) -> list[tuple[dict[str, float], list[dict]]]:
         """Score several sets of questions with one pass of batched generation over all of them."""
@@ -125,7 +132,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
     def summary(metrics: dict, status: str) -> dict:
         return {
             "status": status,
-            **{key: value for key, value in metrics.items() if key.startswith(("val_", "train_"))},
+            **{key: value for key, value in metrics.items()
+               if key.startswith(("val_", "train_", "retention_", "parent_retention_"))},
             "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
@@ -137,6 +145,11 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         }
 
     per_epoch_train = train_rows[: config.eval.max_train_questions] if config.eval.max_train_questions else train_rows
+    if retention_rows and config.init_adapter is not None and progress["epoch"] == 0:
+        # The adapter it starts from, on the same old questions: the bar retention is measured against.
+        (parent_scores, _), = evaluate(retention_rows)
+        progress["parent"] = {f"parent_retention_{name}": value for name, value in parent_scores.items()}
+        log(f"start: retention_exact_recall {parent_scores['exact_recall']:.3f} on {len(retention_rows)} old questions")
     metrics = progress["history"][-1] if progress["history"] else {}
     for epoch in range(progress["epoch"] + 1, config.training.epochs + 1):
         stats = trainer.train_epoch()
@@ -144,7 +157,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
         progress["train_seconds"] += stats.seconds
         eval_started = time.perf_counter()
         final_epoch = epoch == config.training.epochs
-        (val_scores, val_records), (train_scores, _) = evaluate(val_rows, train_rows if final_epoch else per_epoch_train)
+        (val_scores, val_records), (train_scores, _), (retention_scores, _) = evaluate(
+            val_rows, train_rows if final_epoch else per_epoch_train, retention_rows)
         last = final_epoch or val_scores["exact_recall"] >= config.training.stop_at_val_recall
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
             (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
@@ -154,6 +168,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, output_dir: Path
             "loss": stats.loss,
             **{f"val_{name}": value for name, value in val_scores.items()},
             **{f"train_{name}": value for name, value in train_scores.items()},
+            **({f"retention_{name}": value for name, value in retention_scores.items()} if retention_rows else {}),
+            **progress.get("parent", {}),
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
             "epoch_tokens_per_second": stats.tokens_per_second,
             "peak_memory_mb": peak_memory_mb(device),
