@@ -22,26 +22,25 @@ from trials.config import TrialConfig
 from trials.methods import AnyMethod, IA3Method, LoraMethod, MethodName, PrefixMethod, Strict
 
 
-class LogRange(Strict):
+class _Interval(Strict):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class LogRange(_Interval):
     low: float = Field(gt=0, description="Smallest value (sampled on a log scale).")
     high: float = Field(gt=0, description="Largest value.")
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
 
-
-class Range(Strict):
+class Range(_Interval):
     low: float = Field(ge=0, description="Smallest value (sampled uniformly).")
     high: float = Field(ge=0, description="Largest value.")
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
 
 
 class DropoutRange(Range):
