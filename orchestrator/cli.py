@@ -1,4 +1,4 @@
-"""`orchestrator trial|sweep|promote|ask|demo|ui|report`: the command line."""
+"""`orchestrator trial|sweep|promote|ask|demo|ui|report|server`: the command line."""
 
 from __future__ import annotations
 
@@ -169,6 +169,12 @@ def cmd_ui(args) -> int:
     os.execv(sys.executable, command)
 
 
+def cmd_server(args) -> int:
+    from orchestrator.server import run_server
+
+    return run_server(args.data_dir, args.host, args.port, args.backend_store_uri)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(func=cmd_ui)
+
+    server = commands.add_parser("server", help="a team's MLflow tracking server: PostgreSQL backend, "
+                                                "artifacts served through it (infra/README.md)")
+    server.add_argument("--data-dir", type=Path, default=Path("mlflow-server"),
+                        help="PostgreSQL data (pgdata/) and artifacts (artifacts/); default: %(default)s")
+    server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens it to the network (no authentication)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--backend-store-uri", metavar="postgresql://...",
+                        help="an existing database instead of the private PostgreSQL in DATA_DIR/pgdata")
+    server.set_defaults(func=cmd_server)
     return parser
 
 

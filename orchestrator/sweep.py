@@ -34,6 +34,7 @@ from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
+from orchestrator.server import check_reachable
 from trials.config import ConfigError, TrialConfig
 from trials.data import load_knowledge
 
@@ -191,6 +192,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     from trials.evaluate import retained_knowledge
 
     load_knowledge(config.data)  # bad data fails here, with file:line, before Ray or MLflow start
+    check_reachable(tracking.tracking_uri())  # so does a tracking server that is down
     storage = Path(config.sweep.storage_path or "ray_results").resolve()
     experiment_path = storage / name
     if resume and not tune.Tuner.can_restore(str(experiment_path)):
