@@ -172,7 +172,7 @@ def cmd_ui(args) -> int:
 def cmd_server(args) -> int:
     from orchestrator.server import run_server
 
-    return run_server(args.data_dir, args.host, args.port, args.backend_store_uri)
+    return run_server(args.data_dir, args.host, args.port, args.backend_store_uri, args.allowed_hosts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PostgreSQL data (pgdata/) and artifacts (artifacts/); default: %(default)s")
     server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens it to the network (no authentication)")
     server.add_argument("--port", type=int, default=5000)
-    server.add_argument("--backend-store-uri", metavar="postgresql://...",
+    server.add_argument("--backend-store-uri", metavar="postgresql+psycopg2://...",
                         help="an existing database instead of the private PostgreSQL in DATA_DIR/pgdata")
+    server.add_argument("--allowed-hosts", metavar="HOST:PORT,...",
+                        help="Host headers the server answers, replacing MLflow's default (localhost and private "
+                             "IPs), e.g. mlflow-host:5000,localhost:* (mlflow server --allowed-hosts)")
     server.set_defaults(func=cmd_server)
     return parser
 

@@ -67,13 +67,18 @@ def start_postgres(pgdata: Path):
     return postgres, postgres.get_uri(DATABASE).replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
-def mlflow_server_command(backend_store_uri: str, artifacts: Path, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-            "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
-            "--host", host, "--port", str(port), "--workers", "1"]
+def mlflow_server_command(backend_store_uri: str, artifacts: Path, host: str, port: int,
+                          allowed_hosts: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+               "--serve-artifacts", "--artifacts-destination", str(artifacts.resolve()),
+               "--host", host, "--port", str(port), "--workers", "1"]
+    # MLflow answers only Host headers of localhost and private IPs unless told more (DNS rebinding
+    # protection): clients that reach it by a name (`http://mlflow-host:5000`) need it listed.
+    return command + (["--allowed-hosts", allowed_hosts] if allowed_hosts else [])
 
 
-def run_server(data_dir: Path, host: str, port: int, backend_store_uri: str | None = None) -> int:
+def run_server(data_dir: Path, host: str, port: int, backend_store_uri: str | None = None,
+               allowed_hosts: str | None = None) -> int:
     """Run until interrupted (Ctrl-C or SIGTERM); stops the MLflow server, then the PostgreSQL it started."""
     data_dir = data_dir.resolve()
     postgres = None
@@ -81,7 +86,8 @@ def run_server(data_dir: Path, host: str, port: int, backend_store_uri: str | No
         postgres, backend_store_uri = start_postgres(data_dir / "pgdata")
     (data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     # Its own session, so that stopping it reaches the uvicorn process it starts too.
-    server = subprocess.Popen(mlflow_server_command(backend_store_uri, data_dir / "artifacts", host, port),
+    server = subprocess.Popen(mlflow_server_command(backend_store_uri, data_dir / "artifacts", host, port,
+                                                    allowed_hosts),
                               start_new_session=True)
     print(f"backend store: {backend_store_uri}\nartifacts: {data_dir / 'artifacts'} (served by the server)\n"
           f"export MLFLOW_TRACKING_URI=http://{host}:{port}", flush=True)

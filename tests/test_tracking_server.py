@@ -1,5 +1,6 @@
-"""The team set-up, run for real: `orchestrator server` (PostgreSQL 16 from the pgserver wheel and
-`mlflow server --serve-artifacts` on it) on a free local port, and the CLI against it over HTTP.
+"""The team set-up, run for real: infra/mlflow-server.sh, i.e. `orchestrator server` (PostgreSQL 16
+from the pgserver wheel and `mlflow server --serve-artifacts` on it) on a free local port, and the
+CLI against it over HTTP.
 
 Everything is a real process: the server, the sweep (Ray, Optuna, peft on the tiny model), the
 promotion, `orchestrator ask` and `mlflow models serve`; each learns where the store is from
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep_support import DEMO, FAST
+from sweep_support import DEMO, FAST, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.service]
 
@@ -61,14 +62,17 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, orchestrator):
-    """`orchestrator server` on 127.0.0.1:PORT: (tracking URI, PostgreSQL URI, data dir)."""
+def server(tmp_path_factory):
+    """infra/mlflow-server.sh (`orchestrator server`) on 127.0.0.1:PORT: (tracking URI, PostgreSQL URI,
+    data dir)."""
     data = tmp_path_factory.mktemp("server")
     port = free_port()
     log = data / "server.log"
+    env = {**os.environ, "ORCHESTRATOR": str(Path(sys.executable).parent / "orchestrator")}
     with open(log, "wb") as output:
-        process = subprocess.Popen(orchestrator("server", "--data-dir", str(data / "store"), "--port", str(port)),
-                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen([str(REPO / "infra" / "mlflow-server.sh"), "--data-dir", str(data / "store"),
+                                    "--port", str(port)],
+                                   env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", process, log, 120)
         backend = re.search(r"^backend store: (\S+)$", log.read_text(), re.MULTILINE).group(1)
