@@ -1,8 +1,10 @@
 """`make bench`: speed, recall and orchestration overhead against the seed recipe, in one run.
 
-    python -m bench.run                      # every section: tiny (~15 min) + smollm2 (~1 h) on 2 idle cores
+    python -m bench.run                      # every section: tiny (~15 min) + smollm2 (~1 h) on 2 idle cores,
+                                             # + incremental (~9 min on 2 busy ones)
     python -m bench.run --sections tiny      # only the tiny-model sections below
     python -m bench.run --sections smollm2   # only the real-model sections (bench/smollm2.py)
+    python -m bench.run --sections incremental   # adding facts later: forgetting (bench/incremental.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
@@ -39,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.goals import tiny_goals_met
+from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
 from bench.seed_recipe import SEED
 from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_REQUIRED_KEYS
 
@@ -63,6 +66,7 @@ class Settings:
     throughput_rounds: int = 2  # ours, seed, then seed, ours (ABBA): drift in machine load cancels
     smollm2_overrides: list[str] = field(default_factory=list)  # on top of `overrides`, SmolLM2 only
     smollm2_speed_epochs: int = 1  # epochs per SmolLM2 speed run (each side, each round)
+    incremental_samples: int = 6  # trials in the incremental sweep (its first 4 are TPE's random start-up)
     smoke: bool = False
 
 
@@ -70,7 +74,7 @@ FULL = Settings()
 SMOKE = Settings(
     overrides=["training.epochs=2", "sweep.num_samples=2", "sweep.asha.grace_period=1",
                "eval.max_train_questions=4"],
-    throughput_epochs=1, throughput_rounds=1, smoke=True,
+    throughput_epochs=1, throughput_rounds=1, incremental_samples=2, smoke=True,
     smollm2_overrides=["training.epochs=1", "training.batch_size=4"],
 )
 
@@ -207,7 +211,8 @@ def asha_rungs(experiment) -> list[int]:
     return sorted(int(asha.grace_period * asha.reduction_factor ** k) for k in range(count))
 
 
-def run_bench_sweep(experiment, name: str, source: str) -> dict:
+def run_bench_sweep(experiment, name: str, source: str, start: str | None = None) -> dict:
+    """A sweep (incremental from `start` when given) and its trials, wall and overhead, read back from MLflow."""
     import ray
 
     from orchestrator import tracking
@@ -215,7 +220,7 @@ def run_bench_sweep(experiment, name: str, source: str) -> dict:
     from orchestrator.sweep import run_sweep
 
     started = time.perf_counter()
-    outcome = run_sweep(experiment, name, source=source, verbose=0)
+    outcome = run_sweep(experiment, name, source=source, verbose=0, start=start)
     call_seconds = time.perf_counter() - started
     client = tracking.client()
     rows = outcome.leaderboard
@@ -370,10 +375,10 @@ class Bench:
     threads: int
 
 
-def timed(timings: dict[str, float], name: str, measure: Callable, *args):
-    """`measure(*args)`, its wall seconds recorded as `timings[name]`."""
+def timed(timings: dict[str, float], name: str, measure: Callable, *args, **kwargs):
+    """`measure(*args, **kwargs)`, its wall seconds recorded as `timings[name]`."""
     started = time.perf_counter()
-    result = measure(*args)
+    result = measure(*args, **kwargs)
     timings[name] = time.perf_counter() - started
     return result
 
@@ -452,13 +457,24 @@ def run_smollm2(bench: Bench) -> dict:
     return smollm2.run(bench.overrides, bench.settings, bench.work, log)
 
 
+def run_incremental(bench: Bench) -> dict:
+    """Adding facts later (bench/incremental.py), on the tiny model and the demo's two batches."""
+    from bench import incremental
+
+    return incremental.run(bench, log)
+
+
 def is_smollm2_key(key: str) -> bool:
     return key.startswith("smollm2_")
 
 
+def is_incremental_key(key: str) -> bool:
+    return key.startswith("incremental_")
+
+
 def is_tiny_key(key: str) -> bool:
-    # The tiny sections came first, with unprefixed keys: every key that is not SmolLM2's is theirs.
-    return not is_smollm2_key(key)
+    # The tiny sections came first, with unprefixed keys: every key no other section claims is theirs.
+    return not (is_smollm2_key(key) or is_incremental_key(key))
 
 
 @dataclass(frozen=True)
@@ -472,6 +488,7 @@ class Section:
 SECTIONS: dict[str, Section] = {
     "tiny": Section(run_tiny, TINY_REQUIRED_KEYS, is_tiny_key),
     "smollm2": Section(run_smollm2, SMOLLM2_REQUIRED_KEYS, is_smollm2_key),
+    "incremental": Section(run_incremental, INCREMENTAL_REQUIRED_KEYS, is_incremental_key),
 }
 
 

@@ -2,7 +2,8 @@
 
 `python -m bench.run --smoke` runs every section (throughput vs the seed recipe, ASHA and no-ASHA
 sweeps with real Ray/Optuna/MLflow, best-trial test scoring from MLflow, the seed recipe at equal
-compute) on a 4-person slice of the demo data, writing into a temporary directory.
+compute; adding facts later: an incremental sweep against the seed recipe's way) on a 4-person slice
+of the demo data (and of its second batch), writing into a temporary directory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ REQUIRED_KEYS = (
     "recall_best_val", "recall_best_test", "recall_seed_val", "recall_seed_test",
     "overhead_fraction", "per_trial_overhead_s",
     "asha_trial_epochs", "noasha_trial_epochs", "asha_best_val", "noasha_best_val",
+    "incremental_retention_ours", "incremental_retention_seed_way",
+    "incremental_new_recall_ours", "incremental_new_recall_seed_way",
 )
 
 
@@ -67,9 +70,19 @@ def test_bench_smoke_writes_every_key(tmp_path):
     ours, seed = (results["throughput"]["throughput_runs"][side][0] for side in ("ours", "seed"))
     assert ours["tokens"] <= seed["tokens"] < ours["tokens"] + 200
     assert set(results["goals_met"]) == {"throughput_ratio_vs_seed", "recall_best_val", "overhead_fraction", "asha"}
+    # Adding facts later: both sides continue the same parent, the seed way for as many epochs as the best trial.
+    for key in ("incremental_retention_ours", "incremental_retention_seed_way", "incremental_new_recall_ours",
+                "incremental_new_recall_seed_way", "incremental_parent_recall"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["incremental_sweep"]["num_trials"] == 2
+    assert results["incremental_seed_way"]["epochs"] == results["incremental_trial_epochs"] \
+        == results["incremental_best"]["epochs"]
+    assert results["incremental_seed_way_seed_lr"]["learning_rate"] == 1e-6
+    assert 0.0 <= results["incremental_best_replay_fraction"] <= 1.0
 
     markdown = (out / "RESULTS.md").read_text()
     assert "SMOKE" in markdown and "| measure |" in markdown and "torch" in markdown
+    assert "## Adding facts later" in markdown
     assert (_stamp(real_json), _stamp(real_md)) == before, "a test must never overwrite bench/results"
 
 
