@@ -3,7 +3,7 @@ from the pgserver wheel and `mlflow server --serve-artifacts` on it) on a free l
 CLI against it over HTTP.
 
 Everything is a real process: the server, the sweep (Ray, Optuna, peft on the tiny model), the
-promotion, `orchestrator ask` and `mlflow models serve`; each learns where the store is from
+promotion, `orchestrator ask`, `orchestrator report` and `mlflow models serve`; each learns where the store is from
 MLFLOW_TRACKING_URI=http://127.0.0.1:PORT alone, with no path to the server's disk.
 """
 
@@ -152,6 +152,23 @@ def test_orchestrator_ask_answers_from_the_server(server, team, orchestrator):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == record["got"]
+
+
+def test_report_reads_the_sweep_from_the_server(server, team, orchestrator, tmp_path):
+    from orchestrator import tracking
+
+    uri, _, store = server
+    result = subprocess.run(orchestrator("report", "--sweep", "team", "--output-dir", str(tmp_path)), env=team,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep 'team' (FINISHED, 2 trials)" in result.stdout
+    # The plots went up to the sweep's run, into the server's artifact store.
+    client = tracking.client(uri)
+    parent = tracking.find_sweep_run(client, "recall-orchestrator", "team")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/learning_curves.png", "report/learning_rate.png"}
+    on_disk = store / "artifacts" / parent.info.artifact_uri.removeprefix("mlflow-artifacts:/") / "report"
+    assert (on_disk / "learning_curves.png").stat().st_size > 0
 
 
 def test_mlflow_models_serve_the_champion_from_the_server(server, team, tmp_path):
