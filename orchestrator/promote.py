@@ -1,6 +1,8 @@
 """Promote the best adapter of a sweep to the MLflow Model Registry, behind a test-split gate.
 
-1. take the sweep's top-k FINISHED trial runs by val_exact_recall (what the sweep optimised);
+1. take the sweep's top-k FINISHED trial runs by their last `objective` (what the sweep optimised:
+   val_exact_recall with a train-recall tie-break, and for an incremental sweep below every trial
+   that keeps the retention floor if it broke it), by val_exact_recall where it is missing;
 2. download each one's adapter/ + trial_config.json + metrics.json and score it on the `test`
    split, which nothing used before (`trials.evaluate`, the trial's own scoring); the score goes
    back onto the trial's run as metric `test_exact_recall` (the sweep driver has finished, so this
@@ -34,6 +36,7 @@ from orchestrator.errors import PromotionError
 DEFAULT_MODEL_NAME = "recall-champion"
 ALIAS = "champion"
 VAL_METRIC, TEST_METRIC = "val_exact_recall", "test_exact_recall"
+OBJECTIVE = "objective"  # = orchestrator.sweep.METRIC, named here so promotion does not import Ray
 # Incremental promotions: the candidate's and the champion's recall on the old facts' test rows.
 RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall"
 DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
@@ -115,7 +118,10 @@ def _top_runs(client, parent, top_k: int) -> list:
     if not runs:
         raise PromotionError(f"sweep '{parent.data.tags.get(tracking.SWEEP)}' has no FINISHED trial with "
                              f"{VAL_METRIC}: nothing to promote")
-    runs.sort(key=lambda run: (-run.data.metrics[VAL_METRIC], run.data.tags.get(tracking.TRIAL_ID, "")))
+    def judged(run) -> float:
+        return run.data.metrics.get(OBJECTIVE, run.data.metrics[VAL_METRIC])
+
+    runs.sort(key=lambda run: (-judged(run), run.data.tags.get(tracking.TRIAL_ID, "")))
     return runs[:top_k]
 
 
@@ -264,7 +270,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     parent = _sweep_parent(client, experiment, sweep)
     sweep_name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
     runs = _top_runs(client, parent, top_k)
-    log(f"scoring the top {len(runs)} trial(s) of sweep '{sweep_name}' by {VAL_METRIC} on the test split")
+    log(f"scoring the top {len(runs)} trial(s) of sweep '{sweep_name}' by its objective on the test split")
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         candidates = [_score_candidate(client, run, Path(tmp, run.info.run_id)) for run in runs]
         config = TrialConfig.model_validate_json(candidates[0].trial_config)
@@ -355,5 +361,7 @@ def print_promotion(outcome: Promotion) -> None:
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:  # a log file or a pipe: rich's 80 columns would cut the run ids and counts
+        console = Console(width=140)
     console.print(comparison_table(outcome))
     console.print(outcome.reason, markup=False, highlight=False)

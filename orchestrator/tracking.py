@@ -2,9 +2,11 @@
 
 Layout (what `promote`, `report` and the MLflow UI read):
 - experiment `sweep.experiment` (default "recall-orchestrator");
-- one parent run per sweep: run name = sweep name, tags recall.role=sweep, recall.sweep=NAME;
-- one child run per trial: tag mlflow.parentRunId, recall.role=trial, recall.sweep, recall.trial_id;
-  params = the trial's method and training knobs; per-epoch metrics at step=epoch;
+- one parent run per sweep: run name = sweep name, tags recall.role=sweep, recall.sweep=NAME; an
+  incremental sweep adds recall.from, recall.parent_model and recall.parent_version;
+- one child run per trial: tag mlflow.parentRunId, recall.role=trial, recall.sweep, recall.trial_id,
+  recall.method_shape; params = the trial's method and training knobs (and init_adapter,
+  data.retain when incremental); every numeric metric it reports, at step=epoch;
   artifacts adapter/ (peft adapter + tokenizer), predictions_val.jsonl, metrics.json,
   trial_config.json (the full trial config, enough to rebuild or re-score it).
 
