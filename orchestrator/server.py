@@ -85,10 +85,14 @@ def run_server(data_dir: Path, host: str, port: int, backend_store_uri: str | No
     if backend_store_uri is None:
         postgres, backend_store_uri = start_postgres(data_dir / "pgdata")
     (data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    # MLflow's job runner (GenAI evaluation jobs, which sweeps never submit) would add seven huey
+    # worker processes; set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to have them anyway.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                                              "false")}
     # Its own session, so that stopping it reaches the uvicorn process it starts too.
     server = subprocess.Popen(mlflow_server_command(backend_store_uri, data_dir / "artifacts", host, port,
                                                     allowed_hosts),
-                              start_new_session=True)
+                              env=env, start_new_session=True)
     print(f"backend store: {backend_store_uri}\nartifacts: {data_dir / 'artifacts'} (served by the server)\n"
           f"export MLFLOW_TRACKING_URI=http://{host}:{port}", flush=True)
 
