@@ -19,8 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from orchestrator.errors import SweepError
@@ -28,21 +26,27 @@ from orchestrator.errors import SweepError
 DATABASE = "mlflow"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds when an http(s) tracking server does not answer: MLflow's own client retries a
-    refused connection with backoff for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-    ..._BACKOFF_FACTOR), and a sweep would sit there before saying anything. Any HTTP answer, even
-    401 from a server with authentication, means it is up."""
+def check_reachable(uri: str, timeout: int = 5) -> None:
+    """Fail in seconds when an http(s) tracking server does not answer: MLflow's client retries a
+    refused connection with backoff for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, ..._BACKOFF_FACTOR)
+    before a sweep would say anything. One request through MLflow's own HTTP client, so its TLS,
+    proxy and credential settings apply. MLflow answers /health without authentication; another
+    answer means the URI is not an MLflow server (or a proxy in front of it refuses us)."""
     if not uri.startswith(("http://", "https://")):
         return
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise SweepError(f"MLflow tracking server {uri} is unreachable ({reason}): start it "
+        response = http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=timeout,
+                                raise_on_status=False)
+    except MlflowException as error:
+        raise SweepError(f"MLflow tracking server {uri} is unreachable: {error.message}\nstart it "
                          "(infra/README.md) or set MLFLOW_TRACKING_URI to one that is up") from None
+    if response.status_code != 200:
+        raise SweepError(f"MLFLOW_TRACKING_URI={uri} answered GET /health with HTTP {response.status_code}: "
+                         "is it an MLflow tracking server?")
 
 
 def start_postgres(pgdata: Path):

@@ -204,3 +204,27 @@ def test_sweep_fails_fast_when_the_server_is_down(orchestrator, tmp_path):
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
     assert f"MLflow tracking server {uri} is unreachable" in result.stderr
     assert not (tmp_path / "down").exists()  # nothing ran: no Tune experiment
+
+
+def test_a_server_that_is_not_mlflow_is_refused_before_the_sweep():
+    import http.server
+    import threading
+
+    from orchestrator.errors import SweepError
+    from orchestrator.server import check_reachable
+
+    class NotMlflow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotMlflow) as other:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{other.server_address[1]}"
+        try:
+            with pytest.raises(SweepError, match=f"MLFLOW_TRACKING_URI={uri} answered GET /health with HTTP 404"):
+                check_reachable(uri)
+        finally:
+            other.shutdown()
