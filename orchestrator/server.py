@@ -97,8 +97,9 @@ def run_server(data_dir: Path, host: str, port: int, backend_store_uri: str | No
     server = subprocess.Popen(mlflow_server_command(backend_store_uri, data_dir / "artifacts", host, port,
                                                     allowed_hosts),
                               env=env, start_new_session=True)
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # listening on all addresses: say one that works here
     print(f"backend store: {backend_store_uri}\nartifacts: {data_dir / 'artifacts'} (served by the server)\n"
-          f"export MLFLOW_TRACKING_URI=http://{host}:{port}", flush=True)
+          f"export MLFLOW_TRACKING_URI=http://{reach}:{port}", flush=True)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
