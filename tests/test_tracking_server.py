@@ -36,6 +36,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def without_mlflow_uris() -> dict[str, str]:
+    """os.environ without MLflow store settings: mlflow.set_tracking_uri/set_registry_uri, as other
+    tests call them in this process, write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into it, and a
+    stale registry URI would send `models:/...` to another test's store."""
+    return {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -68,7 +75,7 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("server")
     port = free_port()
     log = data / "server.log"
-    env = {**os.environ, "ORCHESTRATOR": str(Path(sys.executable).parent / "orchestrator")}
+    env = {**without_mlflow_uris(), "ORCHESTRATOR": str(Path(sys.executable).parent / "orchestrator")}
     with open(log, "wb") as output:
         process = subprocess.Popen([str(REPO / "infra" / "mlflow-server.sh"), "--data-dir", str(data / "store"),
                                     "--port", str(port)],
@@ -88,7 +95,7 @@ def team(server, orchestrator, tmp_path_factory):
     """must-show: `sweep --name team` then `promote --sweep team`, both CLI processes on the server."""
     uri, _, _ = server
     work = tmp_path_factory.mktemp("team")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}  # the URI alone
     sets = [arg for item in [*FAST, "sweep.num_samples=2", f"sweep.storage_path={work / 'ray_results'}"]
             for arg in ("--set", item)]
     sweep = subprocess.run(orchestrator("sweep", str(DEMO), "--name", "team", *sets), cwd=work,
@@ -198,7 +205,7 @@ def test_sweep_fails_fast_when_the_server_is_down(orchestrator, tmp_path):
     started = time.monotonic()
     result = subprocess.run(
         orchestrator("sweep", str(DEMO), "--name", "down", "--set", f"sweep.storage_path={tmp_path}"),
-        cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        cwd=tmp_path, env={**without_mlflow_uris(), "MLFLOW_TRACKING_URI": uri},
         capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 30, "MLflow's HTTP retries ran before the check"
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
