@@ -110,13 +110,19 @@ def run_server(data_dir: Path, host: str, port: int, backend_store_uri: str | No
     except KeyboardInterrupt:
         return 0
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=20)
         if postgres is not None:
             postgres.cleanup()
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to a process started in its own session (it and what it started: mlflow's uvicorn
+    workers), SIGKILL if it lingers past `timeout` seconds."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -313,14 +312,9 @@ def test_mlflow_models_serve_answers_over_http(champion, tmp_path):
             body = json.loads(response.read())
         assert body == {"predictions": [record["got"] for record in records]}
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
-            server.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        from orchestrator.server import stop_process_group
+
+        stop_process_group(server, timeout=15)  # the server and the uvicorn worker it started
 
 
 def test_orchestrator_ask_prints_the_learned_answer(champion, orchestrator):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.server import stop_process_group
 from sweep_support import DEMO, FAST, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.service]
@@ -56,18 +56,6 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
             time.sleep(0.5)
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process's own session (it and what it started), SIGKILL if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """infra/mlflow-server.sh (`orchestrator server`) on 127.0.0.1:PORT: (tracking URI, PostgreSQL URI,
@@ -85,7 +73,7 @@ def server(tmp_path_factory):
         backend = re.search(r"^backend store: (\S+)$", log.read_text(), re.MULTILINE).group(1)
         yield f"http://127.0.0.1:{port}", backend, data / "store"
     finally:
-        stop(process)
+        stop_process_group(process, timeout=60)
     # `orchestrator server` stopped the PostgreSQL it started: a running one holds postmaster.pid.
     assert not (data / "store" / "pgdata" / "postmaster.pid").exists(), log.read_text()[-3000:]
 
@@ -197,7 +185,7 @@ def test_mlflow_models_serve_the_champion_from_the_server(server, team, tmp_path
         with urllib.request.urlopen(request, timeout=60) as response:
             assert json.loads(response.read()) == {"predictions": [record["got"]]}
     finally:
-        stop(process)
+        stop_process_group(process, timeout=60)
 
 
 def test_sweep_fails_fast_when_the_server_is_down(orchestrator, tmp_path):
