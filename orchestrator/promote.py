@@ -154,7 +154,9 @@ def _score_candidate(client, run, directory: Path) -> Scored:
     scored = score_adapter(directory / "adapter", config, "test", retained=("test",) if incremental else ())
     scores = scored["test"][0]
     recall = scores["exact_recall"]
-    budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval)
+    # The registered model answers with the budget the candidate was scored with, old facts included.
+    retained = retained_knowledge(config) if incremental else None
+    budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval, retained)
     for name, value in scores.items():
         client.log_metric(run_id, f"test_{name}", value)
     retention = scored["retained_test"][0]["exact_recall"] if incremental else None
@@ -166,7 +168,7 @@ def _score_candidate(client, run, directory: Path) -> Scored:
         trial=run.data.tags.get(tracking.TRIAL_ID, run.info.run_name), method=config.method.name,
         data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
         files=directory, retention_recall=retention,
-        retained_fingerprint=retained_knowledge(config).fingerprint if incremental else None,
+        retained_fingerprint=retained.fingerprint if retained else None,
     )
 
 

@@ -17,11 +17,14 @@ from trials.model import load_adapter, load_tokenizer, pick_device, resolve_mode
 from trials.recall import generate_answers, score
 
 
-def generation_budget(tokenizer, knowledge: Knowledge, eval_config: EvalConfig) -> int:
-    """max_new_tokens: the configured limit, else the longest expected answer + 8 tokens."""
+def generation_budget(tokenizer, knowledge: Knowledge, eval_config: EvalConfig,
+                      retained: Knowledge | None = None) -> int:
+    """max_new_tokens: the configured limit, else the longest expected answer + 8 tokens, over the new
+    facts and the old ones kept (`retained`), so old answers are never cut shorter than new ones."""
     if eval_config.max_new_tokens:
         return eval_config.max_new_tokens
-    return max(len(answer_ids(tokenizer, answer)) for row in knowledge.qa for answer in row.accepted) + 8
+    rows = [*knowledge.qa, *(retained.qa if retained else [])]
+    return max(len(answer_ids(tokenizer, answer)) for row in rows for answer in row.accepted) + 8
 
 
 def score_rows(model, tokenizer, rows: list[QARow], *, batch_size: int, max_new_tokens: int,
@@ -59,7 +62,7 @@ def score_adapter(adapter_dir: Path, config: TrialConfig, *splits: str,
     if retained and old is None:
         raise ValueError("retained splits asked for, but the trial config has no data.retain")
     model, tokenizer, device, bf16 = load_trained(adapter_dir, config)
-    budget = max(generation_budget(tokenizer, facts, config.eval) for facts in (knowledge, old) if facts)
+    budget = generation_budget(tokenizer, knowledge, config.eval, old)
     rows = {split: knowledge.split(split) for split in splits}
     rows.update({f"retained_{split}": old.split(split) for split in retained})
     return {name: score_rows(model, tokenizer, part, batch_size=config.eval.batch_size, max_new_tokens=budget,

@@ -115,7 +115,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
     # Old facts held out from training: how much of what the model knew it still knows.
     retention_rows = retained.split("val") if retained else []
-    max_new_tokens = max(generation_budget(tokenizer, facts, config.eval) for facts in (knowledge, retained) if facts)
+    max_new_tokens = generation_budget(tokenizer, knowledge, config.eval, retained)
 
     def evaluate(*row_sets: list) -> list[tuple[dict[str, float], list[dict]]]:
         """Score several sets of questions with one pass of batched generation over all of them."""
