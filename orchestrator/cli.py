@@ -143,7 +143,7 @@ def _demo_round(config, name: str, source: str, step: int, steps: int, start: st
     if not outcome.succeeded:
         print("no trial finished: nothing to promote", file=sys.stderr)
         return False
-    print(f"== {step + 1}/{steps} promote: the top trials by val recall, re-scored on the test split"
+    print(f"== {step + 1}/{steps} promote: the top trials by the sweep's objective, re-scored on the test split"
           f"{' (new and old facts)' if start else ''}, against the champion")
     _quiet_loading()
     print_promotion(promote(name, experiment=config.sweep.experiment))
