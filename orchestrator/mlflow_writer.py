@@ -84,8 +84,8 @@ class MlflowTrials(Callback):
     def _run_id(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        query = (f"tags.`{tracking.PARENT}` = '{self.parent_run_id}' and "
-                 f"tags.`{tracking.TRIAL_ID}` = '{trial.trial_id}'")
+        query = (f"tags.`{tracking.PARENT}` = {tracking.quoted(self.parent_run_id)} and "
+                 f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial.trial_id)}")
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
         if existing:  # a resumed sweep keeps one run per trial
             run_id = existing[0].info.run_id

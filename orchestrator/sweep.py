@@ -35,6 +35,7 @@ from orchestrator.errors import SweepError
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
+from orchestrator.storage import SweepStorage, check_sweep_name
 from trials.config import ConfigError, TrialConfig
 from trials.data import load_knowledge
 
@@ -103,13 +104,20 @@ RAY_OPTIONS = {"include_dashboard": False, "logging_level": "WARNING", "log_to_d
 
 def connect_ray(address: str | None) -> None:
     """Join RAY_ADDRESS / --address when given, else start a local Ray; reuse one already up."""
+    import json
+
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = dict(RAY_OPTIONS)
-    if address:
+    # Under `ray job submit` the job manager sets RAY_ADDRESS and hands the job's runtime_env to this
+    # driver (RAY_JOB_CONFIG_JSON_ENV_VAR); Ray merges ray.init's runtime_env into it and refuses the
+    # merge when both set a field. A job that already ships the code (--working-dir, py_modules) reaches
+    # every trial worker with it: adding py_modules would upload it twice, or fail next to py_modules.
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    if address and not (job_env.get("working_dir") or job_env.get("py_modules")):
         import orchestrator
         import trials
 
@@ -191,15 +199,16 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
 
     from trials.evaluate import retained_knowledge
 
+    check_sweep_name(name)
     load_knowledge(config.data)  # bad data fails here, with file:line, before Ray or MLflow start
     check_reachable(tracking.tracking_uri())  # so does a tracking server that is down
-    storage = Path(config.sweep.storage_path or "ray_results").resolve()
-    experiment_path = storage / name
-    if resume and not tune.Tuner.can_restore(str(experiment_path)):
+    storage = SweepStorage.of(config.sweep.storage_path)  # and a storage URI nothing can open
+    experiment_path = storage.experiment(name)
+    if resume and not tune.Tuner.can_restore(experiment_path):
         raise SweepError(f"nothing to resume at {experiment_path}")
-    if not resume and experiment_path.exists():
+    if not resume and storage.exists(name):
         raise SweepError(f"{experiment_path} exists: pass --resume to continue sweep '{name}', or choose another --name")
-    config, lineage = _incremental(config, start, storage / f"{name}.start", source)
+    config, lineage = _incremental(config, start, storage.local_folder(f"{name}.start"), source)
     space = _space(config, source)
     retained_knowledge(config)  # the old facts are checked as early as the new ones
 
@@ -219,7 +228,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     connect_ray(address)
     started = time.time()
     if resume:
-        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
     else:
         deadline = started + config.sweep.time_budget_s if config.sweep.time_budget_s else None
@@ -227,7 +236,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
             trainable,
             tune_config=tune_config,
             run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), verbose=verbose,
+                name=name, storage_path=storage.root, verbose=verbose,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline)],
             ),
@@ -236,4 +245,4 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         tuner.fit()
     finally:
         board = close_sweep_run(client, parent_run_id)
-    return SweepOutcome(name, parent_run_id, str(experiment_path), time.time() - started, board)
+    return SweepOutcome(name, parent_run_id, experiment_path, time.time() - started, board)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from orchestrator.errors import SweepError
+
 DEFAULT_STORE = "mlflow.db"
 ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
 METHOD_SHAPE = "recall.method_shape"  # e.g. "r=16 alpha=32 q,v": the leaderboard's shape column
@@ -57,18 +59,27 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     return mlflow_client.create_experiment(name, artifact_location=Path(root, name).as_uri() if root else None)
 
 
+def quoted(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter. MLflow's filter grammar has no escape
+    inside quotes: a value is wrapped in whichever quote it does not contain."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise SweepError(f"{value!r} holds both quote characters: MLflow cannot search for it")
+
+
 def find_sweep_run(mlflow_client: MlflowClient, experiment: str, sweep: str | None):
     """The newest parent run of the named sweep (or of any sweep), or None."""
     exp = mlflow_client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    query = f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP}` = '{sweep}'" if sweep else "")
+    query = f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP}` = {quoted(sweep)}" if sweep else "")
     runs = mlflow_client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
 def trial_runs(mlflow_client: MlflowClient, parent_run) -> list:
-    query = f"tags.`{PARENT}` = '{parent_run.info.run_id}' and tags.`{ROLE}` = 'trial'"
+    query = f"tags.`{PARENT}` = {quoted(parent_run.info.run_id)} and tags.`{ROLE}` = 'trial'"
     return mlflow_client.search_runs([parent_run.info.experiment_id], query, max_results=10_000)
 
 
