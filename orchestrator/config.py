@@ -41,6 +41,9 @@ class SweepConfig(Strict):
     asha: AshaConfig = Field(default_factory=AshaConfig)
     storage_path: str | None = Field(None, description="Ray Tune results; shared storage on a cluster. Default ./ray_results.")
     experiment: str = Field("recall-orchestrator", description="MLflow experiment holding the sweeps.")
+    tracking_outage_wait_s: float = Field(
+        600, ge=0, description="A tracking server that is down when the trials end: how long the sweep waits for it "
+                               "to write what it kept, before it exits non-zero (the results stay in storage_path).")
     retention_floor: float = Field(
         0.95, ge=0.0, le=1.0, description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall "
                                           "at least this share of the starting adapter's on the same questions.")
