@@ -28,10 +28,15 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_trial(args) -> int:
     from orchestrator.config import load_experiment
+    from trials.train import TrainingDiverged
     from trials.trial import run_trial
 
     config = load_experiment(args.config, args.overrides)
-    summary = run_trial(config.trial_config(), args.output_dir)
+    try:
+        summary = run_trial(config.trial_config(), args.output_dir)
+    except TrainingDiverged as error:  # a result, not a bug: one line, and a failed trial's exit status
+        print(f"error: {error}; the trial failed ({args.output_dir}/metrics.json)", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     print(f"wrote {args.output_dir}/metrics.json, adapter/, predictions_val.jsonl")
     return 0

@@ -161,6 +161,8 @@ class MlflowTrials(Callback):
         error_file = getattr(trial, "error_file", None) or ""
         message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
         self.client.set_tag(run_id, "recall.error", message)
+        if "TrainingDiverged" in message:  # trials.train raised it: the loss or gradient went non-finite
+            self.client.set_tag(run_id, "recall.failure", "diverged")
         self.client.set_terminated(run_id, "FAILED")
         console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {message.strip().splitlines()[-1] if message.strip() else ''}")
         self._runs.pop(trial.trial_id, None)

@@ -108,6 +108,18 @@ def batch_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite: training cannot recover, so the trial stops.
+
+    Raised before the optimiser applies the step, so the weights are those of the last finite step.
+    """
+
+    def __init__(self, epoch: int | None, step: int, what: str):
+        self.epoch, self.step, self.what = epoch, step, what
+        where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
+        super().__init__(f"training diverged: non-finite {what} at {where} (try a lower learning rate)")
+
+
 class Trainer:
     """Optimiser, schedule and one-epoch step over a peft model."""
 
@@ -140,7 +152,8 @@ class Trainer:
             num_training_steps=total_steps,
         )
 
-    def train_epoch(self) -> EpochStats:
+    def train_epoch(self, epoch: int | None = None) -> EpochStats:
+        """One pass over the examples; `epoch` only names where a TrainingDiverged happened."""
         self.model.train()
         started = time.perf_counter()
         accumulate = self.training.gradient_accumulation_steps
@@ -156,13 +169,22 @@ class Trainer:
             # Mean over answer/passage tokens of this micro-batch; the epoch loss reported is
             # token-weighted across batches, so short and long batches count by their tokens.
             (loss_total / max(targets, 1) / accumulate).backward()
-            loss_sum += loss_total.item()
+            batch_loss_sum = loss_total.item()
+            # The optimiser step this micro-batch feeds (the schedule counts the steps taken, resumes included).
+            step = self.scheduler.last_epoch + 1
+            if not math.isfinite(batch_loss_sum):
+                raise TrainingDiverged(epoch, step, "loss")
+            loss_sum += batch_loss_sum
             loss_tokens += targets
             real_tokens += int(inputs["attention_mask"].sum())
             if index % accumulate == 0 or index == len(batches):
-                torch.nn.utils.clip_grad_norm_(
+                grad_norm = torch.nn.utils.clip_grad_norm_(
                     [p for p in self.model.parameters() if p.requires_grad], self.training.max_grad_norm
                 )
+                # A finite loss can still give an infinite or NaN gradient (an overflow in backward);
+                # clipping would scale it into NaN weights. One scalar check per step.
+                if not torch.isfinite(grad_norm):
+                    raise TrainingDiverged(epoch, step, "gradient norm")
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)

@@ -152,7 +152,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         log(f"start: retention_exact_recall {parent_scores['exact_recall']:.3f} on {len(retention_rows)} old questions")
     metrics = progress["history"][-1] if progress["history"] else {}
     for epoch in range(progress["epoch"] + 1, config.training.epochs + 1):
-        stats = trainer.train_epoch()
+        stats = trainer.train_epoch(epoch)
         progress["train_tokens"] += stats.tokens
         progress["train_seconds"] += stats.seconds
         eval_started = time.perf_counter()

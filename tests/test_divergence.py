@@ -1,0 +1,107 @@
+"""A diverging trial (NaN or inf loss or gradient) stops at once, as a failure named `diverged`.
+
+The loop raises TrainingDiverged before the optimiser applies a non-finite step; `orchestrator
+trial` reports it in one line and exits 1; in a sweep the trial's MLflow run is FAILED and tagged
+recall.failure=diverged, and Optuna records the trial as FAIL.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trials.config import TrainingConfig, TrialConfig
+from trials.data import load_knowledge
+from trials.methods import LoraMethod
+from trials.model import attach_method, load_base_model, load_tokenizer
+from trials.train import Trainer, TrainingDiverged
+from trials.trial import build_examples
+
+DIVERGING = ["--set", "method.learning_rate=1e30", "--set", "training.epochs=1", "--set", "training.warmup_ratio=0"]
+
+
+@pytest.fixture
+def trainer_for(tokenizer_path, demo_documents, demo_qa):
+    """`trainer_for(learning_rate)` -> a Trainer over 32 train QA pairs of the demo (two steps an epoch)."""
+
+    def make(learning_rate: float) -> Trainer:
+        torch.manual_seed(0)
+        config = TrialConfig.model_validate({"data": {"documents": demo_documents, "qa": demo_qa},
+                                             "training": {"include_documents": False}})
+        tokenizer = load_tokenizer(tokenizer_path)
+        method = LoraMethod(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+        model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False), method, False)
+        examples = build_examples(tokenizer, load_knowledge(config.data), config)[:32]
+        training = TrainingConfig(epochs=1, batch_size=16, warmup_ratio=0.0, include_documents=False)
+        return Trainer(model, examples, training, learning_rate, tokenizer.pad_token_id, torch.device("cpu"), False)
+
+    return make
+
+
+def trainable(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters() if p.requires_grad]
+
+
+def test_a_non_finite_loss_stops_training_before_the_step(trainer_for):
+    trainer = trainer_for(1e30)  # step 1 lands the weights near 1e30; step 2's forward overflows
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at epoch 3, step 2") as raised:
+        trainer.train_epoch(3)
+    assert (raised.value.epoch, raised.value.step, raised.value.what) == (3, 2, "loss")
+    assert all(torch.isfinite(p).all() for p in trainable(trainer)), "a non-finite step was applied"
+
+
+def test_a_non_finite_gradient_stops_training_and_leaves_the_weights(trainer_for):
+    trainer = trainer_for(1e-3)
+    # The loss stays finite; one adapter weight's gradient does not (as an overflow in backward would).
+    weight = next(p for p in trainer.model.parameters() if p.requires_grad)
+    weight.register_hook(lambda grad: grad * float("inf"))
+    before = trainable(trainer)
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradient norm at epoch 1, step 1"):
+        trainer.train_epoch(1)
+    assert all(torch.equal(old, new) for old, new in zip(before, trainable(trainer)))
+
+
+def test_orchestrator_trial_exits_non_zero_with_one_line(repo_root, tmp_path, capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    output = tmp_path / "trial"
+    code = main(["trial", str(repo_root / "configs" / "demo.yaml"), *DIVERGING, "--output-dir", str(output)])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training diverged: non-finite loss at epoch 1, step " in errors[0]
+    assert "Traceback" not in err
+    assert not (output / "adapter").exists()  # no NaN adapter left behind
+    assert json.loads((output / "metrics.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.e2e
+def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatch):
+    import ray
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+    from sweep_support import fast_config, runs_of, store
+
+    from orchestrator.sweep import run_sweep
+
+    uri = store(tmp_path, monkeypatch)
+    config = fast_config(tmp_path, "sweep.num_samples=1", "search_space.methods=[lora]",
+                         "search_space.points_to_evaluate=[]", "training.warmup_ratio=0",
+                         "search_space.lora.learning_rate={low: 1.0e29, high: 1.0e30}")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        outcome = run_sweep(config, "diverging")
+    finally:
+        ray.shutdown()
+    _, _, children = runs_of(uri, "diverging")
+    assert [run.info.status for run in children] == ["FAILED"] and len(outcome.failed) == 1
+    tags = children[0].data.tags
+    assert tags["recall.failure"] == "diverged" and "non-finite loss at epoch 1, step" in tags["recall.error"]
+
+    # The searcher state Tune saved with the experiment (what --resume continues); its study is private.
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tmp_path / "ray_results" / "diverging"))
+    assert [trial.state for trial in searcher._ot_study.trials] == [TrialState.FAIL]
