@@ -346,3 +346,19 @@ def test_every_shipped_config_loads(path, monkeypatch, tmp_path):
 
 def test_there_are_shipped_configs():
     assert any(p.name == "demo.yaml" for p in SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("assignment", ["training.epochs=[1,", "method={r: 1", "model=a: b: c"])
+def test_set_value_that_is_not_yaml(tmp_path, assignment):
+    path = write(tmp_path / "c.yaml", MINIMAL)
+    found = problems(path, [assignment])
+    assert len(found) == 1 and found[0].startswith(f"--set {assignment}: not valid YAML: "), found
+    assert "\n" not in found[0]
+
+
+def test_trial_does_not_apply_sweep_only_rules(repo_root):
+    # The demo's ASHA grace period is 2 epochs: a one-epoch trial is fine, a one-epoch sweep is not.
+    config = load_experiment(repo_root / "configs" / "demo.yaml", ["training.epochs=1"])
+    assert config.trial_config().training.epochs == 1
+    assert config.sweep_problems("demo.yaml") == [
+        "demo.yaml: sweep.asha.grace_period (2) must not exceed training.epochs (1)"]

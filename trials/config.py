@@ -211,7 +211,10 @@ def _apply_override(raw: dict, assignment: str) -> tuple[str, ...]:
     path = tuple(part for part in key.strip().split(".") if part)
     if not equals or not path:
         raise ConfigError([f"--set {assignment}: expected key=value"])
-    value = yaml.safe_load(text) if text.strip() else text
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError as error:
+        raise ConfigError([f"--set {assignment}: not valid YAML: {getattr(error, 'problem', error)}"]) from None
     if path in PATH_KEYS:
         value = _resolve(value, Path.cwd())
     block = raw
