@@ -254,6 +254,32 @@ def test_unreadable_sources(tmp_path):
     assert len(problems) == 1 and problems[0].startswith(f"{broken}: cannot load it with datasets (data.qa)")
 
 
+
+@pytest.mark.parametrize("name, content", [
+    ("qa.csv", b""), ("qa.csv", b"prompt,completion,split\n\n"), ("qa.jsonl", b"\n \n"), ("qa.json", b" ")])
+def test_table_without_rows(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert problems_of(DataConfig(qa=path, columns=COLUMNS)) == [f"{path}: no rows (data.qa)"]
+
+
+@pytest.mark.parametrize("name", ["qa.csv", "qa.jsonl"])
+def test_non_utf8_table_names_its_line(tmp_path, records, name):
+    write = write_csv if name == "qa.csv" else write_jsonl
+    path = write(tmp_path / name, as_table(records))
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert b"Renwick" in lines[3]
+    lines[3] = lines[3].replace(b"Renwick", "Renwíck".encode("latin-1"))
+    path.write_bytes(b"".join(lines))
+    assert problems_of(DataConfig(qa=path, columns=COLUMNS)) == [f"{path}:4: not UTF-8 text"]
+
+
+def test_csv_with_a_byte_order_mark_reads_as_without(tmp_path, records, native):
+    path = write_csv(tmp_path / "qa.csv", as_table(records))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert contents(load_knowledge(DataConfig(qa=path, columns=COLUMNS)).qa) == contents(native.qa)
+
+
 # The fingerprint follows the rows --------------------------------------------------------------------
 
 

@@ -234,3 +234,76 @@ def test_cli_rejects_bad_data_before_loading_a_model(broken_qa, tmp_path, repo_r
     assert "Traceback" not in result.stderr
     assert not (output_dir / "adapter").exists()
     assert not (output_dir / "metrics.json").exists()
+
+
+# Files that are empty, directories, not UTF-8 or start with a byte order mark -----------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"], ids=["0 bytes", "blank lines"])
+def test_empty_or_blank_qa_file_has_no_rows(tmp_path, content):
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(content)
+    assert problems_of(path) == [f"{path}: no rows (data.qa)"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n \n"], ids=["0 bytes", "blank lines"])
+def test_empty_document_is_an_error(tmp_path, demo_qa, content):
+    document = tmp_path / "staff.txt"
+    document.write_bytes(content)
+    assert problems_of(demo_qa, [document]) == [f"{document}: empty document, no text to train on (data.documents)"]
+
+
+def test_qa_or_document_path_that_is_a_directory(tmp_path):
+    qa, documents = tmp_path / "qa.jsonl", tmp_path / "documents"
+    qa.mkdir()
+    documents.mkdir()
+    assert problems_of(qa, [documents]) == [f"{documents}: a directory, not a document file (data.documents)",
+                                            f"{qa}: a directory, not a qa file (data.qa)"]
+
+
+def test_non_utf8_qa_names_its_line(broken_qa):
+    path = broken_qa()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = row("Who runs the Tromsø station?").encode("latin-1") + b"\n"
+    path.write_bytes(b"".join(lines))
+    assert problems_of(path) == [f"{path}:5: not UTF-8 text"]
+
+
+def test_a_byte_order_mark_at_the_start_is_dropped(tmp_path, demo_qa, demo_documents):
+    bom = b"\xef\xbb\xbf"
+    qa, document = tmp_path / "qa.jsonl", tmp_path / "staff.txt"
+    qa.write_bytes(bom + demo_qa.read_bytes())
+    document.write_bytes(bom + demo_documents[0].read_bytes())
+    plain = load_knowledge(DataConfig(qa=demo_qa, documents=demo_documents[:1]))
+    knowledge = load_knowledge(DataConfig(qa=qa, documents=[document]))
+    assert knowledge.passages == plain.passages and not knowledge.passages[0].startswith("\ufeff")
+    assert [r.accepted for r in knowledge.qa] == [r.accepted for r in plain.qa]
+    assert knowledge.qa[0].question == plain.qa[0].question
+
+
+def test_cli_trial_rejects_bad_input_cleanly(tmp_path, repo_root, orchestrator):
+    # Every run also sets training.epochs=1, below the demo's ASHA grace period: a sweep-only rule that
+    # `orchestrator trial` must not apply, so the error reported is the bad input's.
+    empty_qa, empty_document, directory = tmp_path / "empty.jsonl", tmp_path / "empty.txt", tmp_path / "documents"
+    empty_qa.write_bytes(b"")
+    empty_document.write_bytes(b"")
+    directory.mkdir()
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(row("Who runs the Tromsø station?").encode("latin-1") + b"\n")
+    runs = {
+        (f"data.qa={empty_qa}", f"data.documents=[{directory}, {empty_document}]"): [
+            f"{directory}: a directory, not a document file (data.documents)",
+            f"{empty_document}: empty document, no text to train on (data.documents)",
+            f"{empty_qa}: no rows (data.qa)"],
+        (f"data.qa={latin}",): [f"{latin}:1: not UTF-8 text"],
+        ("training.batch_size=[1,",): ["--set training.batch_size=[1,: not valid YAML: "],
+    }
+    for overrides, expected in runs.items():
+        sets = [arg for override in [*overrides, "training.epochs=1"] for arg in ("--set", override)]
+        command = orchestrator("trial", "configs/demo.yaml", *sets, "--output-dir", str(tmp_path / "run"))
+        result = subprocess.run(command, check=False, cwd=repo_root, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (overrides, result.stderr)
+        assert "Traceback" not in result.stderr
+        for message in expected:
+            assert re.search(rf"^  {re.escape(message)}", result.stderr, re.MULTILINE), (message, result.stderr)
+    assert not (tmp_path / "run").exists()

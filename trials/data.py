@@ -2,7 +2,8 @@
 
 Data contract (shared/DESIGN.md): documents are UTF-8 text files whose passages are separated by
 blank lines; qa.jsonl holds one object a line with `question`, `answer`, optional `aliases` and
-`split` in train|val|test. Every problem is collected with its file:line and raised once.
+`split` in train|val|test. A byte order mark at the start of a text file is dropped. Every problem
+is collected with its file:line and raised once.
 
 `data.qa` may instead name a table (CSV, Parquet, JSON) or a Hugging Face dataset (a directory or a
 hub name), read with `datasets.load_dataset`; `data.columns` says which columns hold what. Its rows
@@ -11,8 +12,10 @@ go through the same checks, and problems name the file and line (CSV, JSON lines
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import re
 import tempfile
@@ -28,6 +31,7 @@ SPLITS = ("train", "val", "test")
 DATASET_SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 # Table files by suffix, and the datasets builder that reads each.
 TABLE_BUILDERS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+TEXT_TABLES = (".csv", ".json", ".jsonl")  # checked as UTF-8 text before datasets reads them
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,40 @@ class DataError(ValueError):
         super().__init__("invalid data:\n  " + "\n  ".join(problems))
 
 
+def _read_text(path: Path, what: str, key: str, problems: list[str]) -> str | None:
+    """A UTF-8 text file with universal newlines, as open() reads it; None, the problem recorded, if unreadable.
+
+    A leading byte order mark is dropped: Windows editors write one, and it would otherwise end up
+    inside the first passage or break the first JSON line.
+    """
+    try:
+        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except FileNotFoundError:
+        problems.append(f"{path}: {what} not found ({key})")
+    except IsADirectoryError:
+        problems.append(f"{path}: a directory, not a {what} ({key})")
+    except OSError as error:
+        problems.append(f"{path}: cannot read the {what}: {error.strerror} ({key})")
+    else:
+        try:
+            return io.StringIO(data.decode("utf-8"), newline=None).read()
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            problems.append(f"{path}:{line}: not UTF-8 text")
+    return None
+
+
 def _read_passages(paths: list[Path], problems: list[str]) -> list[str]:
     passages = []
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            problems.append(f"{path}: document file not found (data.documents)")
+        text = _read_text(path, "document file", "data.documents", problems)
+        if text is None:
             continue
-        except UnicodeDecodeError as error:
-            line = path.read_bytes()[: error.start].count(b"\n") + 1
-            problems.append(f"{path}:{line}: not UTF-8 text")
-            continue
-        passages += [" ".join(block.split()) for block in re.split(r"\n\s*\n", text) if block.strip()]
+        blocks = [" ".join(block.split()) for block in re.split(r"\n\s*\n", text) if block.strip()]
+        if not blocks:
+            # Most likely a file that was never written, or the wrong one: say so rather than train without it.
+            problems.append(f"{path}: empty document, no text to train on (data.documents)")
+        passages += blocks
     return passages
 
 
@@ -120,16 +145,14 @@ def _row(obj: dict, line: int, where: str) -> QARow:
 
 
 def _read_qa(path: Path, problems: list[str]) -> list[QARow]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        problems.append(f"{path}: qa file not found (data.qa)")
+    content = _read_text(path, "qa file", "data.qa", problems)
+    if content is None:
         return []
-    except UnicodeDecodeError:
-        problems.append(f"{path}: not UTF-8 text")
+    if not content.strip():
+        problems.append(f"{path}: no rows (data.qa)")
         return []
     rows = []
-    for number, text in enumerate(lines, start=1):
+    for number, text in enumerate(content.splitlines(), start=1):
         if text.strip():
             row = _parse_row(str(path), number, text, problems)
             if row is not None:
@@ -151,50 +174,63 @@ class _Table:
         return f"{self.label}:{self.lines[index]}" if self.lines else f"{self.label}:row {index + 1}"
 
 
-def _record_lines(path: Path, count: int) -> list[int] | None:
-    """The line each record of a CSV or JSON-lines file starts on; None for other files.
+def _record_lines(text: str, suffix: str) -> list[int] | None:
+    """The line each record of a CSV or JSON-lines file's text starts on; None for other files.
 
     Readers skip blank lines and a CSV cell may span lines, so record i is not simply on line i + 2.
     """
-    suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         return None
-    with path.open(encoding="utf-8", newline="") as handle:
-        if suffix == ".jsonl":
-            lines = [number for number, text in enumerate(handle, start=1) if text.strip()]
-        else:
-            reader = csv.reader(handle)
-            next(reader, None)  # the header
-            lines, end = [], reader.line_num
-            for record in reader:
-                if len(record) > 1 or (record and record[0].strip()):  # pandas skips blank lines
-                    lines.append(end + 1)
-                end = reader.line_num
-    # Row numbers rather than a wrong line, should a reader count records differently.
-    return lines if len(lines) == count else None
+    handle = io.StringIO(text, newline="")
+    if suffix == ".jsonl":
+        return [number for number, line in enumerate(handle, start=1) if line.strip()]
+    reader = csv.reader(handle)
+    next(reader, None)  # the header
+    lines, end = [], reader.line_num
+    for record in reader:
+        if len(record) > 1 or (record and record[0].strip()):  # pandas skips blank lines
+            lines.append(end + 1)
+        end = reader.line_num
+    return lines
 
 
 def _load_tables(qa: Path | HubDataset, problems: list[str]) -> list[_Table]:
     """Open `data.qa` with datasets: one table for a file, one per split for a dataset."""
-    from datasets import Dataset
-
     if isinstance(qa, HubDataset):
-        label = qa.hub
-    elif not qa.exists():
+        return _dataset_tables(qa, qa.hub, None, problems)
+    if not qa.exists():
         problems.append(f"{qa}: qa file not found (data.qa)")
         return []
-    elif not qa.is_dir() and qa.suffix.lower() not in TABLE_BUILDERS:
+    suffix = qa.suffix.lower()
+    if not qa.is_dir() and suffix not in TABLE_BUILDERS:
         problems.append(f"{qa}: cannot read '{qa.suffix}' files (data.qa): expected qa.jsonl, "
                         f"{', '.join(TABLE_BUILDERS)} or a dataset directory")
         return []
-    else:
-        label = str(qa)
+    lines = None
+    if not qa.is_dir() and suffix in TEXT_TABLES:
+        # Checked here, as qa.jsonl is: datasets' own errors name no line, and for an empty file or a
+        # CSV with only its header they do not say that there are no rows.
+        text = _read_text(qa, "qa file", "data.qa", problems)
+        if text is None:
+            return []
+        lines = _record_lines(text, suffix)
+        if not text.strip() or lines == []:
+            problems.append(f"{qa}: no rows (data.qa)")
+            return []
+    return _dataset_tables(qa, str(qa), lines, problems)
+
+
+def _dataset_tables(qa: Path | HubDataset, label: str, lines: list[int] | None, problems: list[str]) -> list[_Table]:
+    """The tables datasets reads from `qa`; `lines`, where known, is each record's line in the file."""
+    from datasets import Dataset
+
     try:
         with tempfile.TemporaryDirectory(prefix="recall-qa-") as cache:
             loaded = _open_dataset(qa, cache)
             if isinstance(loaded, Dataset):
                 records = loaded.to_list()
-                lines = _record_lines(qa, len(records)) if isinstance(qa, Path) and qa.is_file() else None
+                # Row numbers rather than a wrong line, should a reader count records differently.
+                lines = lines if lines is not None and len(lines) == len(records) else None
                 return [_Table(label, records, loaded.column_names, lines=lines)]
             return [_Table(f"{label}[{name}]", split.to_list(), split.column_names, dataset_split=name)
                     for name, split in loaded.items()]
@@ -221,10 +257,12 @@ def _open_dataset(qa: Path | HubDataset, cache: str):
         return load_dataset(str(qa), **local)
     builder = TABLE_BUILDERS[qa.suffix.lower()]
     if builder == "csv":
-        with qa.open(encoding="utf-8", newline="") as handle:
+        with qa.open(encoding="utf-8-sig", newline="") as handle:
             header = next(csv.reader(handle), [])
-        # Every CSV cell is text: no "007" -> 7, no "NA" or "None" -> a missing answer.
-        local |= {"features": Features({name: Value("string") for name in header}), "keep_default_na": False}
+        # Every CSV cell is text: no "007" -> 7, no "NA" or "None" -> a missing answer. utf-8-sig drops
+        # a leading byte order mark, which would otherwise become part of the first column's name.
+        local |= {"features": Features({name: Value("string") for name in header}), "keep_default_na": False,
+                  "encoding": "utf-8-sig"}
     # A file is one table; "train" is only the name datasets gives it.
     return load_dataset(builder, data_files=str(qa), split="train", **local)
 
