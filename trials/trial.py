@@ -223,8 +223,10 @@ def _restore(checkpoint: Path, model, trainer: Trainer) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    # Tensors and plain containers only: a checkpoint on shared storage must not be able to run code
+    # here (a full unpickle would). Read before the model changes, so a refused file changes nothing.
+    state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
     set_peft_model_state_dict(model, load_file(checkpoint / "adapter" / "adapter_model.safetensors"))
-    state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.rng.setstate(state["batch_rng"])
