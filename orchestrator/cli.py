@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.errors import PromotionError, SweepError
+from orchestrator.interrupts import SweepInterrupted
 from trials.config import ConfigError
 from trials.data import DataError
 
@@ -252,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except SweepInterrupted as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: whatever was running stopped at once
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, DataError, SweepError, PromotionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

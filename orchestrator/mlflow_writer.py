@@ -12,9 +12,11 @@ store from every trial process, which SQLite cannot take (see orchestrator/track
 from __future__ import annotations
 
 import time
+from collections import deque
+from functools import partial
 from pathlib import Path
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 from rich.console import Console
@@ -23,6 +25,7 @@ from orchestrator import tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
 from orchestrator.search_space import SearchSpace, trial_config_for
+from orchestrator.server import check_reachable
 from trials.config import TrialConfig
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "iterations_since_restore", "training_iteration"}
@@ -61,19 +64,54 @@ def trial_metrics(result: dict, step: int) -> list[Metric]:
 
 
 class MlflowTrials(Callback):
-    """Runs in the Tune driver: one MLflow child run per trial, written by this process alone."""
+    """Runs in the Tune driver: one MLflow child run per trial, written by this process alone.
+
+    A tracking server may go away mid-sweep (a restart, a network cut). Every write therefore goes
+    through a backlog, in order: when one fails and the server does not answer /health, it and all
+    after it wait, training goes on, and the backlog is retried every RETRY_S seconds from Tune's
+    loop. Each write holds what it needs (metrics, the final checkpoint's location in Ray's storage),
+    so nothing a trial produced is lost. At the end of the sweep the driver waits up to
+    `outage_wait_s` for the server to take the rest. A write that fails while the server answers is
+    a real error and raises.
+    """
+
+    RETRY_S = 5.0
+    _by_sweep_run: dict[str, MlflowTrials] = {}  # the live writer of each sweep run in this driver
 
     def __init__(self, uri: str, parent_run_id: str, experiment_id: str, sweep: str,
-                 base: dict, space: dict, deadline: float | None):
+                 base: dict, space: dict, deadline: float | None, outage_wait_s: float = 600):
         self.uri, self.parent_run_id, self.experiment_id, self.sweep = uri, parent_run_id, experiment_id, sweep
-        self.base, self.space, self.deadline = base, space, deadline
+        self.base, self.space, self.deadline, self.outage_wait_s = base, space, deadline, outage_wait_s
         self._client = None
-        self._runs: dict[str, str] = {}
+        self._reset()
+        MlflowTrials._by_sweep_run[parent_run_id] = self
+
+    @classmethod
+    def of_sweep_run(cls, parent_run_id: str) -> MlflowTrials:
+        return cls._by_sweep_run[parent_run_id]
+
+    @property
+    def unwritten(self) -> int:
+        return len(self._backlog)
+
+    def _reset(self) -> None:
+        self._runs: dict[str, str] = {}  # trial id -> run id, for runs still open
+        self._opened: set[str] = set()
         self._tagged: set[str] = set()
         self._final: set[str] = set()
+        self._backlog: deque = deque()
+        self._down_since: float | None = None
+        self._last_try = 0.0
 
     def __getstate__(self):  # pickled into Tune's experiment state for --resume
-        return {**self.__dict__, "_client": None, "_runs": {}, "_tagged": set(), "_final": set()}
+        return {key: value for key, value in self.__dict__.items()
+                if key in ("uri", "parent_run_id", "experiment_id", "sweep", "base", "space", "deadline",
+                           "outage_wait_s")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._client = None
+        self._reset()
 
     @property
     def client(self):
@@ -81,64 +119,139 @@ class MlflowTrials(Callback):
             self._client = tracking.client(self.uri)
         return self._client
 
-    def _run_id(self, trial) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
+    # -- the backlog ------------------------------------------------------------------------------
+
+    def _write(self, *writes) -> None:
+        MlflowTrials._by_sweep_run[self.parent_run_id] = self  # Tune's copy of this writer is the live one
+        self._backlog.extend(writes)
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Write what waits, in order; False when the server is down (the rest keeps waiting)."""
+        self._last_try = time.monotonic()
+        while self._backlog:
+            try:
+                self._backlog[0]()
+            except Exception:
+                if not self._server_down():
+                    raise
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    console.print(f"[bold yellow]MLflow tracking server {self.uri} is unreachable[/]: training goes "
+                                  "on; results are kept and written to MLflow when it is back")
+                return False
+            self._backlog.popleft()
+        if self._down_since is not None:
+            console.print(f"MLflow tracking server {self.uri} is back after "
+                          f"{time.monotonic() - self._down_since:.0f}s: the results kept meanwhile are written")
+            self._down_since = None
+        return True
+
+    def _server_down(self) -> bool:
+        try:
+            check_reachable(self.uri)
+        except SweepError:
+            return True
+        return False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._backlog and time.monotonic() - self._last_try >= self.RETRY_S:
+            self._flush()
+
+    def _drain(self) -> None:
+        """At the end: wait for the server to take the backlog, up to outage_wait_s (run_sweep reports
+        what is left: an exception here would end Tune's clean-up half-way)."""
+        deadline = time.monotonic() + self.outage_wait_s
+        while not self._flush() and time.monotonic() < deadline:
+            console.print(f"waiting for MLflow tracking server {self.uri} to take {self.unwritten} kept writes "
+                          f"(up to {deadline - time.monotonic():.0f}s more: sweep.tracking_outage_wait_s)")
+            time.sleep(min(self.RETRY_S, max(deadline - time.monotonic(), 0)))
+
+    # -- the writes -------------------------------------------------------------------------------
+
+    def _open(self, trial) -> None:
+        """The trial's run: found again (a resumed sweep keeps one run per trial) or created."""
+        if trial.trial_id in self._opened:
+            return
+        self._opened.add(trial.trial_id)
+        self._write(partial(self._find_or_create_run, trial.trial_id),
+                    partial(self._describe_run, trial.trial_id, dict(trial.config)))
+
+    def _find_or_create_run(self, trial_id: str) -> None:
         query = (f"tags.`{tracking.PARENT}` = {tracking.quoted(self.parent_run_id)} and "
-                 f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial.trial_id)}")
+                 f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial_id)}")
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
-        if existing:  # a resumed sweep keeps one run per trial
-            run_id = existing[0].info.run_id
-            if existing[0].info.status == "FINISHED":
-                # It finished before the driver died, after Tune's last snapshot: Tune resumes it
-                # from its final checkpoint, trains nothing more, and its run stays as it was.
-                self._final.add(trial.trial_id)
-            else:
-                self.client.update_run(run_id, status="RUNNING")
-        else:
-            config = trial_config_for(TrialConfig.model_validate(self.base), trial.config,
-                                      SearchSpace.model_validate(self.space))
+        if not existing:
             run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"{self.sweep}-{trial.trial_id}",
-                tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial",
-                      tracking.SWEEP: self.sweep, tracking.TRIAL_ID: trial.trial_id},
-            )
-            run_id = run.info.run_id
-            self.client.set_tag(run_id, tracking.METHOD_SHAPE, config.method.shape())
-            for key, value in trial_params(config).items():
-                self.client.log_param(run_id, key, value)
-        self._runs[trial.trial_id] = run_id
-        return run_id
+                self.experiment_id, run_name=f"{self.sweep}-{trial_id}",
+                tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial", tracking.SWEEP: self.sweep,
+                      tracking.TRIAL_ID: trial_id})
+            self._runs[trial_id] = run.info.run_id
+        elif existing[0].info.status == "FINISHED":
+            # It finished before the driver died, after Tune's last snapshot: Tune resumes it from its
+            # final checkpoint, trains nothing more, and its run stays as it was.
+            self._final.add(trial_id)
+            self._runs[trial_id] = existing[0].info.run_id
+        else:
+            self.client.update_run(existing[0].info.run_id, status="RUNNING")
+            self._runs[trial_id] = existing[0].info.run_id
+
+    def _describe_run(self, trial_id: str, knobs: dict) -> None:
+        config = trial_config_for(TrialConfig.model_validate(self.base), knobs, SearchSpace.model_validate(self.space))
+        self.client.log_batch(self._runs[trial_id],
+                              params=[Param(key, value) for key, value in trial_params(config).items()],
+                              tags=[RunTag(tracking.METHOD_SHAPE, config.method.shape())])
+
+    def _end_run(self, trial_id: str, checkpoint, tags: dict[str, str], status: str) -> None:
+        if trial_id in self._final:
+            self._runs.pop(trial_id)
+            return
+        run_id = self._runs[trial_id]
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                tracking.log_trial_artifacts(self.client, run_id, Path(directory))
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status)
+        self._runs.pop(trial_id)
+
+    def _end_experiment(self, known: set[str]) -> None:
+        for run_id in self._runs.values():  # still open: the sweep was interrupted around them
+            self.client.set_terminated(run_id, "KILLED")
+        self._runs.clear()
+        # A driver killed between starting a trial and Tune's next snapshot of the experiment leaves
+        # an MLflow run for a trial that the resumed Tune never heard of; its searcher suggests a
+        # replacement. Keep one run per trial: soft-delete the orphan (MLflow can restore it).
+        for run in tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id)):
+            if run.data.tags.get(tracking.TRIAL_ID) not in known:
+                self.client.set_tag(run.info.run_id, "recall.orphaned", "lost with the killed driver")
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.delete_run(run.info.run_id)
+
+    # -- Tune's hooks -----------------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        self._open(trial)
         knobs = " ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
         console.print(f"[bold]trial {trial.trial_id}[/] started: {knobs}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_id(trial)
+        self._open(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self.client.log_batch(run_id, metrics=trial_metrics(result, step))
-        console.print(f"  trial {trial.trial_id} epoch {step}: loss {result.get('loss', 0):.3f}  "
-                      f"val_exact_recall {result.get('val_exact_recall', 0):.3f}")
+        metrics = trial_metrics(result, step)
+        writes = [lambda: self.client.log_batch(self._runs[trial.trial_id], metrics=metrics)]
         if trial.trial_id not in self._tagged:
             self._tagged.add(trial.trial_id)
-            for key in ("node_id", "gpu_ids", "cuda_visible_devices"):
-                self.client.set_tag(run_id, f"recall.{key}", str(result.get(key, "")))
-
-    def _log_checkpoint(self, trial, run_id: str) -> None:
-        if trial.checkpoint is None:
-            return
-        with trial.checkpoint.as_directory() as directory:
-            tracking.log_trial_artifacts(self.client, run_id, Path(directory))
+            placement = [RunTag(f"recall.{key}", str(result.get(key, "")))
+                         for key in ("node_id", "gpu_ids", "cuda_visible_devices")]
+            writes.append(lambda: self.client.log_batch(self._runs[trial.trial_id], tags=placement))
+        self._write(*writes)
+        console.print(f"  trial {trial.trial_id} epoch {step}: loss {result.get('loss', 0):.3f}  "
+                      f"val_exact_recall {result.get('val_exact_recall', 0):.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        if trial.trial_id in self._final:
-            self._runs.pop(trial.trial_id, None)
-            return
-        self._log_checkpoint(trial, run_id)
+        self._open(trial)
         last = trial.last_result or {}
         training = self.base["training"]
         # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
@@ -147,40 +260,26 @@ class MlflowTrials(Callback):
         out_of_time = self.deadline is not None and time.time() >= self.deadline
         stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"
         status = "KILLED" if stopped_by == "time_budget" else "FINISHED"
-        if stopped_by:
-            self.client.set_tag(run_id, "recall.stopped_by", stopped_by)
-        self.client.set_terminated(run_id, status)
+        self._write(partial(self._end_run, trial.trial_id, trial.checkpoint,
+                            {"recall.stopped_by": stopped_by} if stopped_by else {}, status))
         console.print(f"[bold]trial {trial.trial_id}[/] {status} after {last.get('epoch', 0)} epochs: "
                       f"val_exact_recall {last.get('val_exact_recall', 0):.3f}"
                       f"{f' (stopped by {stopped_by})' if stopped_by else ''}")
-        self._runs.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        self._log_checkpoint(trial, run_id)
+        self._open(trial)
         error_file = getattr(trial, "error_file", None) or ""
         message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
-        self.client.set_tag(run_id, "recall.error", message)
+        tags = {"recall.error": message}
         if "TrainingDiverged" in message:  # trials.train raised it: the loss or gradient went non-finite
-            self.client.set_tag(run_id, "recall.failure", "diverged")
-        self.client.set_terminated(run_id, "FAILED")
-        console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {message.strip().splitlines()[-1] if message.strip() else ''}")
-        self._runs.pop(trial.trial_id, None)
+            tags["recall.failure"] = "diverged"
+        self._write(partial(self._end_run, trial.trial_id, trial.checkpoint, tags, "FAILED"))
+        last_line = message.strip().splitlines()[-1] if message.strip() else ""
+        console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {last_line}")
 
     def on_experiment_end(self, trials, **info):
-        for run_id in self._runs.values():  # still open: the sweep was interrupted around them
-            self.client.set_terminated(run_id, "KILLED")
-        self._runs.clear()
-        # A driver killed between starting a trial and Tune's next snapshot of the experiment leaves
-        # an MLflow run for a trial that the resumed Tune never heard of; its searcher suggests a
-        # replacement. Keep one run per trial: soft-delete the orphan (MLflow can restore it).
-        known = {trial.trial_id for trial in trials}
-        for run in tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id)):
-            if run.data.tags.get(tracking.TRIAL_ID) not in known:
-                self.client.set_tag(run.info.run_id, "recall.orphaned", "lost with the killed driver")
-                if run.info.status == "RUNNING":
-                    self.client.set_terminated(run.info.run_id, "KILLED")
-                self.client.delete_run(run.info.run_id)
+        self._write(partial(self._end_experiment, {trial.trial_id for trial in trials}))
+        self._drain()
 
 
 def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resume: bool, config) -> str:
@@ -199,11 +298,12 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
     return run.info.run_id
 
 
-def close_sweep_run(client, parent_run_id: str) -> list[dict]:
-    """End the parent run with the leaderboard attached; FAILED when no trial got anywhere."""
+def close_sweep_run(client, parent_run_id: str, killed: bool = False) -> list[dict]:
+    """End the parent run with the leaderboard attached: KILLED when the driver was stopped (never
+    FINISHED: promote refuses it), else FAILED when no trial got anywhere."""
     board = leaderboard(client, parent_run_id)
     all_failed = bool(board) and all(row["status"] == "FAILED" for row in board)
     client.log_text(parent_run_id, format_leaderboard(board), "leaderboard.md")
     client.log_dict(parent_run_id, board, "leaderboard.json")
-    client.set_terminated(parent_run_id, "FAILED" if all_failed or not board else "FINISHED")
+    client.set_terminated(parent_run_id, "KILLED" if killed else "FAILED" if all_failed or not board else "FINISHED")
     return board

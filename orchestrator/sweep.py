@@ -23,6 +23,7 @@ raised are told as FAIL and do not shape the sampler.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 import warnings
@@ -32,6 +33,7 @@ from pathlib import Path
 from orchestrator import tracking
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
+from orchestrator.interrupts import GracefulStop, SweepInterrupted
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
@@ -64,11 +66,11 @@ def _train_in_tune(params: dict, base: dict, space: dict, retention_floor: float
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report({**metrics, METRIC: objective(metrics, retention_floor), **placement}, checkpoint=checkpoint)
 
-    resume_from = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a resumed sweep continues this trial where its last epoch ended
-        resume_from = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-")))
-    run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+    with tempfile.TemporaryDirectory(prefix="resume-") as copy:
+        # A resumed sweep continues this trial where its last epoch ended, from a local copy of it.
+        resume_from = Path(checkpoint.to_directory(copy)) if checkpoint is not None else None
+        run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
 
 
 def objective(metrics: dict, retention_floor: float) -> float:
@@ -207,7 +209,8 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     if resume and not tune.Tuner.can_restore(experiment_path):
         raise SweepError(f"nothing to resume at {experiment_path}")
     if not resume and storage.exists(name):
-        raise SweepError(f"{experiment_path} exists: pass --resume to continue sweep '{name}', or choose another --name")
+        raise SweepError(f"{experiment_path} exists: pass --resume to continue sweep '{name}', "
+                         "or choose another --name")
     config, lineage = _incremental(config, start, storage.local_folder(f"{name}.start"), source)
     space = _space(config, source)
     retained_knowledge(config)  # the old facts are checked as early as the new ones
@@ -225,24 +228,41 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     parent_run_id = open_sweep_run(client, experiment_id, config.sweep.experiment, name, resume, config)
     for key, value in lineage.items():
         client.set_tag(parent_run_id, key, value)
-    connect_ray(address)
     started = time.time()
-    if resume:
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False)
-    else:
-        deadline = started + config.sweep.time_budget_s if config.sweep.time_budget_s else None
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune_config,
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage.root, verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline)],
-            ),
-        )
+    deadline = started + config.sweep.time_budget_s if config.sweep.time_budget_s else None
+    writer = MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline,
+                          config.sweep.tracking_outage_wait_s)
+    stop = GracefulStop()
     try:
-        tuner.fit()
+        connect_ray(address)  # first: Ray's core installs a SIGTERM handler of its own as it starts
+        with stop:
+            _tuner(trainable, tune_config, writer, resume, name, storage, verbose).fit()
+    except KeyboardInterrupt:  # before Tune ran, or a second signal: stopped at once, still resumable
+        stop.signum = stop.signum or signal.SIGINT
+        raise
     finally:
-        board = close_sweep_run(client, parent_run_id)
+        # A resumed sweep runs the writer Tune restored from its experiment state, not `writer`.
+        unwritten = MlflowTrials.of_sweep_run(parent_run_id).unwritten
+        if unwritten:  # the server stayed away past sweep.tracking_outage_wait_s: the parent cannot be closed
+            raise SweepError(f"MLflow tracking server {uri} stayed unreachable: {unwritten} writes of sweep '{name}' "
+                             f"are not in MLflow and its run is left open. The trials' results and checkpoints are "
+                             f"in {experiment_path}.")
+        board = close_sweep_run(client, parent_run_id, killed=stop.signum is not None)
+    if stop.signum is not None:
+        raise SweepInterrupted(name, stop.signum, experiment_path)
     return SweepOutcome(name, parent_run_id, experiment_path, time.time() - started, board)
+
+
+def _tuner(trainable, tune_config, writer: MlflowTrials, resume: bool, name: str, storage: SweepStorage,
+           verbose: int):
+    from ray import tune
+
+    if resume:  # Tune restores its callbacks (a copy of `writer`) and settings from the experiment state
+        return tune.Tuner.restore(storage.experiment(name), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name=name, storage_path=storage.root, verbose=verbose,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[writer]),
+    )
