@@ -162,10 +162,14 @@ class MlflowTrials(Callback):
         """At the end: wait for the server to take the backlog, up to outage_wait_s (run_sweep reports
         what is left: an exception here would end Tune's clean-up half-way)."""
         deadline = time.monotonic() + self.outage_wait_s
-        while not self._flush() and time.monotonic() < deadline:
-            console.print(f"waiting for MLflow tracking server {self.uri} to take {self.unwritten} kept writes "
-                          f"(up to {deadline - time.monotonic():.0f}s more: sweep.tracking_outage_wait_s)")
+        if self._flush():
+            return
+        console.print(f"the trials are done; waiting up to {self.outage_wait_s:.0f}s (sweep.tracking_outage_wait_s) "
+                      f"for MLflow tracking server {self.uri} to take {self.unwritten} kept writes")
+        while time.monotonic() < deadline:
             time.sleep(min(self.RETRY_S, max(deadline - time.monotonic(), 0)))
+            if self._flush():
+                return
 
     # -- the writes -------------------------------------------------------------------------------
 
