@@ -176,6 +176,12 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     assert found[0].split(":")[1].isdigit()
 
 
+def test_config_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"data:\n  qa: qa.jsonl\n# caf\xe9 in Latin-1\n")
+    assert problems(path) == [f"{path}:3: not UTF-8 text (byte 0xe9)"]
+
+
 def test_top_level_must_be_a_mapping(tmp_path):
     path = write(tmp_path / "c.yaml", "- data\n- method\n")
     assert problems(path) == [f"{path}:1: the top level must be a mapping of keys"]

@@ -236,6 +236,9 @@ def load_raw(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[d
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read config: {error.strerror}"]) from None
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#x})"]) from None
     try:
         raw = yaml.safe_load(text) or {}
         key_lines = _key_lines(text)
