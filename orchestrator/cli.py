@@ -76,6 +76,7 @@ def cmd_promote(args) -> int:
 
     _quiet_loading()
     outcome = promote(args.sweep, top_k=args.top_k, model_name=args.model_name, force=args.force,
+                      min_test_recall=args.min_test_recall, allow_incomplete=args.allow_incomplete,
                       experiment=args.experiment, log=lambda line: print(line, file=sys.stderr))
     print_promotion(outcome)
     return 0
@@ -206,7 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--top-k", type=int, default=3, help="how many trials, best val recall first, to score on test")
     promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
     promote.add_argument("--force", action="store_true",
-                         help="promote the best candidate even if it does not beat the champion on test")
+                         help="promote the best candidate even if it does not beat the champion (or the first "
+                              "champion's floor) on test")
+    promote.add_argument("--min-test-recall", type=float, default=0.0, metavar="X",
+                         help="with no champion yet, the candidate's test recall must be above X and above the "
+                              "sweep's seed-recipe trial's (default: %(default)s)")
+    promote.add_argument("--allow-incomplete", action="store_true",
+                         help="promote from a sweep that was stopped before it finished (its run is KILLED)")
     promote.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
     promote.set_defaults(func=cmd_promote)
 

@@ -1,25 +1,40 @@
 """Promote the best adapter of a sweep to the MLflow Model Registry, behind a test-split gate.
 
+0. the sweep must have ended: a RUNNING one is refused, and so is a KILLED one (stopped before it
+   finished: its best trials may never have run) unless `allow_incomplete`;
 1. take the sweep's top-k FINISHED trial runs by their last `objective` (what the sweep optimised:
    val_exact_recall with a train-recall tie-break, and for an incremental sweep below every trial
    that keeps the retention floor if it broke it), by val_exact_recall where it is missing;
 2. download each one's adapter/ + trial_config.json + metrics.json and score it on the `test`
    split, which nothing used before (`trials.evaluate`, the trial's own scoring); the score goes
    back onto the trial's run as metric `test_exact_recall` (the sweep driver has finished, so this
-   process is the only writer);
+   process is the only writer). An adapter holding NaN or inf is skipped, whatever its metrics, and
+   the next trial by the objective takes its place;
 3. the best candidate: highest test recall; ties go to higher val recall, then to fewer
    trainable parameters;
 4. the registered model's current `champion` is scored, through its pyfunc, on the same test
-   rows; only a strictly better candidate is promoted, unless `force`;
+   rows; only a strictly better candidate is promoted, unless `force`. With no champion yet, the
+   candidate must score above a floor: `min_test_recall` (0), and the test recall of the sweep's
+   seed-recipe trial when it has one (SEED_RECIPE), unless `force`;
 5. promotion: the candidate is logged as a pyfunc model (orchestrator.registry_model) in a
    `promotion` run under the sweep's parent run, registered as a new version with its tags, and
    only then does the `champion` alias move: a failed registration leaves the alias where it was.
    A run that already has a version (tag source_run_id) gets no second one: the alias is pointed
    at the existing version.
+
+Two promotions of one run at once (two `orchestrator promote` started together) both register;
+then each looks up the versions of that source run, and the lowest version wins: its process
+moves the alias, the other deletes its own version and reports the winner's. MLflow's SQL
+registry (SQLite, or PostgreSQL behind a server) writes a version with its tags in one
+transaction, numbered max + 1 under a unique key, so a higher version exists only once the lower
+one is visible: both processes agree on the winner. No lock is held, so none outlives a process
+that dies.
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 import json
 import math
 import tempfile
@@ -32,6 +47,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from orchestrator import tracking
 from orchestrator.errors import PromotionError
+from trials.methods import LoraMethod
 
 DEFAULT_MODEL_NAME = "recall-champion"
 ALIAS = "champion"
@@ -42,6 +58,9 @@ RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall
 DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
 PROMOTION_ROLE = "promotion"
 DEFAULT_RETENTION_FLOOR = 0.95  # = SweepConfig.retention_floor's default, for sweeps logged before it
+# The seed recipe (bench/seed_recipe.py, the demo sweep's first point): a sweep's trial of exactly this
+# method is the baseline a first champion must beat. A test checks it against the bench's definition.
+SEED_RECIPE = LoraMethod(r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"], learning_rate=1e-6)
 
 
 def champion_uri(model_name: str = DEFAULT_MODEL_NAME) -> str:
@@ -60,7 +79,7 @@ def use_store() -> str:
 class Scored:
     """A candidate trial run, or the current champion version, with its test recall."""
 
-    role: str  # "candidate" | "champion"
+    role: str  # "candidate" | "champion" | "seed" (the seed-recipe trial, when it is no candidate)
     test_recall: float
     val_recall: float | None
     trainable_parameters: int | None
@@ -94,25 +113,33 @@ class Promotion:
     test_questions: int = 0
     forced: bool = False
     retention_bar: float | None = None  # incremental: the old-fact recall a candidate had to keep
+    floor: float | None = None  # no champion yet: the test recall a candidate had to beat
+    floor_by: str | None = None  # what set the floor: --min-test-recall or the seed-recipe trial
+    seed: Scored | None = None  # the sweep's seed-recipe trial, when there was no champion
 
     @property
     def best(self) -> Scored:
         return self.candidates[0]
 
 
-def _sweep_parent(client, experiment: str, sweep: str | None):
+def _sweep_parent(client, experiment: str, sweep: str | None, allow_incomplete: bool):
     parent = tracking.find_sweep_run(client, experiment, sweep)
     if parent is None:
         what = f"sweep '{sweep}'" if sweep else "sweep"
         raise PromotionError(f"no {what} in MLflow experiment '{experiment}' at {client.tracking_uri}")
+    name = parent.data.tags.get(tracking.SWEEP)
     if parent.info.status == "RUNNING":
-        name = parent.data.tags.get(tracking.SWEEP)
         raise PromotionError(f"sweep '{name}' is still running (or its driver died: finish it with "
                              f"`orchestrator sweep CONFIG --name {name} --resume`); promote it once it has ended")
+    if parent.info.status == "KILLED" and not allow_incomplete:
+        raise PromotionError(f"sweep '{name}' was stopped before it finished (its run is KILLED): trials it "
+                             f"never ran may beat the ones it has; finish it with `orchestrator sweep CONFIG "
+                             f"--name {name} --resume`, or promote from what it has with --allow-incomplete")
     return parent
 
 
-def _top_runs(client, parent, top_k: int) -> list:
+def _ranked_runs(client, parent) -> list:
+    """The sweep's FINISHED trial runs, best first by the objective the sweep optimised."""
     runs = [run for run in tracking.trial_runs(client, parent)
             if run.info.status == "FINISHED" and VAL_METRIC in run.data.metrics]
     if not runs:
@@ -122,23 +149,69 @@ def _top_runs(client, parent, top_k: int) -> list:
         return run.data.metrics.get(OBJECTIVE, run.data.metrics[VAL_METRIC])
 
     runs.sort(key=lambda run: (-judged(run), run.data.tags.get(tracking.TRIAL_ID, "")))
-    return runs[:top_k]
+    return runs
+
+
+def _trial_name(run) -> str:
+    return run.data.tags.get(tracking.TRIAL_ID, run.info.run_name)
+
+
+def _is_seed_recipe(run) -> bool:
+    """Whether a trial run trained the seed recipe, read back from its `method.*` params."""
+    knobs = {key.removeprefix("method."): value for key, value in run.data.params.items()
+             if key.startswith("method.")}
+    if knobs.get("name") != SEED_RECIPE.name:
+        return False
+    try:
+        knobs["target_modules"] = sorted(ast.literal_eval(knobs["target_modules"]))
+        return LoraMethod.model_validate(knobs) == SEED_RECIPE
+    except (KeyError, ValueError, SyntaxError):  # pydantic's ValidationError is a ValueError
+        return False
+
+
+def _download(client, run, directory: Path) -> Path:
+    """A trial run's adapter/, trial_config.json and metrics.json, in `directory`."""
+    directory.mkdir(parents=True)
+    for name in ("adapter", "trial_config.json", "metrics.json"):
+        try:
+            client.download_artifacts(run.info.run_id, name, str(directory))
+        except (MlflowException, OSError) as error:
+            raise PromotionError(f"run {run.info.run_id}: cannot download artifact {name}: {error}") from None
+    return directory
+
+
+def _non_finite(adapter: Path) -> str | None:
+    """The first adapter tensor holding NaN or inf, or None. Such an adapter answers nothing, whatever
+    metrics its trial logged (they may predate the step that broke it)."""
+    import torch
+    from safetensors.torch import load_file
+
+    for path in sorted(adapter.glob("*.safetensors")):
+        for name, tensor in load_file(path).items():
+            if not torch.isfinite(tensor).all():
+                return name
+    return None
+
+
+def _score_usable(client, run, directory: Path, log) -> Scored | None:
+    """Download and score a trial run; None (logged) when its adapter holds NaN or inf."""
+    files = _download(client, run, directory)
+    broken = _non_finite(files / "adapter")
+    if broken is not None:
+        log(f"skipped trial {_trial_name(run)} (run {run.info.run_id}): its adapter holds NaN or inf "
+            f"({broken}); it cannot be promoted whatever its metrics")
+        return None
+    return _score_candidate(client, run, files)
 
 
 def _score_candidate(client, run, directory: Path) -> Scored:
-    """Download a trial run's adapter and config, score it on the test split, log the score."""
+    """Score a downloaded trial run (adapter, config) on the test split, log the score."""
     from trials.config import TrialConfig
     from trials.data import load_knowledge
     from trials.evaluate import generation_budget, retained_knowledge, score_adapter
     from trials.model import load_tokenizer
 
-    directory.mkdir(parents=True)
     run_id = run.info.run_id
-    for name in ("adapter", "trial_config.json", "metrics.json"):
-        try:
-            client.download_artifacts(run_id, name, str(directory))
-        except (MlflowException, OSError) as error:
-            raise PromotionError(f"run {run_id}: cannot download artifact {name}: {error}") from None
     config_text = (directory / "trial_config.json").read_text(encoding="utf-8")
     config = TrialConfig.model_validate_json(config_text)
     metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
@@ -165,7 +238,7 @@ def _score_candidate(client, run, directory: Path) -> Scored:
     return Scored(
         role="candidate", test_recall=recall, val_recall=run.data.metrics[VAL_METRIC],
         trainable_parameters=metrics.get("trainable_parameters"), run_id=run_id,
-        trial=run.data.tags.get(tracking.TRIAL_ID, run.info.run_name), method=config.method.name,
+        trial=_trial_name(run), method=config.method.name,
         data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
         files=directory, retention_recall=retention,
         retained_fingerprint=retained.fingerprint if retained else None,
@@ -214,10 +287,11 @@ def _score_champion(model_version, test_rows, old_test_rows=()) -> Scored:
 
 
 def _existing_version(client, model_name: str, run_id: str):
-    """The version already registered from this trial run, if any (promoting twice makes none)."""
+    """The version registered from this trial run, if any: the lowest when a concurrent promotion made two."""
     if _registered_model(client, model_name) is None:
         return None
-    versions = client.search_model_versions(f"name = '{model_name}' and tags.source_run_id = '{run_id}'")
+    versions = client.search_model_versions(
+        f"name = {tracking.quoted(model_name)} and tags.source_run_id = {tracking.quoted(run_id)}")
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
@@ -259,7 +333,8 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
 
 
 def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAULT_MODEL_NAME,
-            force: bool = False, experiment: str = DEFAULT_EXPERIMENT, log=print) -> Promotion:
+            force: bool = False, min_test_recall: float = 0.0, allow_incomplete: bool = False,
+            experiment: str = DEFAULT_EXPERIMENT, log=print) -> Promotion:
     """Score the sweep's top-k on test, compare with the champion, register and move the alias."""
     from trials.config import TrialConfig
     from trials.data import load_knowledge
@@ -267,14 +342,27 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
 
     if top_k < 1:
         raise PromotionError("--top-k must be at least 1")
+    if not 0.0 <= min_test_recall < 1.0:
+        raise PromotionError(f"--min-test-recall must be at least 0 and below 1, not {min_test_recall}")
     use_store()
     client = tracking.client()
-    parent = _sweep_parent(client, experiment, sweep)
+    parent = _sweep_parent(client, experiment, sweep, allow_incomplete)
     sweep_name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
-    runs = _top_runs(client, parent, top_k)
-    log(f"scoring the top {len(runs)} trial(s) of sweep '{sweep_name}' by its objective on the test split")
+    runs = _ranked_runs(client, parent)
+    log(f"scoring the top {min(top_k, len(runs))} trial(s) of sweep '{sweep_name}' by its objective on the test split")
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
-        candidates = [_score_candidate(client, run, Path(tmp, run.info.run_id)) for run in runs]
+        results: dict[str, Scored | None] = {}
+
+        def scored(run) -> Scored | None:
+            """A run downloaded and scored once; None when its adapter holds NaN or inf (logged)."""
+            if run.info.run_id not in results:
+                results[run.info.run_id] = _score_usable(client, run, Path(tmp, run.info.run_id), log)
+            return results[run.info.run_id]
+
+        candidates = list(itertools.islice(filter(None, map(scored, runs)), top_k))
+        if not candidates:
+            raise PromotionError(f"sweep '{sweep_name}': every FINISHED trial's adapter holds NaN or inf: "
+                                 "nothing to promote")
         config = TrialConfig.model_validate_json(candidates[0].trial_config)
         test_rows = load_knowledge(config.data).split("test")
         old = retained_knowledge(config)
@@ -289,12 +377,19 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         best = candidates[0]
         outcome = Promotion(sweep_name, model_name, candidates, champion, promoted=False, reason="",
                             test_questions=len(test_rows), forced=force, retention_bar=bar)
+        if champion is None:  # the first champion: it must beat the floor, and the seed recipe if the sweep ran it
+            seed_run = next((run for run in runs if _is_seed_recipe(run)), None)
+            outcome.seed = scored(seed_run) if seed_run is not None else None
+            if outcome.seed is not None and outcome.seed.run_id not in {c.run_id for c in candidates}:
+                outcome.seed.role = "seed"
+            outcome.floor, outcome.floor_by = _first_floor(min_test_recall, outcome.seed)
         if champion is not None and champion.run_id == best.run_id:
             best.version = champion.version
-        refusal = _refusal(best, champion, bar)
+        refusal = _refusal(best, champion, bar, outcome)
         if refusal and not force:
-            outcome.version = champion.version
-            outcome.reason = f"kept champion v{champion.version}: {refusal} (--force promotes anyway)"
+            outcome.version = champion.version if champion else None
+            kept = f"kept champion v{champion.version}" if champion else "no champion yet, none promoted"
+            outcome.reason = f"{kept}: {refusal} (--force promotes anyway)"
             return outcome
 
         existing = _existing_version(client, model_name, best.run_id)
@@ -302,6 +397,14 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             version = existing
         else:
             version = _register(best, model_name, parent, sweep_name, champion)
+            winner = _existing_version(client, model_name, best.run_id)
+            if str(winner.version) != str(version.version):  # another process registered this run first
+                client.delete_model_version(model_name, version.version)
+                outcome.version = str(winner.version)
+                outcome.reason = (f"trial {best.trial} was already promoted as version {winner.version} of "
+                                  f"'{model_name}' by another process at the same time; this process's version "
+                                  f"{version.version} was deleted, the alias is the other process's to move")
+                return outcome
             outcome.new_version = True
         # Last step, after the version exists with its tags: the alias moves.
         client.set_registered_model_alias(model_name, ALIAS, version.version)
@@ -318,11 +421,22 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         return outcome
 
 
-def _refusal(best: Scored, champion: Scored | None, bar: float | None) -> str | None:
+def _first_floor(min_test_recall: float, seed: Scored | None) -> tuple[float, str]:
+    """The test recall a first champion must beat, and what set it."""
+    if seed is not None and seed.test_recall >= min_test_recall:
+        return seed.test_recall, f"the seed-recipe trial {seed.trial}'s test recall"
+    return min_test_recall, "--min-test-recall"
+
+
+def _refusal(best: Scored, champion: Scored | None, bar: float | None, outcome: Promotion) -> str | None:
     """Why `best` must not replace `champion`, or None: it must beat it on test and, when it is
-    incremental, keep the old facts (retention at least the floor x the champion's recall on them)."""
+    incremental, keep the old facts (retention at least the floor x the champion's recall on them).
+    With no champion it must beat the first champion's floor."""
     if champion is None:
-        return None
+        if best.test_recall > outcome.floor:
+            return None
+        return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the floor "
+                f"{outcome.floor:.3f} ({outcome.floor_by})")
     if best.test_recall <= champion.test_recall:
         return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the champion's "
                 f"{champion.test_recall:.3f}")
@@ -334,10 +448,13 @@ def _refusal(best: Scored, champion: Scored | None, bar: float | None) -> str | 
 
 
 def comparison_table(outcome: Promotion):
-    """A rich Table: the candidates, best first, and the champion they were measured against."""
+    """A rich Table: the candidates, best first, and the champion (or the seed-recipe trial) they were
+    measured against."""
     from rich.table import Table
 
     bar = f"; old facts must stay >= {outcome.retention_bar:.3f}" if outcome.retention_bar is not None else ""
+    if outcome.floor is not None:
+        bar += f"; no champion yet: test must be above {outcome.floor:.3f}"
     table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
                         f"{outcome.test_questions} test questions{bar}")
     for column in ("", "trial", "run", "version", "method", "val", "test", "old facts", "params"):
@@ -350,8 +467,9 @@ def comparison_table(outcome: Promotion):
             return f"{value:.3f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    for index, row in enumerate([*outcome.candidates, *([outcome.champion] if outcome.champion else [])]):
-        label = "champion" if row.role == "champion" else "best" if index == 0 else ""
+    against = [row for row in (outcome.champion, outcome.seed) if row is not None and row.role != "candidate"]
+    for index, row in enumerate([*outcome.candidates, *against]):
+        label = {"champion": "champion", "seed": "seed recipe"}.get(row.role, "best" if index == 0 else "")
         table.add_row(label, cell(row.trial), (row.run_id or "-")[:8], cell(row.version), cell(row.method),
                       cell(row.val_recall), cell(row.test_recall), cell(row.retention_recall),
                       cell(row.trainable_parameters),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def champion_version(model: str = MODEL) -> str:
 def promote(sweep: str, **kwargs):
     from orchestrator.promote import promote as run_promote
 
-    return run_promote(sweep, log=lambda line: None, **kwargs)
+    return run_promote(sweep, **{"log": lambda line: None, **kwargs})
 
 
 # --- promotion ----------------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
     strong, weak = trained
     log_sweep("old", [(weak, weak.metrics["val_exact_recall"])])
     log_sweep("new", [(strong, strong.metrics["val_exact_recall"])])
-    assert promote("old").promoted and champion_version() == "1"
+    assert promote("old", force=True).promoted and champion_version() == "1"  # forced: weak is below the floor
 
     def registry_down(*args, **kwargs):  # called after the model has been logged
         raise RuntimeError("registry down")
@@ -240,6 +241,133 @@ def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
     monkeypatch.setattr(mlflow, "register_model", register_model)  # back up: the promotion goes through
     assert promote("new").promoted
     assert versions() == ["1", "2"] and champion_version() == "2"
+
+
+def test_a_candidate_whose_adapter_holds_nan_is_skipped(store, trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from orchestrator.errors import PromotionError
+
+    strong, _ = trained
+    broken_dir = tmp_path / "nan-trial"
+    shutil.copytree(strong.dir, broken_dir)
+    weights = broken_dir / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    name = min(tensors)
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    broken = Trained(broken_dir)
+    # The broken trial leads by val (its metrics predate whatever broke it): it must still not be promoted.
+    broken_run, strong_run = log_sweep("nan", [(broken, 0.99), (strong, strong.metrics["val_exact_recall"])])
+
+    logged = []
+    outcome = promote("nan", top_k=1, log=logged.append)
+    assert [c.run_id for c in outcome.candidates] == [strong_run]  # the next trial took its place
+    assert outcome.promoted and versions() == ["1"]
+    assert any(f"run {broken_run}" in line and "NaN or inf" in line and name in line for line in logged), logged
+
+    log_sweep("only-nan", [(broken, 0.99)])
+    with pytest.raises(PromotionError, match="every FINISHED trial's adapter holds NaN or inf"):
+        promote("only-nan", force=True)
+    assert versions() == ["1"]
+
+
+def test_first_champion_must_score_above_the_floor(store, trained, capsys):
+    from orchestrator.cli import main
+    from orchestrator.errors import PromotionError
+
+    strong, weak = trained
+    assert weak.test_recall == 0.0  # one epoch at lr 1e-6 recalls nothing: the model that used to become champion
+    log_sweep("zero", [(weak, 0.9)])
+    log_sweep("strong", [(strong, strong.metrics["val_exact_recall"])])
+
+    refused = promote("zero")
+    assert not refused.promoted and refused.floor == 0.0 and versions() == []
+    assert "no champion yet, none promoted" in refused.reason and "not above the floor 0.000" in refused.reason
+
+    # A floor of the strong trial's own test recall: it is not above it; a lower one lets it through.
+    assert main(["promote", "--sweep", "strong", "--min-test-recall", str(strong.test_recall)]) == 0
+    assert "not above the floor" in " ".join(capsys.readouterr().out.split()) and versions() == []
+    assert promote("strong", min_test_recall=strong.test_recall - 0.01).promoted and versions() == ["1"]
+
+    with pytest.raises(PromotionError, match="--min-test-recall must be at least 0 and below 1"):
+        promote("strong", min_test_recall=1.0)
+
+
+def test_first_champion_must_beat_the_seed_recipe_trial(store, trained):
+    import copy
+
+    from orchestrator.promote import SEED_RECIPE
+
+    strong, _ = trained
+    # A trial run of the seed recipe's knobs that, here, scores as well as the strong trial on test
+    # (it carries the strong adapter): the best candidate is then not above the seed recipe.
+    seed = copy.copy(strong)
+    seed.config = strong.config.model_copy(update={"method": SEED_RECIPE})
+    strong_run, seed_run = log_sweep("with-seed", [(strong, strong.metrics["val_exact_recall"]), (seed, 0.0)])
+
+    refused = promote("with-seed", top_k=1)
+    assert not refused.promoted and versions() == []
+    assert [c.run_id for c in refused.candidates] == [strong_run]
+    assert refused.seed.run_id == seed_run and refused.seed.role == "seed"
+    assert refused.floor == pytest.approx(strong.test_recall)
+    assert "seed-recipe trial with-seed-t1's test recall" in refused.reason
+
+    assert promote("with-seed", top_k=1, force=True).promoted and versions() == ["1"]
+
+
+def test_the_seed_recipe_is_the_bench_s_and_the_demo_s_first_point(repo_root):
+    from bench.seed_recipe import SEED
+    from orchestrator.config import load_experiment
+    from orchestrator.promote import SEED_RECIPE
+    from orchestrator.search_space import trial_config_for
+
+    assert SEED_RECIPE == SEED.method()
+    demo = load_experiment(repo_root / "configs" / "demo.yaml")
+    point = demo.search_space.points_to_evaluate[0]
+    assert trial_config_for(demo.trial_config(), point, demo.search_space).method == SEED_RECIPE
+
+
+def test_a_killed_sweep_is_promoted_only_when_allowed(store, trained, capsys):
+    from orchestrator import tracking
+    from orchestrator.cli import main
+
+    strong, _ = trained
+    log_sweep("interrupted", [(strong, strong.metrics["val_exact_recall"])])
+    client = tracking.client()
+    client.set_terminated(tracking.find_sweep_run(client, EXPERIMENT, "interrupted").info.run_id, "KILLED")
+
+    assert main(["promote", "--sweep", "interrupted"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep 'interrupted' was stopped before it finished (its run is KILLED)" in err
+    assert "--allow-incomplete" in err and versions() == []
+    assert main(["promote", "--sweep", "interrupted", "--allow-incomplete"]) == 0
+    assert "registered as new version 1" in " ".join(capsys.readouterr().out.split()) and versions() == ["1"]
+
+
+def test_two_promotions_at_once_register_one_version(store, trained, orchestrator, tmp_path):
+    from orchestrator import tracking
+
+    strong, _ = trained
+    (run_id,) = log_sweep("race", [(strong, strong.metrics["val_exact_recall"])])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "HF_HUB_OFFLINE": "1"}
+    for attempt in range(3):  # a fresh registered model each time, so each attempt races from nothing
+        model = f"race-{attempt}"
+        processes = [subprocess.Popen(orchestrator("promote", "--sweep", "race", "--model-name", model), env=env,
+                                      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]
+        outputs = [process.communicate(timeout=300) for process in processes]
+        for process, (out, err) in zip(processes, outputs):
+            assert process.returncode == 0, err[-3000:]
+        said = [" ".join(out.split()) for out, _ in outputs]
+        assert versions(model) == ["1"] and champion_version(model) == "1", said
+        assert sum("registered as new version 1" in text for text in said) == 1, said
+        # The other one lost the race ("already promoted as version 1 by another process") or came after
+        # the winner had registered (then it reuses version 1, or keeps it as champion).
+        assert all(any(phrase in text for phrase in ("registered as new version 1", "by another process",
+                                                     "already registered as version 1", "kept champion v1"))
+                   for text in said), said
+        assert tracking.client().get_model_version(model, "1").tags["source_run_id"] == run_id
 
 
 # --- answering from the champion ----------------------------------------------------------------------
