@@ -14,9 +14,15 @@ So this wrapper stores the adapter directory, the trial's `trial_config.json` an
 embedded base only, the base model directory; `predict` answers through
 `trials.recall.generate_answers` + `cut_answer`, the very code that scored the trial.
 
-Serving: the pickled python model references `orchestrator.registry_model.RecallModel` by module
-path, and the code that answers lives in `trials`. Both must be importable where the model is
-loaded: `pip install` this project (it is, in the venv `make install` builds) and serve with
+No pickled code: the model is logged as MLflow's models-from-code. Each version stores the source
+file `registry_model_code.py` (which builds a RecallModel), not a cloudpickle of one, and MLflow
+runs that file when the version is loaded; everything else it holds is safetensors, JSON and text.
+(Versions registered before this hold a pickle, and load only where MLflow still allows it:
+MLFLOW_ALLOW_PICKLE_DESERIALIZATION.)
+
+Serving: that file imports `orchestrator.registry_model.RecallModel`, and the code that answers
+lives in `trials`. Both must be importable where the model is loaded: `pip install` this project
+(it is, in the venv `make install` builds) and serve with
 `mlflow models serve -m models:/recall-champion@champion --env-manager local`.
 """
 
@@ -131,7 +137,7 @@ def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_toke
         artifacts[BASE_MODEL] = resolve_model(config.model)
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=RecallModel(),
+        python_model=str(Path(__file__).with_name("registry_model_code.py")),  # models-from-code: no pickle
         artifacts=artifacts,
         model_config={"max_new_tokens": int(max_new_tokens), "batch_size": config.eval.batch_size},
         pip_requirements=_pip_requirements(),

@@ -403,6 +403,22 @@ def test_registry_model_answers_as_the_trial_did(champion, monkeypatch):
     assert model.predict({"inputs": few}) == expected
 
 
+def test_the_registered_model_holds_no_pickle(champion, monkeypatch, tmp_path):
+    import mlflow
+    import yaml
+
+    from orchestrator.promote import use_store
+
+    uri, _ = champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    use_store()
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path)))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "python_model" not in flavor and Path(flavor["model_code_path"]).name == "registry_model_code.py"
+    assert (local / "registry_model_code.py").is_file()
+    assert not [path for path in local.rglob("*") if path.suffix in (".pkl", ".pickle", ".bin", ".pt")]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
