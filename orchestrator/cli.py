@@ -256,9 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read or write the tracking store: a server that is down fails them in seconds, naming
+# the URI, instead of after MLflow's minutes of retries (`sweep` and `demo` check it themselves,
+# after the data, which is cheaper to get wrong).
+NEEDS_TRACKING = ("promote", "ask", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in NEEDS_TRACKING:
+            from orchestrator.server import check_reachable
+            from orchestrator.tracking import tracking_uri
+
+            check_reachable(tracking_uri())
         return args.func(args)
     except SweepInterrupted as error:
         print(f"error: {error}", file=sys.stderr)
