@@ -12,48 +12,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from service_support import free_port, wait_for_http, without_mlflow_uris
+from sweep_support import DEMO, FAST, REPO
 
 from orchestrator.server import stop_process_group
-from sweep_support import DEMO, FAST, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.service]
 
 MODEL = "recall-champion"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def without_mlflow_uris() -> dict[str, str]:
-    """os.environ without MLflow store settings: mlflow.set_tracking_uri/set_registry_uri, as other
-    tests call them in this process, write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into it, and a
-    stale registry URI would send `models:/...` to another test's store."""
-    return {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-
-
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        assert process.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no answer from {url} within {seconds:.0f} s:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
