@@ -385,7 +385,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             outcome.floor, outcome.floor_by = _first_floor(min_test_recall, outcome.seed)
         if champion is not None and champion.run_id == best.run_id:
             best.version = champion.version
-        refusal = _refusal(best, champion, bar, outcome)
+        refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by)
         if refusal and not force:
             outcome.version = champion.version if champion else None
             kept = f"kept champion v{champion.version}" if champion else "no champion yet, none promoted"
@@ -428,15 +428,16 @@ def _first_floor(min_test_recall: float, seed: Scored | None) -> tuple[float, st
     return min_test_recall, "--min-test-recall"
 
 
-def _refusal(best: Scored, champion: Scored | None, bar: float | None, outcome: Promotion) -> str | None:
+def _refusal(best: Scored, champion: Scored | None, bar: float | None, floor: float | None = 0.0,
+             floor_by: str | None = "--min-test-recall") -> str | None:
     """Why `best` must not replace `champion`, or None: it must beat it on test and, when it is
     incremental, keep the old facts (retention at least the floor x the champion's recall on them).
-    With no champion it must beat the first champion's floor."""
+    With no champion it must score above `floor` (set by `floor_by`) on test."""
     if champion is None:
-        if best.test_recall > outcome.floor:
+        if best.test_recall > floor:
             return None
         return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the floor "
-                f"{outcome.floor:.3f} ({outcome.floor_by})")
+                f"{floor:.3f} ({floor_by})")
     if best.test_recall <= champion.test_recall:
         return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the champion's "
                 f"{champion.test_recall:.3f}")
