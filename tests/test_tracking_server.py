@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from service_support import free_port, wait_for_http, without_mlflow_uris
-from sweep_support import DEMO, FAST, REPO
+from sweep_support import DEMO, LEARNS, REPO
 
 from orchestrator.server import stop_process_group
 
@@ -57,7 +57,7 @@ def team(server, orchestrator, tmp_path_factory):
     uri, _, _ = server
     work = tmp_path_factory.mktemp("team")
     env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}  # the URI alone
-    sets = [arg for item in [*FAST, "sweep.num_samples=2", f"sweep.storage_path={work / 'ray_results'}"]
+    sets = [arg for item in [*LEARNS, "sweep.num_samples=2", f"sweep.storage_path={work / 'ray_results'}"]
             for arg in ("--set", item)]
     sweep = subprocess.run(orchestrator("sweep", str(DEMO), "--name", "team", *sets), cwd=work,
                            env=env, capture_output=True, text=True, timeout=300)
