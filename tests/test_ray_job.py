@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 from service_support import free_port, free_ports, wait_for_http, without_mlflow_uris
-from sweep_support import FAST, REPO, runs_of
+from sweep_support import FAST, LEARNS, REPO, runs_of
 
 from orchestrator.leaderboard import LEADERBOARD_COLUMNS
 from orchestrator.server import mlflow_server_command, stop_process_group
@@ -301,3 +301,35 @@ def test_connect_ray_leaves_the_code_to_a_job_that_ships_it(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {"A": "1"}}}))
     connect_ray(None)
     assert "py_modules" in calls[-1]["runtime_env"]
+
+
+@pytest.mark.e2e
+@pytest.mark.service
+@pytest.mark.cluster
+def test_two_teams_sweep_at_once_on_one_cluster_and_server(head, tracking_server, tmp_path, orchestrator):
+    """Two teams, one Ray cluster and one tracking server: two sweeps submitted together, in
+    different MLflow experiments, promoted to different models; each promotion sees its own sweep only."""
+    teams = {"team-a": ("experiment-a", "facts-a"), "team-b": ("recall-orchestrator", "facts-b")}
+    for name, (experiment, _) in teams.items():
+        submitted = submit(head, tracking_server, name, tmp_path / "shared", *LEARNS, "sweep.num_samples=1",
+                           f"sweep.experiment={experiment}", wait=False, timeout=120)
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    deadline = time.monotonic() + 400
+    while (statuses := {name: job_status(head, f"sweep-{name}") for name in teams}) != dict.fromkeys(teams, "SUCCEEDED"):
+        assert not set(statuses.values()) & {"FAILED", "STOPPED"}, {name: job_logs(head, f"sweep-{name}")[-2000:]
+                                                                    for name in teams}
+        assert time.monotonic() < deadline, statuses
+        time.sleep(2)
+
+    env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": tracking_server, "HF_HUB_OFFLINE": "1"}
+    for name, (experiment, model) in teams.items():
+        promoted = subprocess.run(orchestrator("promote", "--sweep", name, "--experiment", experiment,
+                                               "--model-name", model),
+                                  check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert promoted.returncode == 0, promoted.stdout[-3000:] + promoted.stderr[-3000:]
+    for name, (experiment, model) in teams.items():
+        client, parent, trials = runs_of(tracking_server, name, experiment)
+        assert parent.info.status == "FINISHED" and len(trials) == 1
+        champion = client.get_model_version_by_alias(model, "champion")
+        assert champion.tags["sweep"] == name and champion.tags["source_run_id"] == trials[0].info.run_id
+        assert [version.version for version in client.search_model_versions(f"name = '{model}'")] == ["1"]
