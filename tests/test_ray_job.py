@@ -314,8 +314,8 @@ def test_two_teams_sweep_at_once_on_one_cluster_and_server(head, tracking_server
         submitted = submit(head, tracking_server, name, tmp_path / "shared", *LEARNS, "sweep.num_samples=1",
                            f"sweep.experiment={experiment}", wait=False, timeout=120)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    deadline = time.monotonic() + 400
-    while (statuses := {name: job_status(head, f"sweep-{name}") for name in teams}) != dict.fromkeys(teams, "SUCCEEDED"):
+    deadline, done = time.monotonic() + 400, dict.fromkeys(teams, "SUCCEEDED")
+    while (statuses := {name: job_status(head, f"sweep-{name}") for name in teams}) != done:
         assert not set(statuses.values()) & {"FAILED", "STOPPED"}, {name: job_logs(head, f"sweep-{name}")[-2000:]
                                                                     for name in teams}
         assert time.monotonic() < deadline, statuses

@@ -9,7 +9,6 @@ MLflow once the server is back, and no run may be left RUNNING.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
