@@ -48,3 +48,19 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
                     return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
+
+
+def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
+    """`mlflow server --serve-artifacts` on a SQLite file in `store` (the PostgreSQL set-up has
+    test_tracking_server.py), on 127.0.0.1:`port`; answering /health when this returns. Restarted on
+    the same store and port, it serves the same runs. Stop it with orchestrator.server.stop_process_group."""
+    from orchestrator.server import mlflow_server_command
+
+    store.mkdir(parents=True, exist_ok=True)
+    log = store / f"server-{time.monotonic_ns()}.log"
+    command = mlflow_server_command(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", "127.0.0.1", port)
+    env = {**without_mlflow_uris(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_http(f"http://127.0.0.1:{port}/health", process, log, 120)
+    return process

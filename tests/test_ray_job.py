@@ -33,11 +33,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from service_support import free_port, free_ports, wait_for_http, without_mlflow_uris
+from service_support import free_port, free_ports, start_mlflow_server, wait_for_http, without_mlflow_uris
 from sweep_support import FAST, LEARNS, REPO, runs_of
 
 from orchestrator.leaderboard import LEADERBOARD_COLUMNS
-from orchestrator.server import mlflow_server_command, stop_process_group
+from orchestrator.server import stop_process_group
 
 VENV_BIN = Path(sys.executable).parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -148,17 +148,9 @@ def head():
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
-    """`mlflow server --serve-artifacts` on SQLite (the PostgreSQL set-up has test_tracking_server.py)."""
-    data = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    log = data / "server.log"
-    env = {**without_mlflow_uris(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log, "wb") as output:
-        process = subprocess.Popen(mlflow_server_command(f"sqlite:///{data / 'mlflow.db'}", data / "artifacts",
-                                                         "127.0.0.1", port),
-                                   env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_mlflow_server(tmp_path_factory.mktemp("mlflow"), port)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process, log, 120)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process_group(process, timeout=30)

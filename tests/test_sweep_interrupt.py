@@ -1,5 +1,6 @@
 """Ctrl-C (SIGINT) and SIGTERM of the sweep driver: trials stop cleanly, the sweep's run is KILLED
-(never FINISHED), the driver says how to resume and exits 128 + the signal; --resume then finishes."""
+(never FINISHED), the driver says how to resume and exits 128 + the signal; --resume then finishes.
+The SIGTERM case runs against a real MLflow tracking server, so --resume is shown over HTTP too."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 
 import pytest
 
+from orchestrator.server import stop_process_group
+from service_support import free_port, start_mlflow_server, without_mlflow_uris
 from sweep_support import DEMO, FAST, runs_of
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.service]
 
 
 def _sweep_command(tmp_path, *extra):
@@ -43,12 +46,28 @@ def _interrupt_after_first_epoch(tmp_path, env, signum) -> subprocess.CompletedP
     return subprocess.CompletedProcess(driver.args, driver.returncode, log_path.read_text(), "")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stopped_sweep_is_killed_in_mlflow_and_resumes(tmp_path, signum):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+@pytest.fixture
+def store(request, tmp_path):
+    """A SQLite file, or (param "server") a real MLflow server on one: the tracking URI."""
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        runs_of(uri, "evening")  # create the store's tables before two processes open it
+        yield uri
+        return
+    port = free_port()
+    server = start_mlflow_server(tmp_path / "server", port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(server, timeout=30)
+
+
+@pytest.mark.parametrize(("signum", "store"), [(signal.SIGINT, "sqlite"), (signal.SIGTERM, "server")],
+                         indirect=["store"])
+def test_a_stopped_sweep_is_killed_in_mlflow_and_resumes(tmp_path, signum, store):
+    uri = store
+    env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
-    runs_of(uri, "evening")  # create the store's tables before two processes open it
 
     stopped = _interrupt_after_first_epoch(tmp_path, env, signum)
     assert stopped.returncode == 128 + signum, stopped.stdout[-3000:]

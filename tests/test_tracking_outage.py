@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from orchestrator import tracking
-from orchestrator.server import mlflow_server_command, stop_process_group
-from service_support import free_port, wait_for_http, without_mlflow_uris
+from orchestrator.server import stop_process_group
+from service_support import free_port, start_mlflow_server, without_mlflow_uris
 from sweep_support import DEMO, FAST
 
 pytestmark = [pytest.mark.e2e, pytest.mark.service, pytest.mark.slow]
@@ -24,22 +23,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.service, pytest.mark.slow]
 OUTAGE_S = 20
 
 
-def start_server(store: Path, port: int) -> subprocess.Popen:
-    log = store / f"server-{time.monotonic_ns()}.log"
-    command = mlflow_server_command(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", "127.0.0.1", port)
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, env=without_mlflow_uris(), stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    wait_for_http(f"http://127.0.0.1:{port}/health", process, log, 120)
-    return process
-
-
 def test_a_sweep_outlives_a_tracking_server_outage(tmp_path, orchestrator):
     store = tmp_path / "store"
-    store.mkdir()
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = start_server(store, port)
+    server = start_mlflow_server(store, port)
     overrides = [*FAST, "sweep.num_samples=3", "sweep.max_concurrent_trials=1", "training.epochs=3",
                  "sweep.asha.enabled=false", f"sweep.storage_path={tmp_path / 'ray_results'}"]
     env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
@@ -57,13 +45,13 @@ def test_a_sweep_outlives_a_tracking_server_outage(tmp_path, orchestrator):
         down = time.time() * 1000
         time.sleep(OUTAGE_S)
         up = time.time() * 1000
-        server = start_server(store, port)
+        server = start_mlflow_server(store, port)
         sweep.wait(timeout=600)
     finally:
         if sweep.poll() is None:
             stop_process_group(sweep, timeout=30)
         stop_process_group(server, timeout=30)
-        server = start_server(store, port)  # read back what the sweep wrote
+        server = start_mlflow_server(store, port)  # read back what the sweep wrote
     try:
         output = log_path.read_text()
         assert sweep.returncode == 0, output[-4000:]
