@@ -92,11 +92,24 @@ def cmd_ask(args) -> int:
     try:
         model = mlflow.pyfunc.load_model(args.model)
     except mlflow.exceptions.MlflowException as error:
-        print(f"error: cannot load {args.model}: {error.message}\n"
-              "(promote a sweep first: orchestrator promote --sweep NAME)", file=sys.stderr)
+        print(f"error: {_unloadable(args.model, error.message)}", file=sys.stderr)
         return 2
     print(model.predict([args.question])[0])
     return 0
+
+
+def _unloadable(model_uri: str, message: str) -> str:
+    """Why `ask` could not load its model: most often no sweep was promoted yet to give it the alias."""
+    import re
+
+    from orchestrator import hints, tracking
+
+    alias = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", model_uri)
+    if alias:
+        client = tracking.client()
+        if not hints.has_alias(client, alias[1], alias[2]):
+            return hints.no_alias(client, alias[1], alias[2])
+    return f"cannot load {model_uri}: {message}"
 
 
 def cmd_demo(args) -> int:
@@ -173,7 +186,24 @@ def cmd_ui(args) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port),
                "--host", args.host]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}")
+    empty = _empty_store(uri)
+    if empty:
+        print(empty)
+    sys.stdout.flush()  # exec replaces this process: what print buffered would be lost
     os.execv(sys.executable, command)
+
+
+def _empty_store(uri: str) -> str | None:
+    """The line saying the store holds no sweep yet, or None; a store that cannot be read says nothing
+    here (the UI itself reports it) rather than keep the UI from starting."""
+    from orchestrator import hints, tracking
+    from orchestrator.server import check_reachable
+
+    try:
+        check_reachable(uri)  # an MLflow client would retry a down server for minutes
+        return hints.no_sweeps(tracking.client(uri))
+    except Exception:
+        return None
 
 
 def cmd_server(args) -> int:

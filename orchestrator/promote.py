@@ -1,7 +1,8 @@
 """Promote the best adapter of a sweep to the MLflow Model Registry, behind a test-split gate.
 
-0. the sweep must have ended: a RUNNING one is refused, and so is a KILLED one (stopped before it
-   finished: its best trials may never have run) unless `allow_incomplete`;
+0. the sweep must have ended: a RUNNING one is refused (even with `allow_incomplete`: its driver may
+   still be writing the runs), and so is a KILLED one (stopped before it finished: its best trials
+   may never have run) unless `allow_incomplete`;
 1. take the sweep's top-k FINISHED trial runs by their last `objective` (what the sweep optimised:
    val_exact_recall with a train-recall tie-break, and for an incremental sweep below every trial
    that keeps the retention floor if it broke it), by val_exact_recall where it is missing;
@@ -45,7 +46,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from orchestrator import tracking
+from orchestrator import hints, tracking
 from orchestrator.errors import PromotionError
 from trials.methods import LoraMethod
 
@@ -125,12 +126,10 @@ class Promotion:
 def _sweep_parent(client, experiment: str, sweep: str | None, allow_incomplete: bool):
     parent = tracking.find_sweep_run(client, experiment, sweep)
     if parent is None:
-        what = f"sweep '{sweep}'" if sweep else "sweep"
-        raise PromotionError(f"no {what} in MLflow experiment '{experiment}' at {client.tracking_uri}")
+        raise PromotionError(hints.unknown_sweep(client, experiment, sweep, "promote"))
     name = parent.data.tags.get(tracking.SWEEP)
     if parent.info.status == "RUNNING":
-        raise PromotionError(f"sweep '{name}' is still running (or its driver died: finish it with "
-                             f"`orchestrator sweep CONFIG --name {name} --resume`); promote it once it has ended")
+        raise PromotionError(hints.still_running(parent, allow_incomplete))
     if parent.info.status == "KILLED" and not allow_incomplete:
         raise PromotionError(f"sweep '{name}' was stopped before it finished (its run is KILLED): trials it "
                              f"never ran may beat the ones it has; finish it with `orchestrator sweep CONFIG "

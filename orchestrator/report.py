@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import tracking
+from orchestrator import hints, tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
 
@@ -53,7 +53,7 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
     client = tracking.client()
     parent = tracking.find_sweep_run(client, experiment, sweep)
     if parent is None:
-        raise SweepError(f"no sweep {sweep or ''} in MLflow experiment '{experiment}' at {tracking.tracking_uri()}")
+        raise SweepError(hints.unknown_sweep(client, experiment, sweep, "report"))
     board = leaderboard(client, parent.info.run_id)
     paths = _figures(client, board, out_dir)
     for path in paths:

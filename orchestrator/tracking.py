@@ -78,6 +78,14 @@ def find_sweep_run(mlflow_client: MlflowClient, experiment: str, sweep: str | No
     return runs[0] if runs else None
 
 
+def sweep_runs(mlflow_client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
+    """Parent runs of sweeps in these experiments, newest first."""
+    if not experiment_ids:
+        return []
+    return mlflow_client.search_runs(experiment_ids, f"tags.`{ROLE}` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"], max_results=max_results)
+
+
 def trial_runs(mlflow_client: MlflowClient, parent_run) -> list:
     query = f"tags.`{PARENT}` = {quoted(parent_run.info.run_id)} and tags.`{ROLE}` = 'trial'"
     return mlflow_client.search_runs([parent_run.info.experiment_id], query, max_results=10_000)
