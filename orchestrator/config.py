@@ -41,6 +41,10 @@ class SweepConfig(Strict):
     asha: AshaConfig = Field(default_factory=AshaConfig)
     storage_path: str | None = Field(None, description="Ray Tune results; shared storage on a cluster. Default ./ray_results.")
     experiment: str = Field("recall-orchestrator", description="MLflow experiment holding the sweeps.")
+    optuna_storage: str | None = Field(
+        None, description="Database URL (SQLAlchemy) of the sweeps' Optuna studies, e.g. "
+                          "postgresql+psycopg2://host/optuna; never MLflow's own database. Default: optuna.db beside a "
+                          "SQLite tracking store, else in the local storage_path folder (orchestrator/study.py).")
     tracking_outage_wait_s: float = Field(
         600, ge=0, description="A tracking server that is down when the trials end: how long the sweep waits for it "
                                "to write what it kept, before it exits non-zero (the results stay in storage_path).")

@@ -18,6 +18,9 @@ stopped early or not, as COMPLETE with its last reported `objective`. For a tria
 stopped, that is its recall at the rung where it trailed: a pessimistic value, which is the
 right direction for TPE (it lands among the "bad" observations, as ASHA judged it). Trials that
 raised are told as FAIL and do not shape the sampler.
+
+The study is kept in a database (`sweep.optuna_storage`), named "<experiment>/<sweep>", so Optuna's own
+tools see it: orchestrator/study.py says where and why.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import tracking
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator import study, tracking
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted
@@ -135,14 +140,42 @@ def _space(config: ExperimentConfig, source: str) -> SearchSpace:
     return config.search_space
 
 
-def _tune_config(config: ExperimentConfig, space: SearchSpace):
+class LinkedOptunaSearch(OptunaSearch):
+    """OptunaSearch that names each Optuna trial's Tune trial (user attribute `tune_trial_id`, the
+    `recall.trial_id` tag of its MLflow run), so the study and the MLflow runs can be matched."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(study.TUNE_TRIAL_ID, trial_id)
+        return params
+
+
+@dataclass
+class NewStudy:
+    """The Optuna study a new sweep creates: its storage's URL, its name, and the storage, open."""
+
+    url: str
+    name: str
+    storage: object
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, sweep: str, storage: SweepStorage) -> NewStudy:
+        """Opened and checked to be new: a name collision stops the sweep before anything is logged."""
+        url = study.storage_url(config.sweep.optuna_storage, tracking.tracking_uri(),
+                                storage.local_folder(study.DEFAULT_FILE))
+        name = study.study_name(config.sweep.experiment, sweep)
+        opened = study.open_storage(url)
+        study.check_new(opened, name, url)
+        return cls(url, name, opened)
+
+
+def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStudy):
     import optuna
     from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    searcher = OptunaSearch(
+    searcher = LinkedOptunaSearch(
         space=DefineByRun(space),
         metric=METRIC,
         mode=MODE,
@@ -150,6 +183,8 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace):
         # group=True lets TPE model each method's conditional parameters separately.
         sampler=optuna.samplers.TPESampler(seed=config.sweep.seed, n_startup_trials=config.sweep.startup_trials,
                                            multivariate=True, group=True),
+        study_name=new_study.name,
+        storage=new_study.storage,
     )
     asha = config.sweep.asha
     scheduler = (
@@ -221,12 +256,22 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     trainable = tune.with_parameters(_train_in_tune, base=base, space=space_dump,
                                      retention_floor=config.sweep.retention_floor)
     trainable = tune.with_resources(trainable, resources)
-    tune_config = None if resume else _tune_config(config, space)  # built before anything is logged
+    # Built before anything is logged; a resumed sweep's searcher (and study) come back with Tune's state.
+    new_study = None if resume else NewStudy.of(config, name, storage)
+    tune_config = None if resume else _tune_config(config, space, new_study)
     uri = tracking.tracking_uri()
     client = tracking.client(uri)
-    experiment_id = tracking.experiment_id(client, config.sweep.experiment)
-    parent_run_id = open_sweep_run(client, experiment_id, config.sweep.experiment, name, resume, config)
-    for key, value in lineage.items():
+    try:
+        experiment_id = tracking.experiment_id(client, config.sweep.experiment)
+        parent_run_id = open_sweep_run(client, experiment_id, config.sweep.experiment, name, resume, config)
+    except BaseException:
+        if new_study is not None:  # no sweep ran: the name stays free for the next attempt
+            study.discard(new_study.storage, new_study.name)
+        raise
+    tags = dict(lineage)
+    if new_study is not None:
+        tags.update({study.STORAGE_TAG: study.hidden(new_study.url), study.STUDY_TAG: new_study.name})
+    for key, value in tags.items():
         client.set_tag(parent_run_id, key, value)
     started = time.time()
     deadline = started + config.sweep.time_budget_s if config.sweep.time_budget_s else None
