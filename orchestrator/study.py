@@ -57,8 +57,8 @@ def storage_url(configured: str | None, tracking_uri: str, beside_results: Path)
     if url.startswith("sqlite:///"):
         url = f"sqlite:///{Path(url.removeprefix('sqlite:///')).expanduser().resolve()}"
     if url == tracking_uri or (_sqlite_file(url) is not None and _sqlite_file(url) == _sqlite_file(tracking_uri)):
-        raise SweepError(f"sweep.optuna_storage={hidden(url)} is the MLflow tracking store: Optuna needs a "
-                         "database of its own (both keep an alembic_version table)")
+        raise SweepError(f"the Optuna storage {hidden(url)} is the MLflow tracking store: set sweep.optuna_storage "
+                         "to a database of Optuna's own (both keep an alembic_version table)")
     return url
 
 
@@ -119,6 +119,21 @@ def check_new(storage, name: str, url: str) -> None:
 def discard(storage, name: str) -> None:
     """Delete a study a sweep created but never ran (it stopped before MLflow knew of it)."""
     storage.delete_study(storage.get_study_id_from_name(name))
+
+
+def fail_unfinished(url: str, name: str) -> list[int]:
+    """Mark FAIL the trials of an ended sweep's study that are still RUNNING (their numbers): Tune tells
+    its searcher nothing about trials running or pending when sweep.time_budget_s runs out (it stops
+    them itself), nor about a trial a killed driver asked for after Tune last saved its state; their
+    MLflow runs end KILLED, or deleted as orphans. Not for an interrupted sweep: --resume tells its
+    trials."""
+    from optuna.trial import TrialState
+
+    ended = load(url, name)
+    running = [trial.number for trial in ended.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in running:
+        ended.tell(number, state=TrialState.FAIL)
+    return running
 
 
 def load(url: str, name: str):

@@ -161,12 +161,25 @@ class NewStudy:
     @classmethod
     def of(cls, config: ExperimentConfig, sweep: str, storage: SweepStorage) -> NewStudy:
         """Opened and checked to be new: a name collision stops the sweep before anything is logged."""
-        url = study.storage_url(config.sweep.optuna_storage, tracking.tracking_uri(),
-                                storage.local_folder(study.DEFAULT_FILE))
+        url = _study_url(config, storage)
         name = study.study_name(config.sweep.experiment, sweep)
         opened = study.open_storage(url)
         study.check_new(opened, name, url)
         return cls(url, name, opened)
+
+
+def _study_url(config: ExperimentConfig, storage: SweepStorage) -> str:
+    return study.storage_url(config.sweep.optuna_storage, tracking.tracking_uri(),
+                             storage.local_folder(study.DEFAULT_FILE))
+
+
+def _end_study(config: ExperimentConfig, storage: SweepStorage, tags: dict[str, str]) -> None:
+    """Fail the study's trials Tune will tell nothing more, now that the sweep has ended (study.fail_unfinished).
+    The URL is the config's, as the sweep's run records it (the tag hides a password): a sweep resumed with
+    another sweep.optuna_storage is left as it is."""
+    url = _study_url(config, storage)
+    if study.STUDY_TAG in tags and tags.get(study.STORAGE_TAG) == study.hidden(url):
+        study.fail_unfinished(url, tags[study.STUDY_TAG])
 
 
 def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStudy):
@@ -295,6 +308,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         board = close_sweep_run(client, parent_run_id, killed=stop.signum is not None)
     if stop.signum is not None:
         raise SweepInterrupted(name, stop.signum, experiment_path)
+    _end_study(config, storage, client.get_run(parent_run_id).data.tags)
     return SweepOutcome(name, parent_run_id, experiment_path, time.time() - started, board)
 
 

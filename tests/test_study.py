@@ -33,7 +33,7 @@ def test_a_relative_sqlite_storage_is_made_absolute(tmp_path, monkeypatch):
 
 def test_the_mlflow_database_is_refused_as_optuna_storage(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(SweepError, match="is the MLflow tracking store: Optuna needs a database of its own"):
+    with pytest.raises(SweepError, match="is the MLflow tracking store: set sweep.optuna_storage to a database"):
         study.storage_url(uri, uri, tmp_path)
     # Reached under another name (or behind a server): MLflow's alembic_version gives it away, before
     # Optuna adds a table to it.
@@ -90,6 +90,10 @@ def test_the_pickled_searcher_writes_to_the_same_study(tmp_path, monkeypatch):
         (2, TrialState.RUNNING, None, {"tune_trial_id": "t3"}),
     ]
     assert trials[0].params["method"] == first["method"] == "lora"
+    # The sweep ended with t3 never told (the time budget ran out): it is failed, the others stay.
+    assert study.fail_unfinished(new.url, new.name) == [2]
+    assert [t.state for t in optuna.load_study(study_name=new.name, storage=new.url).trials] == [
+        TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
 
 
 def test_a_sweep_mlflow_refuses_leaves_no_study_behind(tmp_path, monkeypatch):
@@ -101,3 +105,28 @@ def test_a_sweep_mlflow_refuses_leaves_no_study_behind(tmp_path, monkeypatch):
         run_sweep(fast_config(tmp_path), "taken")
     assert (tmp_path / "optuna.db").exists()  # the study was created, then removed
     assert optuna.study.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}") == []
+
+
+@pytest.mark.e2e
+def test_trials_the_time_budget_cuts_short_end_failed_in_the_study(tmp_path, monkeypatch):
+    """Tune stops the trials running when sweep.time_budget_s runs out without telling its searcher: the
+    ended sweep fails them in the study, as MLflow has them KILLED, and leaves none RUNNING."""
+    import ray
+    from sweep_support import runs_of
+
+    uri = store(tmp_path, monkeypatch)
+    config = fast_config(tmp_path, "sweep.num_samples=3", "training.epochs=6", "sweep.asha.enabled=false",
+                         "sweep.time_budget_s=15", "search_space.methods=[lora]", "search_space.points_to_evaluate=[]")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        run_sweep(config, "overnight")
+    finally:
+        ray.shutdown()
+    _, parent, children = runs_of(uri, "overnight")
+    ended = {run.data.tags[tracking.TRIAL_ID]: run.info.status for run in children}
+    trials = optuna.load_study(study_name=parent.data.tags[study.STUDY_TAG],
+                               storage=parent.data.tags[study.STORAGE_TAG]).trials
+    states = {trial.user_attrs[study.TUNE_TRIAL_ID]: trial.state for trial in trials}
+    assert "KILLED" in ended.values() and TrialState.RUNNING not in states.values()
+    assert all(states[trial_id] == {"FINISHED": TrialState.COMPLETE, "KILLED": TrialState.FAIL}[status]
+               for trial_id, status in ended.items())

@@ -162,6 +162,36 @@ def test_report_reads_the_sweep_back_from_mlflow(six_trials, tmp_path, capsys):
         "report/learning_curves.png", "report/learning_rate.png"}
 
 
+def test_the_optuna_study_holds_every_finished_trial_with_its_params_and_objective(six_trials):
+    """What optuna-dashboard and optuna.load_study see: every finished trial, its Optuna params
+    reproducing its MLflow run's params exactly, and its value the run's last `objective`."""
+    import optuna
+    import yaml
+    from optuna.trial import TrialState
+
+    from orchestrator import study
+    from orchestrator.config import ExperimentConfig
+    from orchestrator.mlflow_writer import trial_params
+    from orchestrator.search_space import trial_config_for
+
+    uri, _ = six_trials
+    client, parent, children = runs_of(uri, "six")
+    name, storage = parent.data.tags[study.STUDY_TAG], parent.data.tags[study.STORAGE_TAG]
+    assert name == "recall-orchestrator/six"
+    assert storage == uri.replace("mlflow.db", "optuna.db")  # beside the SQLite tracking store
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    finished = {t.user_attrs[study.TUNE_TRIAL_ID]: t for t in trials if t.state == TrialState.COMPLETE}
+    runs = {run.data.tags[tracking.TRIAL_ID]: run for run in children}
+    assert len(trials) == 6 and finished.keys() == runs.keys()
+    with open(client.download_artifacts(parent.info.run_id, "config.yaml")) as handle:
+        config = ExperimentConfig.model_validate(yaml.safe_load(handle))
+    for trial_id, trial in finished.items():
+        run = runs[trial_id]
+        assert trial.value == pytest.approx(run.data.metrics["objective"], rel=1e-12)
+        rebuilt = trial_config_for(config.trial_config(), trial.params, config.search_space)
+        assert trial_params(rebuilt) == run.data.params
+
+
 def test_bad_data_stops_the_sweep_before_anything_is_logged(tmp_path, monkeypatch):
     from trials.data import DataError
 

@@ -70,3 +70,14 @@ def test_resume_after_killing_the_driver(tmp_path):
             assert sorted(steps) == [1, 2, 3]
         else:  # the trial in flight continues from its last checkpointed epoch, possibly repeating one
             assert sorted(set(steps)) == [1, 2, 3]
+
+    # The resumed searcher wrote on in the sweep's one Optuna study: each trial told once, none twice.
+    from optuna import load_study
+    from optuna.trial import TrialState
+
+    from orchestrator import study
+
+    tags = parent.data.tags
+    trials = load_study(study_name=tags[study.STUDY_TAG], storage=tags[study.STORAGE_TAG]).trials
+    told = [trial.user_attrs[study.TUNE_TRIAL_ID] for trial in trials if trial.state == TrialState.COMPLETE]
+    assert sorted(told) == sorted(trial_ids), [(trial.number, trial.state, trial.user_attrs) for trial in trials]
