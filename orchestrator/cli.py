@@ -53,7 +53,7 @@ def cmd_sweep(args) -> int:
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     outcome = run_sweep(config, name, source=str(args.config), resume=args.resume, address=args.address,
-                        start=args.start)
+                        start=args.start, verbose=args.verbose)
     print(f"\nsweep '{name}': {len(outcome.leaderboard)} trials in {outcome.wall_seconds:.0f}s "
           f"(MLflow parent run {outcome.parent_run_id})")
     print(format_leaderboard(outcome.leaderboard))
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--from", dest="start", metavar="SOURCE",
                        help="incremental: continue this adapter and keep the facts it knows: models:/NAME@ALIAS, "
                             "models:/NAME/VERSION, a trial run id, or an adapter directory (then give data.retain)")
+    sweep.add_argument("--verbose", action="store_true",
+                       help="a line per trial per epoch (loss, val recall) above the progress line")
     sweep.set_defaults(func=cmd_sweep)
 
     promote = commands.add_parser("promote", help="register a sweep's best adapter (judged on the test split) "

@@ -19,17 +19,16 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
-from rich.console import Console
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
+from orchestrator.progress import sweep_console as console  # under the live progress line
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from trials.config import TrialConfig
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "iterations_since_restore", "training_iteration"}
-console = Console(highlight=False)
 
 
 def _short(value) -> str:
@@ -250,9 +249,7 @@ class MlflowTrials(Callback):
             placement = [RunTag(f"recall.{key}", str(result.get(key, "")))
                          for key in ("node_id", "gpu_ids", "cuda_visible_devices")]
             writes.append(lambda: self.client.log_batch(self._runs[trial.trial_id], tags=placement))
-        self._write(*writes)
-        console.print(f"  trial {trial.trial_id} epoch {step}: loss {result.get('loss', 0):.3f}  "
-                      f"val_exact_recall {result.get('val_exact_recall', 0):.3f}")
+        self._write(*writes)  # its line, with --verbose, is SweepProgress's (orchestrator/progress.py)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._open(trial)

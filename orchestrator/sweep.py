@@ -40,6 +40,7 @@ from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
+from orchestrator.progress import SweepProgress
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
@@ -241,10 +242,11 @@ def _incremental(config: ExperimentConfig, start: str | None, directory: Path,
 
 
 def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", resume: bool = False,
-              address: str | None = None, verbose: int = 0, start: str | None = None) -> SweepOutcome:
+              address: str | None = None, verbose: bool = False, start: str | None = None) -> SweepOutcome:
     """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial.
 
-    `start` (`--from`) makes it incremental: see `_incremental`."""
+    `start` (`--from`) makes it incremental: see `_incremental`. `verbose` adds a line per trial per
+    epoch to the progress (orchestrator/progress.py)."""
     from ray import tune
 
     from trials.evaluate import retained_knowledge
@@ -290,15 +292,18 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     deadline = started + config.sweep.time_budget_s if config.sweep.time_budget_s else None
     writer = MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline,
                           config.sweep.tracking_outage_wait_s)
+    progress = SweepProgress(name, config.sweep.num_samples, config.training.epochs, config.sweep.time_budget_s,
+                             verbose)
     stop = GracefulStop()
     try:
         connect_ray(address)  # first: Ray's core installs a SIGTERM handler of its own as it starts
         with stop:
-            _tuner(trainable, tune_config, writer, resume, name, storage, verbose).fit()
+            _tuner(trainable, tune_config, [writer, progress], resume, name, storage).fit()
     except KeyboardInterrupt:  # before Tune ran, or a second signal: stopped at once, still resumable
         stop.signum = stop.signum or signal.SIGINT
         raise
     finally:
+        progress.close()  # a second Ctrl-C skips Tune's on_experiment_end: the live line ends here
         # A resumed sweep runs the writer Tune restored from its experiment state, not `writer`.
         unwritten = MlflowTrials.of_sweep_run(parent_run_id).unwritten
         if unwritten:  # the server stayed away past sweep.tracking_outage_wait_s: the parent cannot be closed
@@ -312,16 +317,18 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     return SweepOutcome(name, parent_run_id, experiment_path, time.time() - started, board)
 
 
-def _tuner(trainable, tune_config, writer: MlflowTrials, resume: bool, name: str, storage: SweepStorage,
-           verbose: int):
+def _tuner(trainable, tune_config, callbacks: list, resume: bool, name: str, storage: SweepStorage):
     from ray import tune
 
-    if resume:  # Tune restores its callbacks (a copy of `writer`) and settings from the experiment state
+    # Tune restores its callbacks (copies of `callbacks`; SweepProgress says how it is re-created) and
+    # settings from the experiment state.
+    if resume:
         return tune.Tuner.restore(storage.experiment(name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False)
     return tune.Tuner(
         trainable,
         tune_config=tune_config,
-        run_config=tune.RunConfig(name=name, storage_path=storage.root, verbose=verbose,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[writer]),
+        # verbose=0: SweepProgress shows the sweep's progress; Tune's own table would repeat it.
+        run_config=tune.RunConfig(name=name, storage_path=storage.root, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=callbacks),
     )

@@ -156,7 +156,7 @@ def tracking_server(tmp_path_factory):
         stop_process_group(process, timeout=30)
 
 
-def submit(head: Head, uri: str, name: str, storage: Path, *overrides: str, wait: bool = True,
+def submit(head: Head, uri: str, name: str, storage: Path, *overrides: str, wait: bool = True, verbose: bool = False,
            env_vars: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """The README's command: this repository as the job's working dir, the tracking server's URI as
     the job's environment, `orchestrator sweep` (the head's PATH has the venv's bin) as entrypoint."""
@@ -165,7 +165,8 @@ def submit(head: Head, uri: str, name: str, storage: Path, *overrides: str, wait
     return ray_cli(head, "job", "submit", "--address", head.address, "--working-dir", str(REPO),
                    "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"sweep-{name}",
                    *(["--no-wait"] if not wait else []),
-                   "--", "orchestrator", "sweep", "configs/demo.yaml", "--name", name, *sets, timeout=timeout)
+                   "--", "orchestrator", "sweep", "configs/demo.yaml", "--name", name, *sets,
+                   *(["--verbose"] if verbose else []), timeout=timeout)
 
 
 def jobs_api(head: Head, path: str = ""):
@@ -199,6 +200,8 @@ def test_a_submitted_sweep_runs_on_the_cluster_and_lands_in_the_server(head, tra
 
     logs = job_logs(head, "sweep-job")  # what the sweep printed, leaderboard included
     assert "sweep 'job': 2 trials" in logs and "| " + " | ".join(LEADERBOARD_COLUMNS) + " |" in logs, logs[-3000:]
+    # Progress as plain lines (a job's log is no terminal); epoch lines only with --verbose.
+    assert "2/2 trials done" in logs and " epoch 1:" not in logs and "\x1b" not in logs, logs[-3000:]
 
     client, parent, trials = runs_of(tracking_server, "job")
     assert parent is not None and parent.info.status == "FINISHED"
@@ -224,7 +227,7 @@ def test_ray_job_stop_stops_the_sweep_and_keeps_it_resumable(head, tracking_serv
     # The sweep saves itself on SIGTERM; Ray SIGKILLs a job still running RAY_JOB_STOP_WAIT_TIME_S
     # (default 3) after it. The job's env_vars reach the job's supervisor, which reads it.
     result = submit(head, tracking_server, "stopped", shared, "sweep.num_samples=4", "training.epochs=40",
-                    wait=False, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "60"}, timeout=120)
+                    wait=False, verbose=True, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "60"}, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     deadline = time.monotonic() + 180

@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.service]
 def _sweep_command(tmp_path, *extra):
     overrides = [*FAST, "sweep.num_samples=3", "sweep.max_concurrent_trials=1", "training.epochs=3",
                  "sweep.asha.enabled=false", f"sweep.storage_path={tmp_path / 'ray_results'}"]
-    return [sys.executable, "-m", "orchestrator.cli", "sweep", str(DEMO), "--name", "evening",
+    # --verbose: the epoch lines tell when a trial has trained one
+    return [sys.executable, "-m", "orchestrator.cli", "sweep", str(DEMO), "--name", "evening", "--verbose",
             *[arg for override in overrides for arg in ("--set", override)], *extra]
 
 
@@ -84,6 +85,9 @@ def test_a_stopped_sweep_is_killed_in_mlflow_and_resumes(tmp_path, signum, store
                                  env={**env, "TMPDIR": str(temporary), "RAY_TMPDIR": "/tmp"},
                                  capture_output=True, text=True, timeout=400)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        # The progress Tune restored with the sweep is this driver's: plain lines in a pipe, epochs (--verbose).
+        assert "3/3 trials done" in resumed.stdout and " epoch 3:" in resumed.stdout, resumed.stdout[-3000:]
+        assert "\x1b" not in resumed.stdout
         _, parent, children = runs_of(uri, "evening")
         assert parent.info.status == "FINISHED"
         assert len(children) == 3 and all(run.info.status == "FINISHED" for run in children)

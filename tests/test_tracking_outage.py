@@ -33,7 +33,7 @@ def test_a_sweep_outlives_a_tracking_server_outage(tmp_path, orchestrator):
     env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     log_path = tmp_path / "sweep.log"
     with open(log_path, "w") as log:
-        sweep = subprocess.Popen(orchestrator("sweep", str(DEMO), "--name", "outage",
+        sweep = subprocess.Popen(orchestrator("sweep", str(DEMO), "--name", "outage", "--verbose",
                                               *[arg for item in overrides for arg in ("--set", item)]),
                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
