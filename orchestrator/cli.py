@@ -173,9 +173,11 @@ def _demo_round(config, name: str, source: str, step: int, steps: int, start: st
 def cmd_report(args) -> int:
     from orchestrator.report import report
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per small file read back
     text, paths = report(args.sweep, args.experiment, args.output_dir)
     print(text)
-    print("plots (also on the sweep's MLflow run, under report/): " + ", ".join(str(p) for p in paths))
+    print("written (also on the sweep's MLflow run, under report/): " + ", ".join(str(p) for p in paths))
+    print(f"open or mail the page: {paths[-1]}")
     return 0
 
 
@@ -262,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "incremental sweep from it, promote, and ask about both batches")
     demo.set_defaults(func=cmd_demo)
 
-    report = commands.add_parser("report", help="a sweep's leaderboard and plots, read back from MLflow")
+    report = commands.add_parser("report", help="a sweep's leaderboard, plots (Optuna's too), the champion's "
+                                              "answers and one HTML page, read back from MLflow and the study")
     report.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     report.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
-    report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the plots go")
+    report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the files go")
     report.set_defaults(func=cmd_report)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store sweeps write to")

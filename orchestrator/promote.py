@@ -8,8 +8,9 @@
    that keeps the retention floor if it broke it), by val_exact_recall where it is missing;
 2. download each one's adapter/ + trial_config.json + metrics.json and score it on the `test`
    split, which nothing used before (`trials.evaluate`, the trial's own scoring); the score goes
-   back onto the trial's run as metric `test_exact_recall` (the sweep driver has finished, so this
-   process is the only writer). An adapter holding NaN or inf is skipped, whatever its metrics, and
+   back onto the trial's run as metric `test_exact_recall`, its answers as `predictions_test.jsonl`
+   (what `orchestrator report` shows; the sweep driver has finished, so this process is the only
+   writer). An adapter holding NaN or inf is skipped, whatever its metrics, and
    the next trial by the objective takes its place;
 3. the best candidate: highest test recall; ties go to higher val recall, then to fewer
    trainable parameters;
@@ -53,6 +54,7 @@ from trials.methods import LoraMethod
 DEFAULT_MODEL_NAME = "recall-champion"
 ALIAS = "champion"
 VAL_METRIC, TEST_METRIC = "val_exact_recall", "test_exact_recall"
+TEST_PREDICTIONS = "predictions_test.jsonl"  # a candidate's answers on test, on its trial run
 OBJECTIVE = "objective"  # = orchestrator.sweep.METRIC, named here so promotion does not import Ray
 # Incremental promotions: the candidate's and the champion's recall on the old facts' test rows.
 RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall"
@@ -224,13 +226,14 @@ def _score_candidate(client, run, directory: Path) -> Scored:
         raise PromotionError(f"{config.data.qa}: no 'test' rows: promotion needs held-out questions to judge on")
     incremental = config.data.retain is not None
     scored = score_adapter(directory / "adapter", config, "test", retained=("test",) if incremental else ())
-    scores = scored["test"][0]
+    scores, answers = scored["test"]
     recall = scores["exact_recall"]
     # The registered model answers with the budget the candidate was scored with, old facts included.
     retained = retained_knowledge(config) if incremental else None
     budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval, retained)
     for name, value in scores.items():
         client.log_metric(run_id, f"test_{name}", value)
+    client.log_text(run_id, "".join(json.dumps(record) + "\n" for record in answers), TEST_PREDICTIONS)
     retention = scored["retained_test"][0]["exact_recall"] if incremental else None
     if incremental:  # not retention_exact_recall: the trial logged that per epoch, on the old val rows
         client.log_metric(run_id, f"test_{RETENTION_METRIC}", retention)

@@ -1,33 +1,91 @@
-"""`orchestrator report`: a finished (or running) sweep's leaderboard and plots, read from MLflow.
+"""`orchestrator report`: a sweep read back from MLflow and from its Optuna study, as figures, a table of
+answers and one HTML page.
 
-Two figures, saved beside each other and logged to the sweep's parent run:
+Written to --output-dir and logged to the sweep's parent run under report/:
 - learning_curves.png: val exact recall per epoch of every trial (where ASHA cut trials short);
-- learning_rate.png: final val recall against learning rate, by method (where the good region is).
+- learning_rate.png: final val recall against learning rate, by method (where the good region is);
+- recall_by_trial_epochs.png: the best val recall so far against the trial-epochs spent, in the order
+  they were trained (MLflow's metric histories), beside what training every trial to training.epochs
+  would have cost: what ASHA saved, and when the sweep found its best;
+- optimization_history.png, param_importances.png, parallel_coordinate.png: Optuna's own plots
+  (optuna.visualization.matplotlib) of the sweep's study (orchestrator/study.py). The importances use
+  Optuna's default evaluator, PED-ANOVA: it needs no scikit-learn (fANOVA and mean decrease impurity do),
+  and it weighs the method-conditional parameters (lora_r exists only in LoRA trials), which the others
+  leave out. Importances and parallel coordinates need two finished trials; with fewer, or without a
+  study (a sweep from before studies were stored), the report says so instead;
+- answers.md: one row per question of the champion, when it came from this sweep, else of the
+  leaderboard's top trial: the expected answer, the answer it gave, whether that counts. On test when
+  promotion scored that trial (it logs predictions_test.jsonl on the trial's run), else on val;
+- report.html: all of the above in one self-contained page (images inline) to open or mail.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import hints, tracking
+from orchestrator import hints, study, tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
 
+VAL_METRIC = "val_exact_recall"
+ALIAS, TEST_PREDICTIONS = "champion", "predictions_test.jsonl"  # = orchestrator.promote's (which imports torch)
 
-def _figures(client, board: list[dict], out_dir: Path) -> list[Path]:
+
+@dataclass
+class Answers:
+    """The per-question table: whose answers, on which split, and the records (trials.recall.score's)."""
+
+    whose: str
+    split: str
+    records: list[dict]
+
+    @property
+    def misses(self) -> list[dict]:
+        return [record for record in self.records if not record["correct"]]
+
+    def markdown(self) -> str:
+        def cell(text) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        rows = sorted(self.records, key=lambda record: record["correct"])  # the misses first
+        lines = [f"{self.whose}, {self.split} split: {len(self.misses)} of {len(self.records)} questions missed\n",
+                 "| question | expected | got | correct |", "|---|---|---|---|"]
+        lines += [f"| {cell(r['question'])} | {cell(r['expected'])} | {cell(r['got'])} | "
+                  f"{'yes' if r['correct'] else 'no'} |" for r in rows]
+        return "\n".join(lines) + "\n"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # Optuna's plots place labels past the axes
+    _pyplot().close(figure)
+    return path
+
+
+def _histories(client, runs) -> dict[str, list]:
+    """Each trial run's val recall history (every epoch it reported, repeats after a resume included)."""
+    return {run.info.run_id: client.get_metric_history(run.info.run_id, VAL_METRIC) for run in runs}
+
+
+def _mlflow_figures(board: list[dict], histories: dict[str, list], full_epochs: int, out_dir: Path) -> list[Path]:
+    plt = _pyplot()
     methods = sorted({row["method"] for row in board if row["method"]})
     # One look per method, in both figures, whatever methods the sweep searched.
     styles = {method: ("osv^D"[i % 5], ("-", "--", ":", "-.")[i % 4]) for i, method in enumerate(methods)}
     curves, ax = plt.subplots(figsize=(8, 5))
     for row in board:
-        history = client.get_metric_history(row["run_id"], "val_exact_recall")
-        steps = sorted({m.step: m.value for m in history}.items())
+        steps = sorted({m.step: m.value for m in histories.get(row["run_id"], [])}.items())
         if steps:
             ax.plot([s for s, _ in steps], [v for _, v in steps], marker=".",
                     label=f"{row['trial']} {row['method']}", linestyle=styles.get(row["method"], ("", "-"))[1])
@@ -40,23 +98,129 @@ def _figures(client, board: list[dict], out_dir: Path) -> list[Path]:
                    marker=styles[method][0], label=method)
     bx.set(xscale="log", xlabel="learning rate", ylabel="final val exact recall", title="Recall by learning rate")
     bx.legend()
-    paths = [out_dir / "learning_curves.png", out_dir / "learning_rate.png"]
-    for figure, path in zip((curves, scatter), paths):
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-    return paths
+    return [_save(curves, out_dir / "learning_curves.png"), _save(scatter, out_dir / "learning_rate.png"),
+            _trial_epochs_figure(histories, full_epochs, out_dir / "recall_by_trial_epochs.png")]
+
+
+def _trial_epochs_figure(histories: dict[str, list], full_epochs: int, path: Path) -> Path:
+    """Best val recall so far against trial-epochs spent: each reported epoch is one trial-epoch."""
+    plt = _pyplot()
+    values = [m.value for m in sorted((m for h in histories.values() for m in h), key=lambda m: m.timestamp)]
+    best = [max(values[: i + 1]) for i in range(len(values))]
+    figure, ax = plt.subplots(figsize=(8, 5))
+    ax.step(range(1, len(best) + 1), best, where="post", label=f"this sweep: {len(best)} trial-epochs")
+    if full_epochs > len(best):
+        ax.axvline(full_epochs, color="grey", linestyle="--",
+                   label=f"every trial to training.epochs: {full_epochs} trial-epochs")
+    ax.set(xlabel="trial-epochs spent", ylabel="best val exact recall so far", ylim=(-0.02, 1.02),
+           title="Val recall against trial-epochs (what early stopping saved)")
+    ax.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def _study_figures(parent, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Optuna's plots of the sweep's study, and notes on what is left out and why."""
+    import optuna
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as plots
+
+    name, url = parent.data.tags.get(study.STUDY_TAG), parent.data.tags.get(study.STORAGE_TAG)
+    if not name:
+        return [], ["Optuna's plots are left out: this sweep recorded no Optuna study (it ran before studies "
+                    "were stored)"]
+    try:
+        sweep_study = study.load(url, name)
+    except SweepError as error:
+        return [], [f"Optuna's plots are left out: {error}"]
+    finished = len(sweep_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    target = {"target_name": "objective"}
+    wanted = [("optimization_history.png", plots.plot_optimization_history, (9, 5))] if finished else []
+    notes = [] if finished else ["Optuna's plots are left out: the study has no finished trial"]
+    if finished >= 2:
+        wanted += [("param_importances.png", plots.plot_param_importances, (9, 5)),
+                   ("parallel_coordinate.png", plots.plot_parallel_coordinate, (13, 6))]
+    elif finished:
+        notes.append("parameter importances and parallel coordinates need 2 finished trials; the study has 1")
+    paths = []
+    for file_name, plot, size in wanted:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("always", UserWarning)
+            axes = plot(sweep_study, **target)
+        if file_name == "param_importances.png":  # PED-ANOVA warns when its estimate is weak (a method tried once)
+            notes += [f"{file_name}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+        axes.figure.set_size_inches(*size)
+        paths.append(_save(axes.figure, out_dir / file_name))
+    return paths, list(dict.fromkeys(notes))
+
+
+def _champion_run_id(client, sweep: str, trial_run_ids: set[str]) -> tuple[str, str] | None:
+    """(trial run id, "version V of MODEL") of a registered champion that came from this sweep, or None."""
+    versions = client.search_model_versions(f"tags.sweep = {tracking.quoted(sweep)}")
+    for version in sorted(versions, key=lambda v: -int(v.version)):
+        source = version.tags.get("source_run_id")
+        aliases = client.get_registered_model(version.name).aliases or {}
+        if source in trial_run_ids and str(aliases.get(ALIAS)) == str(version.version):
+            return source, f"version {version.version} of '{version.name}'"
+    return None
+
+
+def _answers(client, sweep: str, board: list[dict]) -> Answers | None:
+    """The champion's answers when it came from this sweep, else the top trial's; test when promotion
+    scored it, else val. None when no trial finished."""
+    finished = [row for row in board if row["status"] != "FAILED" and row["val_exact_recall"] is not None]
+    if not finished:
+        return None
+    by_run = {row["run_id"]: row for row in finished}
+    champion = _champion_run_id(client, sweep, set(by_run))
+    run_id = champion[0] if champion else finished[0]["run_id"]
+    trial = by_run[run_id]["trial"]
+    whose = f"champion ({champion[1]}, trial {trial})" if champion else f"top trial {trial} (not the champion)"
+    names = {artifact.path for artifact in client.list_artifacts(run_id)}
+    split, name = ("test", TEST_PREDICTIONS) if TEST_PREDICTIONS in names else ("val", "predictions_val.jsonl")
+    with open(client.download_artifacts(run_id, name), encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return Answers(whose, split, records)
+
+
+def _full_epochs(runs) -> int:
+    """Trial-epochs had every trial trained to its training.epochs (no early stopping)."""
+    return sum(int(run.data.params.get("training.epochs", 0)) for run in runs)
 
 
 def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list[Path]]:
-    """(leaderboard markdown, figure paths) for the named sweep, or the newest one."""
+    """(text for the terminal, files written) for the named sweep, or the newest one."""
+    from orchestrator.report_page import render
+
     client = tracking.client()
     parent = tracking.find_sweep_run(client, experiment, sweep)
     if parent is None:
         raise SweepError(hints.unknown_sweep(client, experiment, sweep, "report"))
+    name = parent.data.tags[tracking.SWEEP]
     board = leaderboard(client, parent.info.run_id)
-    paths = _figures(client, board, out_dir)
+    runs = tracking.trial_runs(client, parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = _mlflow_figures(board, _histories(client, runs), _full_epochs(runs), out_dir)
+    study_figures, notes = _study_figures(parent, out_dir)
+    answers = _answers(client, name, board)
+    paths = [*figures, *study_figures]
+    if answers is not None:
+        paths.append(out_dir / "answers.md")
+        paths[-1].write_text(answers.markdown(), encoding="utf-8")
+    title = f"sweep '{name}' ({parent.info.status}, {len(board)} trials)"
+    page = out_dir / "report.html"
+    page.write_text(render(title, board, paths, answers, notes, parent), encoding="utf-8")
+    paths.append(page)
     for path in paths:
         client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
-    title = f"sweep '{parent.data.tags[tracking.SWEEP]}' ({parent.info.status}, {len(board)} trials)\n"
-    return title + format_leaderboard(board), paths
+    return _text(title, board, answers, notes), paths
+
+
+def _text(title: str, board: list[dict], answers: Answers | None, notes: list[str]) -> str:
+    lines = [title, format_leaderboard(board)]
+    if answers is not None:
+        lines.append(f"{answers.whose}, {answers.split} split: {len(answers.misses)} of {len(answers.records)} "
+                     "questions missed" + (":" if answers.misses else ""))
+        lines += [f"  {r['question']}  expected: {r['expected']}  got: {r['got']}" for r in answers.misses]
+    lines += [f"note: {note}" for note in notes]
+    return "\n".join(lines) + "\n"

@@ -155,11 +155,16 @@ def test_report_reads_the_sweep_back_from_mlflow(six_trials, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sweep 'six' (FINISHED, 6 trials)" in out
     assert all(row["trial"] in out for row in outcome.leaderboard)
-    for name in ("learning_curves.png", "learning_rate.png"):
+    figures = {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png", "optimization_history.png",
+               "param_importances.png", "parallel_coordinate.png"}
+    for name in figures:
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     client, parent, _ = runs_of(uri, "six")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
-        "report/learning_curves.png", "report/learning_rate.png"}
+        f"report/{name}" for name in {*figures, "answers.md", "report.html"}}
+    # Nothing promoted: the answers are the top trial's, on val.
+    assert f"top trial {outcome.leaderboard[0]['trial']} (not the champion), val split" in out
+    assert "optuna-dashboard sqlite:///" in (tmp_path / "report.html").read_text()
 
 
 def test_the_optuna_study_holds_every_finished_trial_with_its_params_and_objective(six_trials):

@@ -134,7 +134,13 @@ def test_report_reads_the_sweep_from_the_server(server, team, orchestrator, tmp_
     client = tracking.client(uri)
     parent = tracking.find_sweep_run(client, "recall-orchestrator", "team")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
-        "report/learning_curves.png", "report/learning_rate.png"}
+        f"report/{name}" for name in ("learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png",
+                                      "optimization_history.png", "param_importances.png", "parallel_coordinate.png",
+                                      "answers.md", "report.html")}
+    # The study sits beside the sweep's results (no SQLite tracking store to sit beside); the champion came
+    # from this sweep, and promotion logged its answers on test.
+    assert parent.data.tags["recall.optuna_storage"].endswith("/ray_results/optuna.db")
+    assert "champion (version 1 of 'recall-champion', trial " in result.stdout and "test split" in result.stdout
     on_disk = store / "artifacts" / parent.info.artifact_uri.removeprefix("mlflow-artifacts:/") / "report"
     assert (on_disk / "learning_curves.png").stat().st_size > 0
 

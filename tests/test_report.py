@@ -1,0 +1,115 @@
+"""`orchestrator report` on sweeps logged by hand (the layout orchestrator.tracking documents) with an
+Optuna study beside them: no training, no Ray. The e2e report of a real sweep is in test_sweep.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from orchestrator import study, tracking
+from orchestrator.cli import main
+
+EXPERIMENT, MODEL = "recall-orchestrator", "recall-champion"
+ROWS = [{"question": "Which team is Ann on?", "expected": "Meridian", "got": "Meridian", "correct": True},
+        {"question": "Where does Bo work?", "expected": "Dome 3", "got": "Dome 1", "correct": False}]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """One MLflow store for the module (creating one takes seconds); each test logs its own sweep."""
+    folder = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        yield folder
+
+
+def _sweep(folder, name: str, trials: int, with_study: bool = True) -> tuple:
+    """A FINISHED sweep of `trials` LoRA/prefix trials (2 epochs each; the first is best) and its study,
+    in optuna-NAME.db."""
+    client = tracking.client()
+    parent = client.create_run(tracking.experiment_id(client, EXPERIMENT), run_name=name,
+                               tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+    url, study_name = f"sqlite:///{folder / f'optuna-{name}.db'}", study.study_name(EXPERIMENT, name)
+    sweep_study = optuna.create_study(study_name=study_name, storage=url, direction="maximize")
+    if with_study:
+        client.set_tag(parent.info.run_id, study.STORAGE_TAG, url)
+        client.set_tag(parent.info.run_id, study.STUDY_TAG, study_name)
+    run_ids = []
+    for index in range(trials):
+        method, rate, recall = ("lora", "prefix")[index % 2], 10 ** -(2 + index / 3), 0.5 / (index + 1)
+        run = client.create_run(parent.info.experiment_id, run_name=f"{name}-t{index}", tags={
+            tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial", tracking.SWEEP: name,
+            tracking.TRIAL_ID: f"t{index}"})
+        for key, value in {"method.name": method, "method.learning_rate": rate, "training.epochs": 2}.items():
+            client.log_param(run.info.run_id, key, value)
+        for epoch in (1, 2):
+            client.log_metric(run.info.run_id, "val_exact_recall", recall * epoch / 2, step=epoch)
+        client.log_text(run.info.run_id, "".join(json.dumps(row) + "\n" for row in ROWS), "predictions_val.jsonl")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        sweep_study.add_trial(optuna.trial.create_trial(
+            params={"method": method, f"{method}_learning_rate": rate}, value=recall,
+            distributions={"method": CategoricalDistribution(["lora", "prefix"]),
+                           f"{method}_learning_rate": FloatDistribution(1e-4, 1e-1, log=True)},
+            user_attrs={study.TUNE_TRIAL_ID: f"t{index}"}))
+        run_ids.append(run.info.run_id)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return client, parent.info.run_id, run_ids
+
+
+def _report(name: str, out_dir, capsys) -> str:
+    assert main(["report", "--sweep", name, "--output-dir", str(out_dir)]) == 0
+    return capsys.readouterr().out
+
+
+def _logged(client, run_id: str) -> set[str]:
+    return {artifact.path.removeprefix("report/") for artifact in client.list_artifacts(run_id, "report")}
+
+
+def test_the_report_draws_optunas_plots_and_the_champions_answers_into_one_page(folder, tmp_path, capsys):
+    client, parent_id, run_ids = _sweep(folder, "three", 3)
+    # Promotion scored the second trial on test and made it the champion.
+    test_rows = [{**ROWS[0], "question": "Which team is Cy on?"}, {**ROWS[1], "question": "Where does Di work?"}]
+    client.log_text(run_ids[1], "".join(json.dumps(row) + "\n" for row in test_rows), "predictions_test.jsonl")
+    client.create_registered_model(MODEL)
+    version = client.create_model_version(MODEL, f"runs:/{run_ids[1]}/model", run_ids[1],
+                                          tags={"sweep": "three", "source_run_id": run_ids[1]})
+    client.set_registered_model_alias(MODEL, "champion", version.version)
+
+    out = _report("three", tmp_path / "report", capsys)
+    files = {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png", "optimization_history.png",
+             "param_importances.png", "parallel_coordinate.png", "answers.md", "report.html"}
+    assert {path.name for path in (tmp_path / "report").iterdir()} == files == _logged(client, parent_id)
+    assert "champion (version 1 of 'recall-champion', trial t1), test split: 1 of 2 questions missed" in out
+    assert "Where does Di work?  expected: Dome 3  got: Dome 1" in out
+    answers = (tmp_path / "report" / "answers.md").read_text()
+    assert answers.index("| Where does Di work? | Dome 3 | Dome 1 | no |") < answers.index("Which team is Cy on?")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 6 and not re.search(r'(src|href)="(?!data:)', page)
+    assert '<tr class="miss">' in page and "Where does Di work?" in page and "optuna-dashboard sqlite:///" in page
+
+
+def test_one_finished_trial_gets_a_note_instead_of_importances(folder, tmp_path, capsys):
+    client, parent_id, _ = _sweep(folder, "one", 1)
+    out = _report("one", tmp_path / "report", capsys)
+    assert "note: parameter importances and parallel coordinates need 2 finished trials; the study has 1" in out
+    assert "top trial t0 (not the champion), val split: 1 of 2 questions missed" in out
+    assert _logged(client, parent_id) == {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png",
+                                          "optimization_history.png", "answers.md", "report.html"}
+
+
+@pytest.mark.parametrize(("gone", "why"), [("tags", "this sweep recorded no Optuna study"),
+                                           ("storage", "no Optuna storage at")])
+def test_a_sweep_whose_study_cannot_be_read_is_reported_without_optunas_plots(folder, tmp_path, capsys, gone, why):
+    name = f"no-{gone}"
+    client, parent_id, _ = _sweep(folder, name, 2, with_study=gone != "tags")
+    storage = folder / f"optuna-{name}.db"
+    if gone == "storage":
+        storage.unlink()
+    out = _report(name, tmp_path / "report", capsys)
+    assert f"note: Optuna's plots are left out: {why}" in out
+    assert storage.exists() == (gone == "tags")  # reading a storage that is gone creates none
+    assert "optimization_history.png" not in _logged(client, parent_id)
