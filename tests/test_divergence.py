@@ -80,11 +80,12 @@ def test_orchestrator_trial_exits_non_zero_with_one_line(repo_root, tmp_path, ca
 
 @pytest.mark.e2e
 def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatch):
+    import optuna
     import ray
     from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
     from sweep_support import fast_config, runs_of, store
 
+    from orchestrator import study
     from orchestrator.sweep import run_sweep
 
     uri = store(tmp_path, monkeypatch)
@@ -101,7 +102,7 @@ def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatc
     tags = children[0].data.tags
     assert tags["recall.failure"] == "diverged" and "non-finite loss at epoch 1, step" in tags["recall.error"]
 
-    # The searcher state Tune saved with the experiment (what --resume continues); its study is private.
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(tmp_path / "ray_results" / "diverging"))
-    assert [trial.state for trial in searcher._ot_study.trials] == [TrialState.FAIL]
+    # The sweep's stored study, as optuna-dashboard and optuna.load_study see it.
+    parent = runs_of(uri, "diverging")[1]
+    name, storage = parent.data.tags[study.STUDY_TAG], parent.data.tags[study.STORAGE_TAG]
+    assert [trial.state for trial in optuna.load_study(study_name=name, storage=storage).trials] == [TrialState.FAIL]
