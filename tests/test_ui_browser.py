@@ -1,0 +1,175 @@
+"""`orchestrator ui` on a store holding a finished, promoted sweep, checked in a real browser: headless
+Chromium (Debian's package, which the Makefile installs; Playwright's own browser download is not
+used) driven by Playwright, from the link the command prints.
+
+What a new user must find there: the sweep's run with its trials nested under it, each trial's
+val_exact_recall among the columns shown by default, a trial's adapter and val predictions among its
+artifacts, and the registered model's `champion` alias. The screenshots it takes of the runs table and
+of the chart comparing the trials are the README's (docs/runs-table.png, docs/compare-chart.png):
+`pytest tests/test_ui_browser.py --basetemp=DIR` leaves them in DIR/screenshots0/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+from playwright.sync_api import expect, sync_playwright
+from service_support import free_port, wait_for_http, without_mlflow_uris
+from sweep_support import LEARNS, fast_config, runs_of, store
+
+from orchestrator.mlflow_ui import COLUMNS, RUN_NAME
+from orchestrator.server import stop_process_group
+
+pytestmark = [pytest.mark.e2e, pytest.mark.service]
+
+SWEEP, MODEL = "night", "recall-champion"
+VAL_RECALL, DESCRIPTION = "metrics.`val_exact_recall`", "attributes.`Description`"
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory):
+    """A finished sweep of four trials (the demo's own recipe first, 5 epochs: some recall to show) and its
+    best registered as the champion: the store's tracking URI."""
+    from orchestrator.promote import promote
+    from orchestrator.sweep import run_sweep
+
+    tmp_path = tmp_path_factory.mktemp("ui-store")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            uri = store(tmp_path, monkeypatch)
+            monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            run_sweep(fast_config(tmp_path, *LEARNS, "sweep.num_samples=4"), SWEEP)
+            # The UI needs an alias to show, not the promotion gate's verdict (tests/test_promote.py's).
+            promote(SWEEP, top_k=1, force=True, log=lambda line: None)
+    finally:
+        ray.shutdown()
+    return uri
+
+
+@pytest.fixture(scope="module")
+def ui(promoted, orchestrator, tmp_path_factory):
+    """`orchestrator ui` serving the store on a free 127.0.0.1 port, as on a desktop (DISPLAY) whose browser
+    ($BROWSER, which Python's webbrowser runs) writes down what it was asked to open: (the link it printed,
+    that file)."""
+    work = tmp_path_factory.mktemp("ui")
+    port, log, opened = free_port(), work / "ui.log", work / "opened"
+    browser = f"{sys.executable} -c \"import pathlib, sys; pathlib.Path({str(opened)!r}).write_text(sys.argv[1])\" %s"
+    env = {**without_mlflow_uris(), "MLFLOW_TRACKING_URI": promoted, "DISPLAY": ":0", "BROWSER": browser}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(orchestrator("ui", "--port", str(port)), cwd=work, env=env,
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process, log, 120)
+        printed = re.search(r"http://127\.0\.0\.1:\d+/#/\S+", log.read_text())
+        assert printed, log.read_text()
+        yield printed.group(0), opened
+    finally:
+        stop_process_group(process, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def link(ui):
+    return ui[0]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert CHROMIUM, "no chromium on PATH: `make install` installs Debian's (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser (no view state kept from another test) on a wide screen: the runs table draws only
+    the columns in sight. MLflow's assistant panel, which opens beside a new browser's first page and
+    narrows the table, is closed whenever it shows."""
+    context = browser.new_context(viewport={"width": 1920, "height": 1000})
+    page = context.new_page()
+    close_assistant = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    page.add_locator_handler(close_assistant, lambda: close_assistant.click())
+    yield page
+    context.close()
+
+
+def _cell(page, run_id: str, column: str):
+    """A cell of the runs table (AG Grid keys rows by run id, columns as MLflow's COLUMNS spell them)."""
+    return page.locator(f".ag-row[row-id='{run_id}'] [col-id='{column}']")
+
+
+def _unfold(page, parent_id: str) -> None:
+    _cell(page, parent_id, RUN_NAME).locator("button").first.click()
+
+
+def test_the_printed_link_lands_on_the_trials_nested_under_their_sweep(promoted, link, page, screenshots):
+    client, parent, trials = runs_of(promoted, SWEEP)
+    page.goto(link)
+    parent_row = _cell(page, parent.info.run_id, RUN_NAME)
+    expect(parent_row).to_contain_text(SWEEP, timeout=60_000)
+    assert re.search(rf"#/experiments/{parent.info.experiment_id}/runs\?", page.url), page.url  # not GenAI's overview
+    # The columns people compare are there before anyone picks columns.
+    for column in COLUMNS:
+        expect(page.locator(f".ag-header-cell[col-id='{column}']")).to_have_count(1)
+    # Nested: the trials are rows only once their sweep's row is unfolded.
+    for run in trials:
+        expect(_cell(page, run.info.run_id, RUN_NAME)).to_have_count(0)
+    _unfold(page, parent.info.run_id)
+    for run in trials:
+        expect(_cell(page, run.info.run_id, RUN_NAME).get_by_role("link")).to_have_text(run.info.run_name)
+        shown = _cell(page, run.info.run_id, VAL_RECALL).inner_text()
+        assert float(shown) == pytest.approx(run.data.metrics["val_exact_recall"], abs=1e-6), (run.info.run_name, shown)
+    # The sweep's row says what it found without a click.
+    expect(_cell(page, parent.info.run_id, DESCRIPTION)).to_contain_text(f"Best of {len(trials)} trials")
+    page.screenshot(path=screenshots / "runs-table.png")
+
+    page.locator("label:has(input[value='CHART'])").click()  # the charts of the same, unfolded rows
+    cards = page.get_by_test_id("experiment-view-compare-runs-card")
+    expect(cards.first).to_contain_text("val_exact_recall")  # the view's charts come first
+    expect(cards.nth(1)).to_contain_text("Parallel Coordinates")
+    epochs = sum(len(client.get_metric_history(run.info.run_id, "val_exact_recall")) for run in trials)
+    expect(cards.first.locator("g.trace .point").nth(epochs - 1)).to_be_attached()  # a point per trial and epoch
+    page.wait_for_timeout(1000)  # the charts animate in
+    page.screenshot(path=screenshots / "compare-chart.png")
+
+
+def test_a_trial_keeps_its_adapter_and_predictions_as_artifacts(promoted, link, page):
+    _, parent, trials = runs_of(promoted, SWEEP)
+    best = max(trials, key=lambda run: run.data.metrics["val_exact_recall"])
+    page.goto(link)
+    _unfold(page, parent.info.run_id)
+    _cell(page, best.info.run_id, RUN_NAME).get_by_role("link", name=best.info.run_name).click()
+    page.get_by_role("tab", name="Artifacts").click()
+    expect(page.get_by_text("predictions_val.jsonl", exact=True)).to_be_visible(timeout=30_000)
+    page.get_by_text("adapter", exact=True).click()
+    expect(page.get_by_text("adapter_model.safetensors", exact=True)).to_be_visible()
+
+
+def test_the_registered_model_shows_its_champion(promoted, link, page):
+    page.goto(link)
+    page.get_by_role("link", name="Model registry").click()
+    page.get_by_role("dialog").get_by_role("button", name="Close").click()  # MLflow's advert for its newer page
+    page.get_by_role("link", name=MODEL, exact=True).click()
+    expect(page.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible(timeout=30_000)
+
+
+def test_ui_opens_its_link_in_the_desktop_browser(ui):
+    link, opened = ui
+    deadline = time.monotonic() + 30  # it opens the link once the UI answers
+    while not opened.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert opened.exists() and opened.read_text() == link
