@@ -103,8 +103,10 @@ class MlflowTrials(Callback):
         MlflowTrials._by_sweep_run[parent_run_id] = self
 
     @classmethod
-    def of_sweep_run(cls, parent_run_id: str) -> MlflowTrials:
-        return cls._by_sweep_run[parent_run_id]
+    def release(cls, parent_run_id: str) -> MlflowTrials:
+        """The sweep run's live writer, forgotten here: the sweep is over (a long process, such as the
+        demo, runs several)."""
+        return cls._by_sweep_run.pop(parent_run_id)
 
     @property
     def unwritten(self) -> int:
