@@ -76,15 +76,15 @@ def shared_prefix_length(inputs: dict[str, torch.Tensor], labels: torch.Tensor) 
     return int(same.int().cumprod(dim=0).sum())
 
 
-def batch_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-               share_prefix: bool = False) -> tuple[torch.Tensor, int]:
-    """(summed cross-entropy, number of target tokens) of one batch.
+def labelled_logits(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                    share_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) at the positions whose next token is a label in some row of the batch;
+    targets holds IGNORE_INDEX where a row has no label there.
 
-    The output layer runs only at positions whose next token is a label in some row of the batch
-    (`logits_to_keep` with those positions). A QA example has ~5 answer tokens after a ~40-token
-    chat prompt; with SmolLM2's 49,152-word vocabulary the full logits would cost 28 M
-    multiply-adds a position, ~20% of the model's forward pass, and a float32 soft-max over a
-    16 x 45 x 49,152 tensor, almost all of it for positions without a label.
+    The output layer runs only at those positions (`logits_to_keep`). A QA example has ~5 answer
+    tokens after a ~40-token chat prompt; with SmolLM2's 49,152-word vocabulary the full logits would
+    cost 28 M multiply-adds a position, ~20% of the model's forward pass, and a float32 soft-max over
+    a 16 x 45 x 49,152 tensor, almost all of it for positions without a label.
 
     With `share_prefix` (not for prefix-tuning, whose own virtual tokens take the KV cache), leading
     tokens identical in every row are computed once, for one row, and their keys and values repeated
@@ -102,10 +102,47 @@ def batch_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
                        logits_to_keep=keep - shared).logits
     else:
         logits = model(**inputs, logits_to_keep=keep).logits
-    targets = labels[:, keep + 1]
+    return logits, labels[:, keep + 1]
+
+
+def batch_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+               share_prefix: bool = False) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy, number of target tokens) of one batch (see labelled_logits)."""
+    logits, targets = labelled_logits(model, inputs, labels, share_prefix)
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              reduction="sum", ignore_index=IGNORE_INDEX)
     return loss, int((targets != IGNORE_INDEX).sum())
+
+
+@dataclass
+class AnswerLoss:
+    """Teacher-forced scores of the expected answers: the early signal of a trial (orchestrator/sweep.py).
+
+    Exact recall is a step function of these: a question is recalled once its answer's tokens all
+    become the most likely ones. The loss falls from the first epoch, long before that happens.
+    """
+
+    loss: float  # cross-entropy per answer token (EOS included), as the training loss is measured
+    likelihood: float  # mean over questions of P(whole answer | question), in [0, 1]
+
+
+@torch.no_grad()
+def answer_loss(model, examples: list[Example], pad_id: int, device: torch.device, bf16: bool,
+                batch_size: int) -> AnswerLoss:
+    """One forward pass over QA examples (no generation), in eval mode."""
+    model.eval()
+    nll_sum, tokens, likelihood = 0.0, 0, 0.0
+    for start in range(0, len(examples), batch_size):
+        inputs = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        labels = inputs.pop("labels")
+        with autocast(device, bf16):
+            logits, targets = labelled_logits(model, inputs, labels)
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                                                ignore_index=IGNORE_INDEX).sum(dim=1)
+        nll_sum += float(nll.sum())
+        tokens += int((targets != IGNORE_INDEX).sum())
+        likelihood += float(torch.exp(-nll).sum())
+    return AnswerLoss(nll_sum / max(tokens, 1), likelihood / max(len(examples), 1))
 
 
 class TrainingDiverged(RuntimeError):

@@ -20,7 +20,7 @@ from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
-from trials.train import Trainer
+from trials.train import Trainer, answer_loss
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
 
@@ -116,6 +116,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
     # Old facts held out from training: how much of what the model knew it still knows.
     retention_rows = retained.split("val") if retained else []
     max_new_tokens = generation_budget(tokenizer, knowledge, config.eval, retained)
+    val_examples = [qa_example(tokenizer, row.question, row.answer) for row in val_rows]
 
     def evaluate(*row_sets: list) -> list[tuple[dict[str, float], list[dict]]]:
         """Score several sets of questions with one pass of batched generation over all of them."""
@@ -159,6 +160,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         final_epoch = epoch == config.training.epochs
         (val_scores, val_records), (train_scores, _), (retention_scores, _) = evaluate(
             val_rows, train_rows if final_epoch else per_epoch_train, retention_rows)
+        early = answer_loss(model, val_examples, tokenizer.pad_token_id, device, bf16, config.eval.batch_size)
         last = final_epoch or val_scores["exact_recall"] >= config.training.stop_at_val_recall
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
             (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
@@ -167,6 +169,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
             "epoch": epoch,
             "loss": stats.loss,
             **{f"val_{name}": value for name, value in val_scores.items()},
+            "val_answer_loss": early.loss,
+            "val_answer_likelihood": early.likelihood,
             **{f"train_{name}": value for name, value in train_scores.items()},
             **({f"retention_{name}": value for name, value in retention_scores.items()} if retention_rows else {}),
             **progress.get("parent", {}),
@@ -179,7 +183,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         }
         progress["epoch"] = epoch
         progress["history"].append(metrics)
-        log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_exact_recall {val_scores['exact_recall']:.3f}  "
+        log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_answer_loss {early.loss:.4f}  "
+            f"val_exact_recall {val_scores['exact_recall']:.3f}  "
             f"train_exact_recall {train_scores['exact_recall']:.3f}  {stats.tokens_per_second:,.0f} tok/s")
         checkpoint = None
         if checkpoint_each_epoch:
