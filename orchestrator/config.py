@@ -41,6 +41,12 @@ class SweepConfig(Strict):
     asha: AshaConfig = Field(default_factory=AshaConfig)
     storage_path: str | None = Field(None, description="Ray Tune results; shared storage on a cluster. Default ./ray_results.")
     experiment: str = Field("recall-orchestrator", description="MLflow experiment holding the sweeps.")
+    warm_start: str | None = Field(
+        None, min_length=1, description="Run the best trials of an earlier finished sweep first: its name, or auto "
+                                        "(every earlier finished sweep in the experiment on the same base model and "
+                                        "method set). Before points_to_evaluate and TPE (orchestrator/warm_start.py).")
+    warm_start_top: int = Field(3, ge=1, description="warm_start: how many of the earlier sweeps' best trials to run "
+                                                     "first (over all of them, each configuration once).")
     optuna_storage: str | None = Field(
         None, description="Database URL (SQLAlchemy) of the sweeps' Optuna studies, e.g. "
                           "postgresql+psycopg2://host/optuna; never MLflow's own database. Default: optuna.db beside a "

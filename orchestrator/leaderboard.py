@@ -10,7 +10,7 @@ import time
 from orchestrator import tracking
 
 LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall", "epochs",
-                       "stopped_by", "seconds")
+                       "stopped_by", "seconds", "origin")
 
 
 def param_number(text: str | None) -> float | int | None:
@@ -39,6 +39,8 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, "val_exact_recall")}),
             "stopped_by": run.data.tags.get("recall.stopped_by"),
             "seconds": round((end - run.info.start_time) / 1000, 1),
+            # warm:<earlier sweep>, seed (points_to_evaluate) or optuna: orchestrator/warm_start.py
+            "origin": run.data.tags.get(tracking.ORIGIN),
             "error": run.data.tags.get("recall.error", "")[-300:],
         })
     rows.sort(key=lambda row: (row["status"] == "FAILED", -(row["val_exact_recall"] or -1.0)))

@@ -25,6 +25,7 @@ from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
 from orchestrator.progress import sweep_console as console  # under the live progress line
 from orchestrator.search_space import SearchSpace, trial_config_for
+from orchestrator.warm_start import ORIGIN, sweep_tags
 from orchestrator.server import check_reachable
 from trials.config import TrialConfig
 
@@ -197,14 +198,16 @@ class MlflowTrials(Callback):
             return
         self._opened.add(trial.trial_id)
         config = self._trial_config(trial.config)
-        self._write(partial(self._find_or_create_run, trial.trial_id, config),
+        # Where its config came from: the searcher put it in the Tune config (orchestrator/warm_start.py).
+        origin = trial.config.get(ORIGIN)
+        self._write(partial(self._find_or_create_run, trial.trial_id, config, origin),
                     partial(self._describe_run, trial.trial_id, config))
 
     def _trial_config(self, knobs: dict) -> TrialConfig:
         space = SearchSpace.model_validate(self.space)
         return trial_config_for(TrialConfig.model_validate(self.base), dict(knobs), space)
 
-    def _find_or_create_run(self, trial_id: str, config: TrialConfig) -> None:
+    def _find_or_create_run(self, trial_id: str, config: TrialConfig, origin: str | None = None) -> None:
         query = (f"tags.`{tracking.PARENT}` = {tracking.quoted(self.parent_run_id)} and "
                  f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial_id)}")
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
@@ -212,7 +215,8 @@ class MlflowTrials(Callback):
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(config, trial_id),
                 tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial", tracking.SWEEP: self.sweep,
-                      tracking.TRIAL_ID: trial_id, tracking.NOTE: trial_note(config, self.sweep)})
+                      tracking.TRIAL_ID: trial_id, tracking.NOTE: trial_note(config, self.sweep),
+                      **({tracking.ORIGIN: origin} if origin else {})})
             self._runs[trial_id] = run.info.run_id
         elif existing[0].info.status == "FINISHED":
             # It finished before the driver died, after Tune's last snapshot: Tune resumes it from its
@@ -364,7 +368,8 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
     run = client.create_run(experiment_id, run_name=name, tags={tracking.ROLE: "sweep", tracking.SWEEP: name,
-                                                                tracking.NOTE: sweep_note(config, name)})
+                                                                tracking.NOTE: sweep_note(config, name),
+                                                                **sweep_tags(config)})
     client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
     for key, value in _flat("sweep", config.sweep.model_dump(mode="json")).items():
         client.log_param(run.info.run_id, key, value)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator import study, tracking
+from orchestrator import study, tracking, warm_start
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted
@@ -143,12 +143,28 @@ def _space(config: ExperimentConfig, source: str) -> SearchSpace:
 
 class LinkedOptunaSearch(OptunaSearch):
     """OptunaSearch that names each Optuna trial's Tune trial (user attribute `tune_trial_id`, the
-    `recall.trial_id` tag of its MLflow run), so the study and the MLflow runs can be matched."""
+    `recall.trial_id` tag of its MLflow run), so the study and the MLflow runs can be matched.
+
+    `points` (point, origin) run first, in order: enqueued here rather than as points_to_evaluate, each
+    with its origin as a user attribute, which the trial Optuna hands out for it carries; suggest passes
+    it on in the Tune config, key `origin` (orchestrator/warm_start.py)."""
+
+    def __init__(self, *args, points: list[tuple[dict, str]] = (), **kwargs):
+        super().__init__(*args, **kwargs)  # the study exists from here: the space is given
+        for point, origin in points:
+            self._ot_study.enqueue_trial(point, user_attrs={warm_start.ORIGIN: origin})
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(study.TUNE_TRIAL_ID, trial_id)
-        return params
+        if params is None:
+            return None
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr(study.TUNE_TRIAL_ID, trial_id)
+        origin = trial.user_attrs.get(warm_start.ORIGIN)
+        if origin is None:  # not an enqueued point: TPE (or its random start) suggested it
+            origin = warm_start.OPTUNA
+            trial.set_user_attr(warm_start.ORIGIN, origin)
+        return {**params, warm_start.ORIGIN: origin}
 
 
 @dataclass
@@ -183,7 +199,8 @@ def _end_study(config: ExperimentConfig, storage: SweepStorage, tags: dict[str, 
         study.fail_unfinished(url, tags[study.STUDY_TAG])
 
 
-def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStudy):
+def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStudy,
+                 warm: warm_start.WarmStart | None = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
@@ -193,7 +210,8 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
         space=DefineByRun(space),
         metric=METRIC,
         mode=MODE,
-        points_to_evaluate=[dict(point) for point in space.points_to_evaluate] or None,
+        # The warm start's points (earlier sweeps' best), then points_to_evaluate, then TPE's suggestions.
+        points=warm_start.first_points(space, warm),
         # group=True lets TPE model each method's conditional parameters separately.
         sampler=optuna.samplers.TPESampler(seed=config.sweep.seed, n_startup_trials=config.sweep.startup_trials,
                                            multivariate=True, group=True),
@@ -264,6 +282,8 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     config, lineage = _incremental(config, start, storage.local_folder(f"{name}.start"), source)
     space = _space(config, source)
     retained_knowledge(config)  # the old facts are checked as early as the new ones
+    # and sweep.warm_start (read from MLflow), before Ray or the new study; a resumed sweep's searcher has its points.
+    warm = None if resume else warm_start.resolve(config, sweep=name, source=source)
 
     base = config.trial_config().model_dump(mode="json")
     space_dump = space.model_dump(mode="json")
@@ -273,7 +293,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     trainable = tune.with_resources(trainable, resources)
     # Built before anything is logged; a resumed sweep's searcher (and study) come back with Tune's state.
     new_study = None if resume else NewStudy.of(config, name, storage)
-    tune_config = None if resume else _tune_config(config, space, new_study)
+    tune_config = None if resume else _tune_config(config, space, new_study, warm)
     uri = tracking.tracking_uri()
     client = tracking.client(uri)
     try:
@@ -286,6 +306,8 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     tags = dict(lineage)
     if new_study is not None:
         tags.update({study.STORAGE_TAG: study.hidden(new_study.url), study.STUDY_TAG: new_study.name})
+    if warm is not None:
+        tags.update(warm.tags())
     for key, value in tags.items():
         client.set_tag(parent_run_id, key, value)
     started = time.time()

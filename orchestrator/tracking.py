@@ -3,11 +3,15 @@
 Layout (what `promote`, `report` and the MLflow UI read):
 - experiment `sweep.experiment` (default "recall-orchestrator"), tagged mlflow.experimentKind =
   custom_model_development;
-- one parent run per sweep: run name = sweep name, tags recall.role=sweep, recall.sweep=NAME; an
-  incremental sweep adds recall.from, recall.parent_model and recall.parent_version; its description
-  (mlflow.note.content) says what the sweep searches and, once it ends, its best trial;
+- one parent run per sweep: run name = sweep name, tags recall.role=sweep, recall.sweep=NAME,
+  recall.base_model, recall.methods (what a later sweep's `warm_start: auto` matches on); a warm-started
+  sweep adds recall.warm_start, recall.warm_start_sweeps and recall.warm_start_trials (what it resolved
+  to, orchestrator/warm_start.py); an incremental sweep adds recall.from, recall.parent_model and
+  recall.parent_version; its description (mlflow.note.content) says what the sweep searches and, once
+  it ends, its best trial;
 - one child run per trial, named by its method, shape and learning rate: tag mlflow.parentRunId,
-  recall.role=trial, recall.sweep, recall.trial_id, recall.method_shape, a description with its knobs
+  recall.role=trial, recall.sweep, recall.trial_id, recall.method_shape, recall.origin (where its config came
+  from: warm:<earlier sweep>, seed for the config's points_to_evaluate, optuna), a description with its knobs
   and, once it ends, its val recall; params = the trial's method and training knobs (and init_adapter,
   data.retain when incremental); every numeric metric it reports, at step=epoch;
   artifacts adapter/ (peft adapter + tokenizer), predictions_val.jsonl, metrics.json,
@@ -32,6 +36,11 @@ ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
 METHOD_SHAPE = "recall.method_shape"  # e.g. "r=16 alpha=32 q,v": the leaderboard's shape column
 # An incremental sweep's parent run: where it started (--from) and the registered version that is.
 FROM, PARENT_MODEL, PARENT_VERSION = "recall.from", "recall.parent_model", "recall.parent_version"
+# A sweep's base model and method set, and its warm start (orchestrator/warm_start.py); a trial's origin.
+BASE_MODEL, METHODS = "recall.base_model", "recall.methods"
+WARM_START, WARM_START_SWEEPS, WARM_START_TRIALS = ("recall.warm_start", "recall.warm_start_sweeps",
+                                                   "recall.warm_start_trials")
+ORIGIN = "recall.origin"
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page in the MLflow UI
 # What the experiment holds, for the MLflow 3 UI: training runs compared as a table, not GenAI traces.

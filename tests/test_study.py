@@ -84,10 +84,11 @@ def test_the_pickled_searcher_writes_to_the_same_study(tmp_path, monkeypatch):
     restored.suggest("t3")
 
     trials = optuna.load_study(study_name=new.name, storage=new.url).trials
+    # origin: the first trial is the config's point (the seed recipe), then TPE's (orchestrator/warm_start.py).
     assert [(t.number, t.state, t.value, t.user_attrs) for t in trials] == [
-        (0, TrialState.COMPLETE, 0.5, {"tune_trial_id": "t1"}),
-        (1, TrialState.COMPLETE, 0.25, {"tune_trial_id": "t2"}),
-        (2, TrialState.RUNNING, None, {"tune_trial_id": "t3"}),
+        (0, TrialState.COMPLETE, 0.5, {"tune_trial_id": "t1", "origin": "seed"}),
+        (1, TrialState.COMPLETE, 0.25, {"tune_trial_id": "t2", "origin": "optuna"}),
+        (2, TrialState.RUNNING, None, {"tune_trial_id": "t3", "origin": "optuna"}),
     ]
     assert trials[0].params["method"] == first["method"] == "lora"
     # The sweep ended with t3 never told (the time budget ran out): it is failed, the others stay.

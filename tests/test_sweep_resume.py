@@ -70,6 +70,9 @@ def test_resume_after_killing_the_driver(tmp_path):
             assert sorted(steps) == [1, 2, 3]
         else:  # the trial in flight continues from its last checkpointed epoch, possibly repeating one
             assert sorted(set(steps)) == [1, 2, 3]
+    # Each run says where its config came from, the trials asked for after the resume too: the demo's
+    # point, then TPE's (orchestrator/warm_start.py).
+    assert sorted(run.data.tags.get("recall.origin") for run in children) == ["optuna"] * 3 + ["seed"]
 
     # The resumed searcher wrote on in the sweep's one Optuna study: each trial told once, none twice.
     from optuna import load_study
