@@ -6,6 +6,7 @@ One YAML file holds both, so `orchestrator trial` and `orchestrator sweep` read 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -26,9 +27,19 @@ class Resources(Strict):
 
 
 class AshaConfig(Strict):
-    enabled: bool = Field(True, description="Stop trials whose val recall trails at a rung (ASHA).")
-    grace_period: int = Field(2, gt=0, description="Epochs every trial gets before it can be stopped.")
-    reduction_factor: float = Field(2.0, gt=1, description="Keep the top 1/reduction_factor at each rung.")
+    """Early stopping (orchestrator/scheduling.py): trials are compared at rungs, epochs grace_period *
+    reduction_factor**k, and continue only in the top 1/reduction_factor of those recorded there."""
+
+    enabled: bool = Field(True, description="Stop trials that trail at a rung (asynchronous successive halving).")
+    grace_period: int = Field(1, gt=0, description="Epochs every trial gets before it can be stopped.")
+    reduction_factor: float = Field(4.0, gt=1, description="Keep the top 1/reduction_factor at each rung.")
+    compare_by: Literal["auto", "val_answer_loss", "objective"] = Field(
+        "auto", description="What rungs compare: the teacher-forced loss of the val answers (continuous, moves from "
+                            "the first epoch), or the sweep's objective (exact recall). auto: the loss, except in an "
+                            "incremental sweep, whose retention floor only the objective sees.")
+    compare_at_least: int = Field(
+        2, ge=1, description="A trial passes a rung only once this many trials are recorded there; the first to "
+                             "arrive waits, paused, for company (1: Ray's plain ASHA, the first arrivals pass).")
 
 
 class SweepConfig(Strict):

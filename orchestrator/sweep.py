@@ -1,23 +1,26 @@
-"""A sweep: Ray Tune runs trials (OptunaSearch + ASHA), the driver records each in MLflow.
+"""A sweep: Ray Tune runs trials (OptunaSearch + early stopping), the driver records each in MLflow.
 
 What the sweep optimises: `objective` = val_exact_recall + train_exact_recall / (2 * val questions),
 that is val recall with ties broken by train recall, the tie-break worth less than half of one val
 question so it never outranks a real val difference. Early on most trials recall no val question;
-plain val recall then ties at 0, ASHA's cutoff is 0 and nothing is stopped, and TPE sees a flat
-landscape. Train recall rises first in the trials that are learning, so it separates them.
+plain val recall then ties at 0 and TPE sees a flat landscape. Train recall rises first in the
+trials that are learning, so it separates them.
 
 An incremental sweep (one that starts from an adapter and keeps old facts, `data.retain`) adds a
 floor: a trial must keep `retention_exact_recall` (old held-out questions) at least
 `sweep.retention_floor` (0.95) x the recall its starting adapter had on the same questions. A trial
 that keeps the floor scores as above; one that breaks it scores retention / floor - 1, in [-1, 0):
 below every trial that keeps it, and the less it forgot the higher. So the sweep maximises new-fact
-recall subject to retention, and Optuna and ASHA see forgetting as the worst outcome.
+recall subject to retention, and Optuna (and early stopping, which compares `objective` in an
+incremental sweep) see forgetting as the worst outcome.
 
-How ASHA-stopped trials reach Optuna: Ray's OptunaSearch tells Optuna every trial that ends,
-stopped early or not, as COMPLETE with its last reported `objective`. For a trial ASHA
-stopped, that is its recall at the rung where it trailed: a pessimistic value, which is the
-right direction for TPE (it lands among the "bad" observations, as ASHA judged it). Trials that
-raised are told as FAIL and do not shape the sampler.
+Early stopping (orchestrator/scheduling.py) compares trials at rungs by the val answers'
+teacher-forced loss (`sweep.asha.compare_by`, see `rung_metric`), which moves from the first epoch;
+what Optuna optimises and promotion ranks by stays `objective`. A trial stopped at a rung reaches
+Optuna as COMPLETE with its last reported `objective`: a pessimistic value, which is the right
+direction for TPE (it lands among the "bad" observations). One stopped while it waited at a rung
+reaches it as PRUNED (Tune's stop of a paused trial carries no result), which TPE ranks below the
+completed ones. Trials that raised are told as FAIL and do not shape the sampler.
 
 The study is kept in a database (`sweep.optuna_storage`), named "<experiment>/<sweep>", so Optuna's own
 tools see it: orchestrator/study.py says where and why.
@@ -77,6 +80,16 @@ def _train_in_tune(params: dict, base: dict, space: dict, retention_floor: float
         # A resumed sweep continues this trial where its last epoch ended, from a local copy of it.
         resume_from = Path(checkpoint.to_directory(copy)) if checkpoint is not None else None
         run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+
+
+def rung_metric(config: ExperimentConfig) -> str:
+    """What early stopping compares at rungs (sweep.asha.compare_by). `auto`: the val answers' teacher-forced
+    loss, which moves from the first epoch while exact recall still ties at 0 (bench/RESULTS.md measures
+    it); but an incremental sweep compares the objective, which alone sees its retention floor broken."""
+    compare_by = config.sweep.asha.compare_by
+    if compare_by == "auto":
+        return METRIC if config.data.retain is not None or config.init_adapter is not None else "val_answer_loss"
+    return METRIC if compare_by == "objective" else compare_by
 
 
 def objective(metrics: dict, retention_floor: float) -> float:
@@ -203,7 +216,9 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
                  warm: warm_start.WarmStart | None = None):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestrator.scheduling import ComparingASHA, SlotLimiter
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     searcher = LinkedOptunaSearch(
@@ -220,13 +235,17 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
     )
     asha = config.sweep.asha
     scheduler = (
-        AsyncHyperBandScheduler(time_attr="training_iteration", max_t=config.training.epochs,
-                                grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+        ComparingASHA(rung_metric(config), "max" if rung_metric(config) == METRIC else "min",
+                      max_t=config.training.epochs, grace_period=asha.grace_period,
+                      reduction_factor=asha.reduction_factor, compare_at_least=asha.compare_at_least)
         if asha.enabled else FIFOScheduler()
     )
+    slots = config.sweep.max_concurrent_trials
+    if slots and asha.enabled:  # a trial waiting at a rung gives its slot to a new one (orchestrator/scheduling.py)
+        searcher, slots = SlotLimiter(searcher, slots), None
     return tune.TuneConfig(
         metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-        num_samples=config.sweep.num_samples, max_concurrent_trials=config.sweep.max_concurrent_trials,
+        num_samples=config.sweep.num_samples, max_concurrent_trials=slots,
         time_budget_s=config.sweep.time_budget_s, reuse_actors=True,
     )
 

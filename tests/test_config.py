@@ -363,8 +363,8 @@ def test_set_value_that_is_not_yaml(tmp_path, assignment):
 
 
 def test_trial_does_not_apply_sweep_only_rules(repo_root):
-    # The demo's ASHA grace period is 2 epochs: a one-epoch trial is fine, a one-epoch sweep is not.
-    config = load_experiment(repo_root / "configs" / "demo.yaml", ["training.epochs=1"])
+    # With a grace period of 2 epochs, a one-epoch trial is fine, a one-epoch sweep is not.
+    config = load_experiment(repo_root / "configs" / "demo.yaml", ["training.epochs=1", "sweep.asha.grace_period=2"])
     assert config.trial_config().training.epochs == 1
     assert config.sweep_problems("demo.yaml") == [
         "demo.yaml: sweep.asha.grace_period (2) must not exceed training.epochs (1)"]

@@ -15,6 +15,8 @@ pytestmark = pytest.mark.e2e
 
 SEED_POINT = ("{method: lora, lora_r: 8, lora_alpha_ratio: 4, lora_learning_rate: 1.0e-6, lora_dropout: 0.0, "
               "lora_target_modules: qv}")
+LEARNING_POINT = ("{method: lora, lora_r: 32, lora_alpha_ratio: 2, lora_learning_rate: 0.003, lora_dropout: 0.0, "
+                  "lora_target_modules: all_linear}")
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +212,27 @@ def test_bad_data_stops_the_sweep_before_anything_is_logged(tmp_path, monkeypatc
         run_sweep(config, "bad-data")
     _, parent, _ = runs_of(uri, "bad-data")
     assert parent is None and not (tmp_path / "ray_results").exists()
+
+
+def test_early_stopping_stops_a_trial_that_arrives_first_but_trails(local_ray, tmp_path, monkeypatch):
+    """One slot, so the seed recipe (lr 1e-6: it learns nothing) reaches the first rung alone. Ray's ASHA
+    would let it through (nobody to compare it with); here it waits, paused, its slot goes to the next
+    trial, which arrives with a lower val answer loss, and the waiter is stopped. The early signal, the
+    teacher-forced val answer loss, is reported every epoch and falls as a trial learns."""
+    uri = store(tmp_path, monkeypatch)
+    config = fast_config(tmp_path, "sweep.num_samples=2", "sweep.max_concurrent_trials=1", "training.epochs=3",
+                         "sweep.asha.grace_period=1", "sweep.asha.reduction_factor=2",
+                         f"search_space.points_to_evaluate=[{SEED_POINT}, {LEARNING_POINT}]")
+    run_sweep(config, "first-trails")
+    client, _, children = runs_of(uri, "first-trails")
+    first, second = sorted(children, key=lambda run: run.info.start_time)
+
+    def losses(run) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_answer_loss"),
+                                        key=lambda m: m.step)]
+
+    assert first.data.params["method.learning_rate"] == "1e-06"
+    assert len(losses(first)) == 1 and first.data.tags.get("recall.stopped_by") == "asha"
+    assert len(losses(second)) == 3 and second.data.tags.get("recall.stopped_by") is None
+    assert losses(second)[0] < losses(first)[0]
+    assert losses(second)[-1] < losses(second)[0]

@@ -1,0 +1,139 @@
+"""Early-stopping set-ups replayed on recorded learning curves: many set-ups, the same trials.
+
+A sweep without early stopping records every trial's metrics at every epoch. Replaying those curves
+through orchestrator.scheduling.ComparingASHA (the sweep's own scheduler code, driven here by a
+stand-in for Tune's controller) says what each set-up would have stopped, how many trial-epochs it
+would have spent and which trial it would have kept, with the sampler's choices held fixed: the
+differences between set-ups are the schedulers', not TPE's. The real sweeps (bench/early_stopping.py)
+check the chosen set-up end to end.
+
+Simplifications, stated in RESULTS.md: every epoch takes one time unit (prefix and LoRA trials run
+at the same pace), trials start in the recorded order, and a trial stopped early changes nothing
+that the sampler suggests next (in a real sweep TPE sees it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from orchestrator.scheduling import WAITING, ComparingASHA
+
+
+class FakeTrial:
+    """What ComparingASHA reads of a Tune trial."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id, self.status = trial_id, Trial.PENDING
+
+    def __repr__(self) -> str:
+        return f"FakeTrial({self.trial_id}, {self.status})"
+
+
+class FakeController:
+    """What ComparingASHA calls on Tune's controller; stop_trial does what Tune's does to a scheduler."""
+
+    def __init__(self, trials: list[FakeTrial], scheduler):
+        self.trials, self.scheduler, self.stopped = trials, scheduler, []
+
+    def get_trials(self) -> list[FakeTrial]:
+        return self.trials
+
+    def stop_trial(self, trial: FakeTrial) -> None:
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+        trial.status = Trial.TERMINATED
+        self.stopped.append(trial)
+
+
+@dataclass(frozen=True)
+class SetUp:
+    name: str
+    compare_by: str  # a metric every curve holds: "objective" (max) or "val_answer_loss" (min)
+    grace_period: int
+    reduction_factor: float
+    compare_at_least: int
+
+    def scheduler(self, max_t: int) -> ComparingASHA:
+        mode = "min" if self.compare_by.endswith("loss") else "max"
+        return ComparingASHA(self.compare_by, mode, max_t=max_t, grace_period=self.grace_period,
+                             reduction_factor=self.reduction_factor, compare_at_least=self.compare_at_least)
+
+
+def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> dict:
+    """Run `curves` (one per trial, in start order: metric -> value at epochs 1..max_t) through the set-up
+    with `slots` trials at a time; what it spends and what it keeps."""
+    max_t = min(len(curve["val_exact_recall"]) for curve in curves)
+    scheduler = set_up.scheduler(max_t)
+    WAITING.clear()
+    trials: list[FakeTrial] = []
+    controller = FakeController(trials, scheduler)
+    done = {}  # trial index -> epochs it ran
+    epochs = [0] * len(curves)
+    spent, order = 0, []  # order: (cumulative trial-epochs, val recall) as each report arrives
+    while len(done) < len(curves):
+        live = [t for t in trials if t.status != Trial.TERMINATED]
+        while len(trials) < len(curves) and len([t for t in live if t.trial_id not in WAITING]) < slots:
+            trials.append(FakeTrial(str(len(trials))))  # the searcher's next suggestion (SlotLimiter's rule)
+            live.append(trials[-1])
+        while sum(t.status == Trial.RUNNING for t in trials) < slots:
+            chosen = scheduler.choose_trial_to_run(controller)
+            if chosen is None:
+                break
+            chosen.status = Trial.RUNNING
+        running = [t for t in trials if t.status == Trial.RUNNING]
+        if not running:
+            raise RuntimeError(f"{set_up.name}: no trial can run ({trials})")
+        for trial in running:
+            if trial.status != Trial.RUNNING:  # stopped by a decision earlier in this time unit
+                continue
+            index = int(trial.trial_id)
+            epochs[index] += 1
+            spent += 1
+            curve = curves[index]
+            order.append((spent, curve["val_exact_recall"][epochs[index] - 1]))
+            result = {"training_iteration": epochs[index], **{k: v[epochs[index] - 1] for k, v in curve.items()}}
+            decision = scheduler.on_trial_result(controller, trial, result)
+            if decision == TrialScheduler.STOP or epochs[index] >= max_t:
+                trial.status = Trial.TERMINATED
+            elif decision == TrialScheduler.PAUSE:
+                trial.status = Trial.PAUSED
+        done = {int(t.trial_id): epochs[int(t.trial_id)] for t in trials if t.status == Trial.TERMINATED}
+    finals = [curves[i]["val_exact_recall"][n - 1] for i, n in done.items()]
+    best = max(finals)
+    return {"trial_epochs": spent, "best_val": best, "epochs_to_best": epochs_to_reach(order, best),
+            "epochs_per_trial": [done[i] for i in range(len(curves))]}
+
+
+def epochs_to_reach(order: list[tuple[int, float]], target: float) -> int | None:
+    """Trial-epochs spent when a val recall of at least `target` was first reported (None: never)."""
+    return next((spent for spent, value in order if value >= target - 1e-9), None)
+
+
+SET_UPS = [
+    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", by, grace, factor, wait)
+    for by in ("objective", "val_answer_loss")
+    for grace, factor in ((1, 3), (1, 4), (2, 2), (2, 3), (2, 4), (3, 3))
+    for wait in (1, 2)
+]
+
+
+def compare(curve_sets: list[list[dict[str, list[float]]]], slots: int) -> list[dict]:
+    """Every set-up on every recorded sweep: means over the sweeps, and each sweep's figures."""
+    rows = []
+    for set_up in SET_UPS:
+        runs = [replay(curves, set_up, slots) for curves in curve_sets]
+        full = [len(curves) * min(len(c["val_exact_recall"]) for c in curves) for curves in curve_sets]
+        flat_best = [max(c["val_exact_recall"][-1] for c in curves) for curves in curve_sets]
+        rows.append({
+            "set_up": set_up.name, **{k: getattr(set_up, k) for k in
+                                      ("compare_by", "grace_period", "reduction_factor", "compare_at_least")},
+            "trial_epochs": sum(r["trial_epochs"] for r in runs) / len(runs),
+            "saving": sum(full) / sum(r["trial_epochs"] for r in runs),
+            "best_val": sum(r["best_val"] for r in runs) / len(runs),
+            "best_val_loss_vs_full": sum(f - r["best_val"] for f, r in zip(flat_best, runs)) / len(runs),
+            "runs": runs,
+        })
+    return rows
