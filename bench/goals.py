@@ -10,8 +10,8 @@ from __future__ import annotations
 THROUGHPUT_RATIO_VS_SEED = 1.5  # our training tokens/s over the seed recipe's
 RECALL_MARGIN_OVER_SEED = 0.2  # the sweep's best val recall over the seed's, at equal trial-epochs
 OVERHEAD_FRACTION_MAX = 0.15  # of the ASHA sweep's wall
-ASHA_EPOCH_SAVING = 2  # no-ASHA trial-epochs over ASHA's...
-ASHA_RECALL_TOLERANCE = 0.05  # ...with ASHA's best val recall at most this far below no-ASHA's
+ASHA_EPOCH_SAVING = 2  # no-ASHA trial-epochs over ASHA's (means over sampler seeds)...
+ASHA_RECALL_TOLERANCE = 0.05  # ...with ASHA's best trial's test recall at most this far below no-ASHA's
 
 # The SmolLM2 sections (configs/smollm2.yaml).
 SMOLLM2_TRAIN_RECALL = 0.98  # the champion's train exact recall
@@ -22,7 +22,7 @@ SMOLLM2_SPEEDUP_VS_PREVIOUS = 2  # training tokens/s over bench/previous.py's co
 
 
 def asha_recall_kept(results: dict) -> bool:
-    asha, flat = results["asha_best_val"], results["noasha_best_val"]
+    asha, flat = results["asha_best_test"], results["noasha_best_test"]
     return asha is not None and flat is not None and asha >= flat - ASHA_RECALL_TOLERANCE
 
 

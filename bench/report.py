@@ -88,6 +88,15 @@ def asha_view(r: dict) -> dict:
     }
 
 
+def early_view(r: dict) -> dict:
+    """Section 4's tables: the arms measured, the replayed set-ups by saving, the warm/cold pairs."""
+    by_arm = r["early_stopping"]["sweeps_by_arm"]
+    arms = [arm for arm in ("asha", "asha_before", "noasha") if arm in by_arm]
+    replay = sorted(r["early_stopping"]["replay"], key=lambda row: (-row["saving"], row["best_val_loss_vs_full"]))
+    return {"seeds": len(by_arm["asha"]), "arms": arms, "replay": replay,
+            "second": list(zip(by_arm["cold"], by_arm["warm"]))}
+
+
 def overhead_view(r: dict) -> dict:
     """The ASHA sweep's overhead per trial, and with ray.init counted in the wall."""
     asha = r["sweeps"]["asha"]
@@ -110,6 +119,7 @@ def render(r: dict) -> str:
     return _environment().get_template(TEMPLATE).render(
         r=r, g=goals, recipe=SEED, failed=failed_sections(r),
         asha_view=asha_view(r) if tiny else None, overhead=overhead_view(r) if tiny else None,
+        early_view=early_view(r) if tiny else None,
     )
 
 

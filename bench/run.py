@@ -18,7 +18,9 @@ MLflow run and Ray result goes to a private temporary directory, never the user'
 The tiny sections, all measured in this one process, one after another:
 1. throughput  our run_trial (configs/demo.yaml's trial) vs the seed recipe's HF Trainer, same base
                model, same data, same real-token count, same torch thread count; training wall only.
-2. sweeps      the demo sweep (ASHA) and the same sweep without ASHA (same num_samples and seed).
+2. sweeps      the demo sweep with its early stopping, with the one it had before, and without, over
+               3 sampler seeds; then a second sweep of the same data, cold and warm-started
+               (bench/early_stopping.py).
 3. recall      the ASHA sweep's best trial (val, and test re-scored from its MLflow adapter) vs the
                seed recipe trained for as many epochs as the sweep spent trial-epochs in total.
 4. overhead    sweep wall (tuner start to end; ray.init timed apart) vs sum(train+eval)/concurrency.
@@ -55,6 +57,7 @@ TINY_REQUIRED_KEYS = (
     "recall_best_val", "recall_best_test", "recall_seed_val", "recall_seed_test",
     "overhead_fraction", "per_trial_overhead_s",
     "asha_trial_epochs", "noasha_trial_epochs", "asha_best_val", "noasha_best_val",
+    "asha_best_test", "noasha_best_test", "warm_start_epochs_to_best", "cold_start_epochs_to_best",
 )
 TRACEBACK_LINES = 40  # of a failed section's traceback, kept in latest.json
 
@@ -67,6 +70,8 @@ class Settings:
     smollm2_overrides: list[str] = field(default_factory=list)  # on top of `overrides`, SmolLM2 only
     smollm2_speed_epochs: int = 1  # epochs per SmolLM2 speed run (each side, each round)
     incremental_samples: int = 6  # trials in the incremental sweep (its first 4 are TPE's random start-up)
+    sampler_seeds: int = 3  # early stopping and warm start: sweeps per arm, sweep.seed 0, 1, ...
+    early_stopping_arms: tuple[str, ...] = ("noasha", "asha_before", "asha")  # bench/early_stopping.py ARMS
     smoke: bool = False
 
 
@@ -74,7 +79,8 @@ FULL = Settings()
 SMOKE = Settings(
     overrides=["training.epochs=2", "sweep.num_samples=2", "sweep.asha.grace_period=1",
                "eval.max_train_questions=4"],
-    throughput_epochs=1, throughput_rounds=1, incremental_samples=2, smoke=True,
+    throughput_epochs=1, throughput_rounds=1, incremental_samples=2, smoke=True, sampler_seeds=1,
+    early_stopping_arms=("noasha", "asha"),
     smollm2_overrides=["training.epochs=1", "training.batch_size=4"],
 )
 
@@ -202,22 +208,14 @@ def start_ray() -> float:
     return time.perf_counter() - started
 
 
-def asha_rungs(experiment) -> list[int]:
-    """The epochs at which Ray's AsyncHyperBandScheduler compares trials (its own formula)."""
-    import math
-
-    asha, max_t = experiment.sweep.asha, experiment.training.epochs
-    count = int(math.log(max_t / asha.grace_period) / math.log(asha.reduction_factor) + 1)
-    return sorted(int(asha.grace_period * asha.reduction_factor ** k) for k in range(count))
-
-
 def run_bench_sweep(experiment, name: str, source: str, start: str | None = None) -> dict:
     """A sweep (incremental from `start` when given) and its trials, wall and overhead, read back from MLflow."""
     import ray
 
     from orchestrator import tracking
     from orchestrator.leaderboard import param_number
-    from orchestrator.sweep import run_sweep
+    from orchestrator.scheduling import rungs
+    from orchestrator.sweep import rung_metric, run_sweep
 
     started = time.perf_counter()
     outcome = run_sweep(experiment, name, source=source, verbose=0, start=start)
@@ -251,7 +249,9 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
         "name": name,
         "parent_run_id": outcome.parent_run_id,
         "max_epochs": experiment.training.epochs,
-        "asha": {**asha.model_dump(), "rungs": asha_rungs(experiment) if asha.enabled else []},
+        "asha": {**asha.model_dump(), "rung_metric": rung_metric(experiment),
+                 "rungs": rungs(asha.grace_period, asha.reduction_factor, experiment.training.epochs)
+                 if asha.enabled else []},
         "num_trials": len(trials),
         "failed_trials": len(trials) - len(finished),
         "concurrency": concurrency,
@@ -383,25 +383,30 @@ def timed(timings: dict[str, float], name: str, measure: Callable, *args, **kwar
     return result
 
 
-def both_sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict]:
-    """The demo sweep with ASHA, then without (same num_samples and seed), on a fresh local Ray."""
+def sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict, dict]:
+    """The demo sweep with early stopping, before it and without it, over sampler seeds, and warm-started
+    (bench/early_stopping.py), on a fresh local Ray: (ray.init seconds, figures, seed 0's default sweep,
+    seed 0's sweep without early stopping)."""
     import ray
 
+    from bench import early_stopping
     from orchestrator.config import load_experiment
 
-    noasha = load_experiment(bench.args.config, [*bench.overrides, "sweep.asha.enabled=false"])
+    def load(overrides: list[str]):
+        return load_experiment(bench.args.config, [*bench.overrides, *overrides])
+
+    def run(experiment, name: str) -> dict:
+        return run_bench_sweep(experiment, name, str(bench.args.config))
+
     try:
         ray_init_seconds = start_ray()
         log(f"ray.init {ray_init_seconds:.1f}s")
-        asha = timed(timings, "sweep_asha", run_bench_sweep, bench.experiment, "bench-asha", str(bench.args.config))
-        log(f"ASHA sweep: {asha['num_trials']} trials, {asha['trial_epochs']} trial-epochs, best val "
-            f"{asha['best_val']}, wall {asha['wall_seconds']:.0f}s, overhead {asha['overhead_fraction']:.2f}")
-        flat = timed(timings, "sweep_noasha", run_bench_sweep, noasha, "bench-noasha", str(bench.args.config))
-        log(f"no-ASHA sweep: {flat['num_trials']} trials, {flat['trial_epochs']} trial-epochs, best val "
-            f"{flat['best_val']}, wall {flat['wall_seconds']:.0f}s, overhead {flat['overhead_fraction']:.2f}")
+        figures, arms = timed(timings, "sweeps", early_stopping.measure, run, load, bench.settings,
+                              bench.work, log)
     finally:
         ray.shutdown()  # frees the cores for what follows, also when a sweep raised
-    return ray_init_seconds, asha, flat
+    first = {arm: {k: v for k, v in runs[0].items() if k not in ("curves", "reports")} for arm, runs in arms.items()}
+    return ray_init_seconds, figures, first["asha"], first["noasha"]
 
 
 def run_tiny(bench: Bench) -> dict:
@@ -411,7 +416,7 @@ def run_tiny(bench: Bench) -> dict:
     speed = timed(timings, "throughput", measure_throughput, experiment, settings, work)
     log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
         f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
-    ray_init_seconds, asha, flat = both_sweeps(bench, timings)
+    ray_init_seconds, early, asha, flat = sweeps(bench, timings)
     best = timed(timings, "score_best", score_best, asha, work)
     seed = timed(timings, "seed_equal_compute", seed_at_equal_compute, experiment, asha["trial_epochs"], work)
     log(f"recall: best val {asha['best_val']} test {best['test']}; seed ({seed['epochs']} epochs) "
@@ -426,10 +431,8 @@ def run_tiny(bench: Bench) -> dict:
         "recall_seed_test": seed["test"],
         "overhead_fraction": asha["overhead_fraction"],
         "per_trial_overhead_s": asha["per_trial_overhead_s"],
-        "asha_trial_epochs": asha["trial_epochs"],
-        "noasha_trial_epochs": flat["trial_epochs"],
-        "asha_best_val": asha["best_val"],
-        "noasha_best_val": flat["best_val"],
+        # Means over the sampler seeds (bench/early_stopping.py); the other figures are seed 0's sweeps.
+        **{key: value for key, value in early.items() if key not in ("replay", "sweeps_by_arm")},
         # Context for the numbers above.
         "recall_best_val_rescored": best["val"],
         "seed_equal_compute": seed,
@@ -440,6 +443,7 @@ def run_tiny(bench: Bench) -> dict:
         "noasha_per_trial_overhead_s": flat["per_trial_overhead_s"],
         "throughput": {k: speed[k] for k in ("throughput_runs", "throughput_setup", "throughput_breakdown")},
         "sweeps": {"asha": asha, "noasha": flat},
+        "early_stopping": {"replay": early["replay"], "sweeps_by_arm": early["sweeps_by_arm"]},
         "smoke": settings.smoke,
         "settings": asdict(settings),
         "torch_threads": bench.threads,
