@@ -193,6 +193,7 @@ def test_the_searcher_hands_out_warm_points_then_the_seed_then_tpe_each_with_its
     restored = pickle.loads(pickle.dumps(searcher))  # what --resume restores
     assert restored.suggest("t2") == {**PREFIX, "origin": "warm:a"}
     assert restored.suggest("t3") == {**config.search_space.points_to_evaluate[0], "origin": "seed"}
+    restored.on_trial_complete("t2", {"objective": 0.1})  # a slot for t4 (max_concurrent_trials=2)
     assert restored.suggest("t4")["origin"] == "optuna"
     trials = optuna.load_study(study_name=new.name, storage=new.url).trials
     assert [(t.user_attrs[study.TUNE_TRIAL_ID], t.user_attrs["origin"]) for t in trials] == [
