@@ -4,7 +4,7 @@ Why not Ray's `MLflowLoggerCallback` (ray.air.integrations.mlflow): it creates o
 per trial, with no parent (it has no notion of the sweep's run); it logs the trial's config as
 flat params of Optuna's names (`lora_r`), not as the `--set` keys that reproduce the trial
 (`method.r`); it uploads artifacts only from the trial's local directory, which on a cluster is
-on another node; and it cannot tag why a trial ended (ASHA, time budget, error) or tidy the runs
+on another node; and it cannot tag why a trial ended (early stopping, time budget, error) or tidy the runs
 a killed driver left behind on --resume. And in-trial logging (`setup_mlflow`) would open the
 store from every trial process, which SQLite cannot take (see orchestrator/tracking.py).
 """
@@ -24,6 +24,7 @@ from orchestrator import tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
 from orchestrator.progress import sweep_console as console  # under the live progress line
+from orchestrator.scheduling import rungs
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
 from orchestrator.server import check_reachable
@@ -341,9 +342,12 @@ def sweep_note(config, name: str) -> str:
         lines.append(f"- {method}: " + " · ".join(f"{key} {_choices(value)}" for key, value in knobs.items()))
     if space["replay_fraction"] is not None:
         lines.append(f"- replay_fraction {_choices(space['replay_fraction'])}")
-    asha = config.sweep.asha
+    asha, stopping = config.sweep.asha, ""
+    if asha.enabled:
+        epochs = ", ".join(map(str, rungs(asha.grace_period, asha.reduction_factor, config.training.epochs)))
+        stopping = f" Early stopping compares the trials at epochs {epochs} and stops those that trail (sweep.asha)."
     lines += ["", "Objective: val_exact_recall, exact recall on val questions it never trained on (ties: train recall)."
-              + (f" ASHA stops trials that trail at a rung (from epoch {asha.grace_period})." if asha.enabled else "")]
+              + stopping]
     return "\n".join(lines)
 
 

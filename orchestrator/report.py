@@ -2,11 +2,12 @@
 answers and one HTML page.
 
 Written to --output-dir and logged to the sweep's parent run under report/:
-- learning_curves.png: val exact recall per epoch of every trial (where ASHA cut trials short);
+- learning_curves.png: val exact recall per epoch of every trial (where early stopping cut trials short),
+  beside the val answer loss the rungs compare;
 - learning_rate.png: final val recall against learning rate, by method (where the good region is);
 - recall_by_trial_epochs.png: the best val recall so far against the trial-epochs spent, in the order
   they were trained (MLflow's metric histories), beside what training every trial to training.epochs
-  would have cost: what ASHA saved, and when the sweep found its best;
+  would have cost: what early stopping saved, and when the sweep found its best;
 - optimization_history.png, param_importances.png, parallel_coordinate.png: Optuna's own plots
   (optuna.visualization.matplotlib) of the sweep's study (orchestrator/study.py). The importances use
   Optuna's default evaluator, PED-ANOVA: it needs no scikit-learn (fANOVA and mean decrease impurity do),
@@ -73,23 +74,27 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _histories(client, runs) -> dict[str, list]:
-    """Each trial run's val recall history (every epoch it reported, repeats after a resume included)."""
-    return {run.info.run_id: client.get_metric_history(run.info.run_id, VAL_METRIC) for run in runs}
+def _histories(client, runs, metric: str = VAL_METRIC) -> dict[str, list]:
+    """Each trial run's history of `metric` (every epoch it reported, repeats after a resume included)."""
+    return {run.info.run_id: client.get_metric_history(run.info.run_id, metric) for run in runs}
 
 
-def _mlflow_figures(board: list[dict], histories: dict[str, list], full_epochs: int, out_dir: Path) -> list[Path]:
+def _mlflow_figures(board: list[dict], histories: dict[str, list], losses: dict[str, list], full_epochs: int,
+                    out_dir: Path) -> list[Path]:
     plt = _pyplot()
     methods = sorted({row["method"] for row in board if row["method"]})
     # One look per method, in both figures, whatever methods the sweep searched.
     styles = {method: ("osv^D"[i % 5], ("-", "--", ":", "-.")[i % 4]) for i, method in enumerate(methods)}
-    curves, ax = plt.subplots(figsize=(8, 5))
-    for row in board:
-        steps = sorted({m.step: m.value for m in histories.get(row["run_id"], [])}.items())
-        if steps:
-            ax.plot([s for s, _ in steps], [v for _, v in steps], marker=".",
-                    label=f"{row['trial']} {row['method']}", linestyle=styles.get(row["method"], ("", "-"))[1])
-    ax.set(xlabel="epoch", ylabel="val exact recall", title="Learning curves (short lines: stopped by ASHA)")
+    curves, (ax, loss_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    for axis, by_run in ((ax, histories), (loss_ax, losses)):
+        for row in board:
+            steps = sorted({m.step: m.value for m in by_run.get(row["run_id"], [])}.items())
+            if steps:
+                axis.plot([s for s, _ in steps], [v for _, v in steps], marker=".",
+                          label=f"{row['trial']} {row['method']}", linestyle=styles.get(row["method"], ("", "-"))[1])
+    ax.set(xlabel="epoch", ylabel="val exact recall", title="Learning curves (short lines: stopped early)")
+    loss_ax.set(xlabel="epoch", ylabel="val answer loss (teacher-forced)",
+                title="Val answer loss: what early stopping compares by default")
     ax.legend(fontsize=7, ncol=2)
     scatter, bx = plt.subplots(figsize=(8, 5))
     for method in methods:
@@ -200,7 +205,8 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
     board = leaderboard(client, parent.info.run_id)
     runs = tracking.trial_runs(client, parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _mlflow_figures(board, _histories(client, runs), _full_epochs(runs), out_dir)
+    figures = _mlflow_figures(board, _histories(client, runs), _histories(client, runs, "val_answer_loss"),
+                              _full_epochs(runs), out_dir)
     study_figures, notes = _study_figures(parent, out_dir)
     answers = _answers(client, name, board)
     paths = [*figures, *study_figures]

@@ -11,7 +11,8 @@ from orchestrator import study, tracking
 from orchestrator.leaderboard import LEADERBOARD_COLUMNS
 
 CAPTIONS = {
-    "learning_curves.png": "Val exact recall per epoch of every trial; short lines were stopped by ASHA.",
+    "learning_curves.png": "Val exact recall per epoch of every trial (short lines were stopped early), and the "
+                           "val answer loss early stopping compares at its rungs.",
     "learning_rate.png": "Final val exact recall against learning rate, by method.",
     "recall_by_trial_epochs.png": "Best val recall so far against the trial-epochs spent, beside what training "
                                   "every trial to training.epochs would have cost.",
