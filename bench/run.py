@@ -215,7 +215,7 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
     from orchestrator import tracking
     from orchestrator.leaderboard import param_number
     from orchestrator.scheduling import rungs
-    from orchestrator.sweep import rung_metric, run_sweep
+    from orchestrator.sweep import rung_metrics, run_sweep
 
     started = time.perf_counter()
     outcome = run_sweep(experiment, name, source=source, verbose=0, start=start)
@@ -249,7 +249,7 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
         "name": name,
         "parent_run_id": outcome.parent_run_id,
         "max_epochs": experiment.training.epochs,
-        "asha": {**asha.model_dump(), "rung_metric": rung_metric(experiment),
+        "asha": {**asha.model_dump(), "rung_metrics": list(rung_metrics(experiment)),
                  "rungs": rungs(asha.grace_period, asha.reduction_factor, experiment.training.epochs)
                  if asha.enabled else []},
         "num_trials": len(trials),

@@ -20,6 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.scheduling import WAITING, ComparingASHA
+from orchestrator.sweep import mode_of
 
 
 class FakeTrial:
@@ -55,11 +56,13 @@ class SetUp:
     grace_period: int
     reduction_factor: float
     compare_at_least: int
+    first_rung_by: str | None = None  # what the first rung compares instead, if not compare_by
 
     def scheduler(self, max_t: int) -> ComparingASHA:
-        mode = "min" if self.compare_by.endswith("loss") else "max"
-        return ComparingASHA(self.compare_by, mode, max_t=max_t, grace_period=self.grace_period,
-                             reduction_factor=self.reduction_factor, compare_at_least=self.compare_at_least)
+        first = (self.first_rung_by, mode_of(self.first_rung_by)) if self.first_rung_by else None
+        return ComparingASHA(self.compare_by, mode_of(self.compare_by), max_t=max_t, grace_period=self.grace_period,
+                             reduction_factor=self.reduction_factor, compare_at_least=self.compare_at_least,
+                             first_rung=first)
 
 
 def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> dict:
@@ -112,10 +115,14 @@ def epochs_to_reach(order: list[tuple[int, float]], target: float) -> int | None
     return next((spent for spent, value in order if value >= target - 1e-9), None)
 
 
+# compare_by: "objective", "val_answer_loss", or "auto" (the loss at the first rung, the objective after).
+COMPARED = {"objective": ("objective", None), "val_answer_loss": ("val_answer_loss", None),
+            "auto": ("objective", "val_answer_loss")}
 SET_UPS = [
-    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", by, grace, factor, wait)
-    for by in ("objective", "val_answer_loss")
-    for grace, factor in ((1, 3), (1, 4), (2, 2), (2, 3), (2, 4), (3, 3))
+    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", *COMPARED[by][:1], grace, factor, wait,
+          COMPARED[by][1])
+    for by in COMPARED
+    for grace, factor in ((1, 2), (1, 3), (1, 4), (2, 2), (2, 3), (2, 4))
     for wait in (1, 2)
 ]
 

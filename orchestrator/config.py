@@ -35,8 +35,9 @@ class AshaConfig(Strict):
     reduction_factor: float = Field(4.0, gt=1, description="Keep the top 1/reduction_factor at each rung.")
     compare_by: Literal["auto", "val_answer_loss", "objective"] = Field(
         "auto", description="What rungs compare: the teacher-forced loss of the val answers (continuous, moves from "
-                            "the first epoch), or the sweep's objective (exact recall). auto: the loss, except in an "
-                            "incremental sweep, whose retention floor only the objective sees.")
+                            "the first epoch), or the sweep's objective (exact recall). auto: the loss at the first "
+                            "rung, the objective at the later ones (an incremental sweep: the objective throughout, "
+                            "as only it sees the retention floor).")
     compare_at_least: int = Field(
         2, ge=1, description="A trial passes a rung only once this many trials are recorded there; the first to "
                              "arrive waits, paused, for company (1: Ray's plain ASHA, the first arrivals pass).")

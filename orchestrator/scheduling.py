@@ -43,17 +43,23 @@ def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
 class ComparingASHA(FIFOScheduler):
     """ASHA (one bracket) that never lets a trial pass a rung uncompared while others may still come.
 
-    `metric` / `mode` are the scheduler's own (what rungs compare), not necessarily what the sweep
-    optimises: Tune's TuneConfig metric stays the searcher's and the leaderboard's.
+    `metric` / `mode` are what the rungs compare, not necessarily what the sweep optimises (Tune's
+    TuneConfig metric stays the searcher's and the leaderboard's); `first_rung` = (metric, mode), when
+    given, is what the first rung compares instead. Trials are only ever compared with others at the
+    same rung, so the rungs may compare different things.
     """
 
     def __init__(self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float,
-                 compare_at_least: int = 2, time_attr: str = "training_iteration"):
+                 compare_at_least: int = 2, first_rung: tuple[str, str] | None = None,
+                 time_attr: str = "training_iteration"):
         super().__init__()
-        self.rung_metric, self.sign = metric, 1.0 if mode == "max" else -1.0
         self.max_t, self.reduction_factor, self.time_attr = max_t, reduction_factor, time_attr
         self.compare_at_least = compare_at_least
         self.recorded: dict[int, dict[str, float]] = {rung: {} for rung in rungs(grace_period, reduction_factor, max_t)}
+        # rung -> (metric, +1 to maximise or -1 to minimise)
+        self.compared = {rung: (metric, 1.0 if mode == "max" else -1.0) for rung in self.recorded}
+        if first_rung and self.recorded:
+            self.compared[min(self.recorded)] = (first_rung[0], 1.0 if first_rung[1] == "max" else -1.0)
         self.waiting: dict[str, int] = {}  # trial id -> the rung it waits at (paused); judged, it leaves
         self.stopped = 0
 
@@ -83,7 +89,7 @@ class ComparingASHA(FIFOScheduler):
     # -- Tune's hooks ----------------------------------------------------------------------------------------
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        if self.time_attr not in result or self.rung_metric not in result:
+        if self.time_attr not in result:
             return TrialScheduler.CONTINUE
         if result[self.time_attr] >= self.max_t:
             return TrialScheduler.STOP
@@ -92,7 +98,10 @@ class ComparingASHA(FIFOScheduler):
         if not reached:
             return TrialScheduler.CONTINUE
         rung = max(reached)  # a trial resumed past several rungs is judged once, at the highest
-        self.recorded[rung][trial.trial_id] = self.sign * float(result[self.rung_metric])
+        metric, sign = self.compared[rung]
+        if metric not in result:
+            return TrialScheduler.CONTINUE
+        self.recorded[rung][trial.trial_id] = sign * float(result[metric])
         self._judge_waiters(tune_controller, rung)
         if len(self.recorded[rung]) < self.compare_at_least:
             self.waiting[trial.trial_id] = rung

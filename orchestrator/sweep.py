@@ -14,9 +14,10 @@ below every trial that keeps it, and the less it forgot the higher. So the sweep
 recall subject to retention, and Optuna (and early stopping, which compares `objective` in an
 incremental sweep) see forgetting as the worst outcome.
 
-Early stopping (orchestrator/scheduling.py) compares trials at rungs by the val answers'
-teacher-forced loss (`sweep.asha.compare_by`, see `rung_metric`), which moves from the first epoch;
-what Optuna optimises and promotion ranks by stays `objective`. A trial stopped at a rung reaches
+Early stopping (orchestrator/scheduling.py) compares trials at the first rung by the val answers'
+teacher-forced loss, which moves from the first epoch, and at later rungs by `objective`
+(`sweep.asha.compare_by`, see `rung_metrics`); what Optuna optimises and promotion ranks by is
+`objective`. A trial stopped at a rung reaches
 Optuna as COMPLETE with its last reported `objective`: a pessimistic value, which is the right
 direction for TPE (it lands among the "bad" observations). One stopped while it waited at a rung
 reaches it as PRUNED (Tune's stop of a paused trial carries no result), which TPE ranks below the
@@ -82,14 +83,28 @@ def _train_in_tune(params: dict, base: dict, space: dict, retention_floor: float
         run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
 
 
-def rung_metric(config: ExperimentConfig) -> str:
-    """What early stopping compares at rungs (sweep.asha.compare_by). `auto`: the val answers' teacher-forced
-    loss, which moves from the first epoch while exact recall still ties at 0 (bench/RESULTS.md measures
-    it); but an incremental sweep compares the objective, which alone sees its retention floor broken."""
+EARLY_SIGNAL = "val_answer_loss"  # the val answers' teacher-forced loss (trials/train.py answer_loss)
+
+
+def rung_metrics(config: ExperimentConfig) -> tuple[str, str]:
+    """What early stopping compares (sweep.asha.compare_by): (at the first rung, at the later ones).
+
+    `auto`: at the first rung the val answer loss, which falls from the first epoch while exact recall
+    is still 0 for most trials or a few lucky guesses (a bad trial recalled 6 of 60 val questions
+    after one epoch, a good one 9); at the later rungs the objective, exact recall itself, which by
+    then separates the trials and is what the sweep optimises: the loss ranks confidently wrong answers
+    worst, recall counts right ones (bench/RESULTS.md section 4 measures both). An incremental sweep
+    compares the objective at every rung: only it sees the retention floor broken."""
     compare_by = config.sweep.asha.compare_by
     if compare_by == "auto":
-        return METRIC if config.data.retain is not None or config.init_adapter is not None else "val_answer_loss"
-    return METRIC if compare_by == "objective" else compare_by
+        incremental = config.data.retain is not None or config.init_adapter is not None
+        return (METRIC if incremental else EARLY_SIGNAL), METRIC
+    metric = METRIC if compare_by == "objective" else EARLY_SIGNAL
+    return metric, metric
+
+
+def mode_of(metric: str) -> str:
+    return "min" if metric == EARLY_SIGNAL else MODE
 
 
 def objective(metrics: dict, retention_floor: float) -> float:
@@ -234,10 +249,11 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
         storage=new_study.storage,
     )
     asha = config.sweep.asha
+    first, later = rung_metrics(config)
     scheduler = (
-        ComparingASHA(rung_metric(config), "max" if rung_metric(config) == METRIC else "min",
-                      max_t=config.training.epochs, grace_period=asha.grace_period,
-                      reduction_factor=asha.reduction_factor, compare_at_least=asha.compare_at_least)
+        ComparingASHA(later, mode_of(later), max_t=config.training.epochs, grace_period=asha.grace_period,
+                      reduction_factor=asha.reduction_factor, compare_at_least=asha.compare_at_least,
+                      first_rung=(first, mode_of(first)))
         if asha.enabled else FIFOScheduler()
     )
     slots = config.sweep.max_concurrent_trials

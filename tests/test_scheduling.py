@@ -122,3 +122,26 @@ def test_slots_held_by_waiting_trials_are_free_for_new_ones():
     WAITING.add("a")
     assert limiter.suggest("b") == {"x": 1}
     assert limiter.suggest("c") is None
+
+
+def test_the_first_rung_compares_the_early_signal_and_the_later_ones_the_objective():
+    """compare_by: auto. After one epoch a lucky guess can lift recall; the loss is what tells then. Later,
+    recall separates the trials, and a lower loss with fewer right answers does not win."""
+    scheduler = ComparingASHA("objective", "max", max_t=20, grace_period=1, reduction_factor=4,
+                              first_rung=("val_answer_loss", "min"))
+    learns, lucky, later = FakeTrial("learns"), FakeTrial("lucky"), FakeTrial("later")
+    controller = FakeController([learns, lucky, later], scheduler)
+
+    def result(trial, epoch, loss, objective):
+        trial.status = Trial.RUNNING
+        return scheduler.on_trial_result(controller, trial, {"training_iteration": epoch, "val_answer_loss": loss,
+                                                             "objective": objective})
+
+    assert result(learns, 1, 3.0, 0.0) == PAUSE
+    learns.status = Trial.PAUSED
+    assert result(lucky, 1, 6.0, 0.15) == STOP  # more val recall after one epoch, but a loss twice as high
+    assert result(later, 1, 2.8, 0.0) == CONTINUE
+    assert result(later, 4, 0.9, 0.10) == PAUSE
+    later.status = Trial.PAUSED
+    assert result(learns, 4, 1.2, 0.30) == CONTINUE  # a higher loss, but more answers right
+    assert controller.stopped == [later]
