@@ -27,7 +27,7 @@ class FakeTrial:
     """What ComparingASHA reads of a Tune trial."""
 
     def __init__(self, trial_id: str):
-        self.trial_id, self.status = trial_id, Trial.PENDING
+        self.trial_id, self.status, self.is_saving = trial_id, Trial.PENDING, False
 
     def __repr__(self) -> str:
         return f"FakeTrial({self.trial_id}, {self.status})"

@@ -14,8 +14,9 @@ A waiting trial does not hold a slot: `SlotLimiter`, in place of Tune's max_conc
 only trials that are not waiting, so a new trial starts in its place, and on a single slot (one GPU)
 the first trial to reach a rung is still compared with the next.
 
-Trials stopped while waiting reach Optuna as PRUNED with their reported values (Tune's stop of a
-paused trial carries no final result); TPE ranks them below every completed trial, as a stop means.
+A waiter judged to trail is stopped once its pause has saved its checkpoint (the adapter its MLflow run
+keeps); it reaches Optuna with its last report, as a trial stopped at a rung does
+(orchestrator/sweep.py LinkedOptunaSearch).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class ComparingASHA(FIFOScheduler):
         if first_rung and self.recorded:
             self.compared[min(self.recorded)] = (first_rung[0], 1.0 if first_rung[1] == "max" else -1.0)
         self.waiting: dict[str, int] = {}  # trial id -> the rung it waits at (paused); judged, it leaves
+        # Waiters judged to stop, stopped once their pause has saved: Tune registers a paused trial's checkpoint
+        # when the save completes, and the sweep's MLflow run takes its adapter from it.
+        self.doomed: set[str] = set()
         self.stopped = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -81,9 +85,18 @@ class ComparingASHA(FIFOScheduler):
             if not force and len(self.recorded[rung]) < self.compare_at_least:
                 continue
             del self.waiting[trial.trial_id]
-            WAITING.discard(trial.trial_id)
-            if self._trails(trial.trial_id, rung):  # else it runs again: choose_trial_to_run picks it
+            if self._trails(trial.trial_id, rung):
                 self.stopped += 1
+                self.doomed.add(trial.trial_id)
+            else:  # it runs again: choose_trial_to_run picks it
+                WAITING.discard(trial.trial_id)
+        self._stop_doomed(tune_controller)
+
+    def _stop_doomed(self, tune_controller) -> None:
+        for trial in tune_controller.get_trials():
+            if trial.trial_id in self.doomed and trial.status == Trial.PAUSED and not trial.is_saving:
+                self.doomed.discard(trial.trial_id)
+                WAITING.discard(trial.trial_id)
                 tune_controller.stop_trial(trial)
 
     # -- Tune's hooks ----------------------------------------------------------------------------------------
@@ -113,6 +126,7 @@ class ComparingASHA(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        self._stop_doomed(tune_controller)
         trials = tune_controller.get_trials()
         for trial in trials:
             if trial.status == Trial.PENDING:
@@ -122,12 +136,13 @@ class ComparingASHA(FIFOScheduler):
             for rung in sorted(set(self.waiting.values())):
                 self._judge_waiters(tune_controller, rung, force=True)
         for trial in trials:
-            if trial.status == Trial.PAUSED and trial.trial_id not in self.waiting:
+            if trial.status == Trial.PAUSED and trial.trial_id not in self.waiting and trial.trial_id not in self.doomed:
                 return trial
         return None
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
+        self.doomed.discard(trial.trial_id)
         WAITING.discard(trial.trial_id)
 
     def debug_string(self) -> str:

@@ -19,9 +19,9 @@ teacher-forced loss, which moves from the first epoch, and at later rungs by `ob
 (`sweep.asha.compare_by`, see `rung_metrics`); what Optuna optimises and promotion ranks by is
 `objective`. A trial stopped at a rung reaches
 Optuna as COMPLETE with its last reported `objective`: a pessimistic value, which is the right
-direction for TPE (it lands among the "bad" observations). One stopped while it waited at a rung
-reaches it as PRUNED (Tune's stop of a paused trial carries no result), which TPE ranks below the
-completed ones. Trials that raised are told as FAIL and do not shape the sampler.
+direction for TPE (it lands among the "bad" observations); so does one stopped while it waited at a
+rung (LinkedOptunaSearch supplies the last report Tune's stop of a paused trial leaves out). Trials
+that raised are told as FAIL and do not shape the sampler.
 
 The study is kept in a database (`sweep.optuna_storage`), named "<experiment>/<sweep>", so Optuna's own
 tools see it: orchestrator/study.py says where and why.
@@ -181,6 +181,17 @@ class LinkedOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)  # the study exists from here: the space is given
         for point, origin in points:
             self._ot_study.enqueue_trial(point, user_attrs={warm_start.ORIGIN: origin})
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        self.__dict__.setdefault("_last_objective", {})[trial_id] = result[METRIC]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # Tune stops a trial paused at a rung (orchestrator/scheduling.py) without a result: its last report
+        # stands, as for a trial stopped at a rung, rather than Optuna's PRUNED.
+        if result is None and not error and trial_id in self.__dict__.get("_last_objective", {}):
+            result = {METRIC: self._last_objective[trial_id]}
+        super().on_trial_complete(trial_id, result, error)
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
