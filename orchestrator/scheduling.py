@@ -136,7 +136,7 @@ class ComparingASHA(FIFOScheduler):
             for rung in sorted(set(self.waiting.values())):
                 self._judge_waiters(tune_controller, rung, force=True)
         for trial in trials:
-            if trial.status == Trial.PAUSED and trial.trial_id not in self.waiting and trial.trial_id not in self.doomed:
+            if trial.status == Trial.PAUSED and trial.trial_id not in {*self.waiting, *self.doomed}:
                 return trial
         return None
 

@@ -238,4 +238,5 @@ def test_early_stopping_stops_a_trial_that_arrives_first_but_trails(local_ray, t
     assert losses(second)[0] < losses(first)[0]
     assert losses(second)[-1] < losses(second)[0]
     for run in (first, second):  # stopped while it waited, or not: the adapter it reached is on its run
-        assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+        adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert "adapter/adapter_model.safetensors" in adapter
