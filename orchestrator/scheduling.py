@@ -93,6 +93,8 @@ class ComparingASHA(FIFOScheduler):
         self._stop_doomed(tune_controller)
 
     def _stop_doomed(self, tune_controller) -> None:
+        if not self.doomed:  # called on every step of Tune's loop (choose_trial_to_run)
+            return
         for trial in tune_controller.get_trials():
             if trial.trial_id in self.doomed and trial.status == Trial.PAUSED and not trial.is_saving:
                 self.doomed.discard(trial.trial_id)
