@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from orchestrator import tracking
 from orchestrator.config import load_experiment
@@ -42,3 +45,25 @@ def runs_of(uri: str, sweep: str, experiment: str = "recall-orchestrator"):
     client = tracking.client(uri)
     parent = tracking.find_sweep_run(client, experiment, sweep)
     return client, parent, (tracking.trial_runs(client, parent) if parent else [])
+
+
+@contextmanager
+def sweep_ray(**resources):
+    """A local Ray of 2 CPUs (and `resources`) for a test's sweeps, shut down after."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False, **resources)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def module_store(tmp_path: Path):
+    """For a module-scoped fixture: a local Ray and a SQLite MLflow store in tmp_path (artifact progress
+    bars off) while it is open; yields the store's tracking URI."""
+    with sweep_ray(), pytest.MonkeyPatch.context() as monkeypatch:
+        uri = store(tmp_path, monkeypatch)
+        monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        yield uri

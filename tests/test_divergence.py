@@ -81,9 +81,8 @@ def test_orchestrator_trial_exits_non_zero_with_one_line(repo_root, tmp_path, ca
 @pytest.mark.e2e
 def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatch):
     import optuna
-    import ray
     from optuna.trial import TrialState
-    from sweep_support import fast_config, runs_of, store
+    from sweep_support import fast_config, runs_of, store, sweep_ray
 
     from orchestrator import study
     from orchestrator.sweep import run_sweep
@@ -92,11 +91,8 @@ def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatc
     config = fast_config(tmp_path, "sweep.num_samples=1", "search_space.methods=[lora]",
                          "search_space.points_to_evaluate=[]", "training.warmup_ratio=0",
                          "search_space.lora.learning_rate={low: 1.0e29, high: 1.0e30}")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
+    with sweep_ray():
         outcome = run_sweep(config, "diverging")
-    finally:
-        ray.shutdown()
     _, _, children = runs_of(uri, "diverging")
     assert [run.info.status for run in children] == ["FAILED"] and len(outcome.failed) == 1
     tags = children[0].data.tags

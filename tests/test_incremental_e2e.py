@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from orchestrator import tracking
 from orchestrator.promote import champion_uri, promote
 from orchestrator.sweep import run_sweep
-from sweep_support import REPO, fast_config, runs_of, store
+from sweep_support import REPO, fast_config, module_store, runs_of
 
 pytestmark = pytest.mark.e2e
 
@@ -25,24 +24,18 @@ SHORT = ["training.epochs=4", "sweep.num_samples=2", "sweep.asha.enabled=false"]
 @pytest.fixture(scope="module")
 def two_rounds(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("incremental")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            uri = store(tmp_path, monkeypatch)
-            monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            first = fast_config(tmp_path, *SHORT, f"search_space.points_to_evaluate=[{{{DEMO_TRIAL}}}]")
-            run_sweep(first, "batch1")
-            v1 = promote("batch1", top_k=1, log=lambda line: None)
-            # The new people alone: the old ones come from the champion's lineage. Replay at both ends.
-            second = fast_config(
-                tmp_path, *SHORT, f"data.qa={BATCH2 / 'qa.jsonl'}", "data.documents=[]",
-                f"search_space.points_to_evaluate=[{{{DEMO_TRIAL}, replay_fraction: 1.0}}, "
-                f"{{{DEMO_TRIAL}, replay_fraction: 0.0}}]")
-            run_sweep(second, "batch2", start=champion_uri())
-            v2 = promote("batch2", top_k=2, log=lambda line: None)
-            yield uri, v1, v2
-    finally:
-        ray.shutdown()
+    with module_store(tmp_path) as uri:
+        first = fast_config(tmp_path, *SHORT, f"search_space.points_to_evaluate=[{{{DEMO_TRIAL}}}]")
+        run_sweep(first, "batch1")
+        v1 = promote("batch1", top_k=1, log=lambda line: None)
+        # The new people alone: the old ones come from the champion's lineage. Replay at both ends.
+        second = fast_config(
+            tmp_path, *SHORT, f"data.qa={BATCH2 / 'qa.jsonl'}", "data.documents=[]",
+            f"search_space.points_to_evaluate=[{{{DEMO_TRIAL}, replay_fraction: 1.0}}, "
+            f"{{{DEMO_TRIAL}, replay_fraction: 0.0}}]")
+        run_sweep(second, "batch2", start=champion_uri())
+        v2 = promote("batch2", top_k=2, log=lambda line: None)
+        yield uri, v1, v2
 
 
 def test_incremental_trials_report_retention_every_epoch(two_rounds):

@@ -112,17 +112,13 @@ def test_a_sweep_mlflow_refuses_leaves_no_study_behind(tmp_path, monkeypatch):
 def test_trials_the_time_budget_cuts_short_end_failed_in_the_study(tmp_path, monkeypatch):
     """Tune stops the trials running when sweep.time_budget_s runs out without telling its searcher: the
     ended sweep fails them in the study, as MLflow has them KILLED, and leaves none RUNNING."""
-    import ray
-    from sweep_support import runs_of
+    from sweep_support import runs_of, sweep_ray
 
     uri = store(tmp_path, monkeypatch)
     config = fast_config(tmp_path, "sweep.num_samples=3", "training.epochs=6", "sweep.asha.enabled=false",
                          "sweep.time_budget_s=15", "search_space.methods=[lora]", "search_space.points_to_evaluate=[]")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
+    with sweep_ray():
         run_sweep(config, "overnight")
-    finally:
-        ray.shutdown()
     _, parent, children = runs_of(uri, "overnight")
     ended = {run.data.tags[tracking.TRIAL_ID]: run.info.status for run in children}
     trials = optuna.load_study(study_name=parent.data.tags[study.STUDY_TAG],

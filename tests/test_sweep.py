@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from orchestrator import tracking
 from orchestrator.sweep import run_sweep
-from sweep_support import IA3_POINT, PREFIX_POINT, fast_config, runs_of, store
+from sweep_support import IA3_POINT, PREFIX_POINT, fast_config, runs_of, store, sweep_ray
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +21,8 @@ LEARNING_POINT = ("{method: lora, lora_r: 32, lora_alpha_ratio: 2, lora_learning
 @pytest.fixture(scope="module")
 def local_ray():
     # Two fake GPUs: Ray schedules by declared resources, so GPU placement is testable on CPU.
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with sweep_ray(num_gpus=2):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,9 @@ import sys
 import time
 
 import pytest
-import ray
 from playwright.sync_api import expect, sync_playwright
 from service_support import free_port, wait_for_http, without_mlflow_uris
-from sweep_support import LEARNS, fast_config, runs_of, store
+from sweep_support import LEARNS, fast_config, module_store, runs_of
 
 from orchestrator.mlflow_ui import COLUMNS, RUN_NAME
 from orchestrator.server import stop_process_group
@@ -41,16 +40,10 @@ def promoted(tmp_path_factory):
     from orchestrator.sweep import run_sweep
 
     tmp_path = tmp_path_factory.mktemp("ui-store")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
-        with pytest.MonkeyPatch.context() as monkeypatch:
-            uri = store(tmp_path, monkeypatch)
-            monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            run_sweep(fast_config(tmp_path, *LEARNS, "sweep.num_samples=4"), SWEEP)
-            # The UI needs an alias to show, not the promotion gate's verdict (tests/test_promote.py's).
-            promote(SWEEP, top_k=1, force=True, log=lambda line: None)
-    finally:
-        ray.shutdown()
+    with module_store(tmp_path) as uri:
+        run_sweep(fast_config(tmp_path, *LEARNS, "sweep.num_samples=4"), SWEEP)
+        # The UI needs an alias to show, not the promotion gate's verdict (tests/test_promote.py's).
+        promote(SWEEP, top_k=1, force=True, log=lambda line: None)
     return uri
 
 

@@ -9,7 +9,7 @@ import pickle
 
 import optuna
 import pytest
-from sweep_support import fast_config, runs_of, store
+from sweep_support import fast_config, runs_of, store, sweep_ray
 
 from orchestrator import study, tracking, warm_start
 from orchestrator.errors import SweepError
@@ -231,14 +231,11 @@ def test_a_warm_started_sweep_runs_the_earlier_best_first(tmp_path, monkeypatch)
     time, so the first trial by start time is the first the searcher handed out."""
     import json
 
-    import ray
-
     from orchestrator.sweep import run_sweep
 
     uri = store(tmp_path, monkeypatch)
     one_at_a_time = ["sweep.max_concurrent_trials=1", "sweep.num_samples=2"]
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    try:
+    with sweep_ray():
         run_sweep(fast_config(tmp_path, *one_at_a_time, points(LEARNS)), "a")
         a = by_start(uri, "a")
         assert [run.data.tags[tracking.ORIGIN] for run in a] == ["seed", "optuna"]
@@ -270,5 +267,3 @@ def test_a_warm_started_sweep_runs_the_earlier_best_first(tmp_path, monkeypatch)
         assert method_params(c) == method_params(top)
         assert c.data.tags[tracking.ORIGIN] == f"warm:{top.data.tags[tracking.SWEEP]}"
         assert set(runs_of(uri, "c")[1].data.tags[tracking.WARM_START_SWEEPS].split(", ")) == {"a", "b"}
-    finally:
-        ray.shutdown()
