@@ -69,6 +69,11 @@ class SweepConfig(Strict):
     retention_floor: float = Field(
         0.95, ge=0.0, le=1.0, description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall "
                                           "at least this share of the starting adapter's on the same questions.")
+    general_floor: float = Field(
+        0.95, ge=0.0, le=1.0, description="A trial (and a promotion) must still answer at least this share of the "
+                                          "general probe's check questions the base model answered right "
+                                          "(general_retention); one below it ranks below every trial that keeps it. "
+                                          "Off when the base knows fewer than eval.general_min_known of them.")
 
 
 class ExperimentConfig(TrialConfig):

@@ -9,8 +9,8 @@ import time
 
 from orchestrator import tracking
 
-LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall", "epochs",
-                       "stopped_by", "seconds", "origin")
+LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall",
+                       "general_retention", "epochs", "stopped_by", "seconds", "origin")
 
 
 def param_number(text: str | None) -> float | int | None:
@@ -36,6 +36,9 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "shape": run.data.tags.get(tracking.METHOD_SHAPE),
             "learning_rate": param_number(params.get("method.learning_rate")),
             "val_exact_recall": metrics.get("val_exact_recall"),
+            # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
+            "general_retention": metrics.get("general_retention"),
+            "general_drift": metrics.get("general_drift"),
             "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, "val_exact_recall")}),
             "stopped_by": run.data.tags.get("recall.stopped_by"),
             "seconds": round((end - run.info.start_time) / 1000, 1),

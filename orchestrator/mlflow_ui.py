@@ -39,6 +39,7 @@ def _column(kind: str, name: str) -> str:
 RUN_NAME = _column("attributes", "Run Name")
 COLUMNS = [
     _column("metrics", "val_exact_recall"),
+    _column("metrics", "general_retention"),  # what it kept of the base model's general knowledge
     _column("params", "method.r"),
     _column("params", "method.learning_rate"),
     _column("metrics", "val_contains_recall"),

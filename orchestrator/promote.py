@@ -61,6 +61,9 @@ RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall
 DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
 PROMOTION_ROLE = "promotion"
 DEFAULT_RETENTION_FLOOR = 0.95  # = SweepConfig.retention_floor's default, for sweeps logged before it
+# General knowledge kept (trials/general.py): what the trial logged at its last epoch, judged against
+# sweep.general_floor when the sweep's run says the gate is on (the base knew enough to keep).
+GENERAL_RETENTION, GENERAL_DRIFT = "general_retention", "general_drift"
 # The seed recipe (bench/seed_recipe.py, the demo sweep's first point): a sweep's trial of exactly this
 # method is the baseline a first champion must beat. A test checks it against the bench's definition.
 SEED_RECIPE = LoraMethod(r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"], learning_rate=1e-6)
@@ -96,6 +99,8 @@ class Scored:
     trial_config: str | None = None  # compact JSON
     max_new_tokens: int | None = None
     files: Path | None = None  # downloaded adapter/, trial_config.json, metrics.json
+    general_retention: float | None = None  # share of the base's known general check questions kept
+    general_drift: float | None = None  # mean per-token KL from the base on its own chat replies
 
     def rank_key(self) -> tuple:
         """Sort key: best first (test, then val, then fewer trainable parameters)."""
@@ -116,6 +121,8 @@ class Promotion:
     test_questions: int = 0
     forced: bool = False
     retention_bar: float | None = None  # incremental: the old-fact recall a candidate had to keep
+    general_floor: float | None = None  # the general retention a candidate had to keep; None: gate off
+    general_gate: str = ""  # "on", or why the gate is off (the sweep run's recall.general_gate)
     floor: float | None = None  # no champion yet: the test recall a candidate had to beat
     floor_by: str | None = None  # what set the floor: --min-test-recall or the seed-recipe trial
     seed: Scored | None = None  # the sweep's seed-recipe trial, when there was no champion
@@ -244,6 +251,7 @@ def _score_candidate(client, run, directory: Path) -> Scored:
         data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
         files=directory, retention_recall=retention,
         retained_fingerprint=retained.fingerprint if retained else None,
+        general_retention=run.data.metrics.get(GENERAL_RETENTION), general_drift=run.data.metrics.get(GENERAL_DRIFT),
     )
 
 
@@ -314,6 +322,8 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
         "trainable_parameters": str(best.trainable_parameters or ""),
         "trial_config": best.trial_config,
     }
+    tags.update({key: f"{value:.6g}" for key, value in ((GENERAL_RETENTION, best.general_retention),
+                                                        (GENERAL_DRIFT, best.general_drift)) if value is not None})
     if best.retention_recall is not None:  # incremental: its lineage and what it kept
         tags.update({RETENTION_METRIC: f"{best.retention_recall:.6g}",
                      "retained_data_fingerprint": best.retained_fingerprint or "",
@@ -374,11 +384,18 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         champion = _score_champion(current, test_rows, old_test_rows) if current is not None else None
         floor = float(parent.data.params.get("sweep.retention_floor", DEFAULT_RETENTION_FLOOR))
         bar = floor * champion.retention_recall if champion and champion.retention_recall is not None else None
-        # Incremental: candidates that keep the old facts rank before any that forget them.
-        candidates.sort(key=lambda c: (bar is not None and c.retention_recall < bar, *c.rank_key()))
+        gate = parent.data.tags.get(tracking.GENERAL_GATE, "off: the sweep predates the general probe")
+        general_floor = float(parent.data.params.get("sweep.general_floor", 0.0)) if gate == "on" else None
+        # Candidates that keep the base's general knowledge, and (incremental) the old facts, rank before any
+        # that forget them.
+        candidates.sort(key=lambda c: (_below_general(c, general_floor),
+                                       bar is not None and c.retention_recall < bar, *c.rank_key()))
         best = candidates[0]
         outcome = Promotion(sweep_name, model_name, candidates, champion, promoted=False, reason="",
-                            test_questions=len(test_rows), forced=force, retention_bar=bar)
+                            test_questions=len(test_rows), forced=force, retention_bar=bar,
+                            general_floor=general_floor, general_gate=gate)
+        if general_floor is None:
+            log(f"general floor not applied: {gate.removeprefix('off: ')}")
         if champion is None:  # the first champion: it must beat the floor, and the seed recipe if the sweep ran it
             seed_run = next((run for run in runs if _is_seed_recipe(run)), None)
             outcome.seed = scored(seed_run) if seed_run is not None else None
@@ -387,7 +404,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             outcome.floor, outcome.floor_by = _first_floor(min_test_recall, outcome.seed)
         if champion is not None and champion.run_id == best.run_id:
             best.version = champion.version
-        refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by)
+        refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by, general_floor)
         if refusal and not force:
             outcome.version = champion.version if champion else None
             kept = f"kept champion v{champion.version}" if champion else "no champion yet, none promoted"
@@ -430,11 +447,21 @@ def _first_floor(min_test_recall: float, seed: Scored | None) -> tuple[float, st
     return min_test_recall, "--min-test-recall"
 
 
+def _below_general(candidate: Scored, general_floor: float | None) -> bool:
+    return (general_floor is not None and candidate.general_retention is not None
+            and candidate.general_retention < general_floor)
+
+
 def _refusal(best: Scored, champion: Scored | None, bar: float | None, floor: float | None = 0.0,
-             floor_by: str | None = "--min-test-recall") -> str | None:
-    """Why `best` must not replace `champion`, or None: it must beat it on test and, when it is
-    incremental, keep the old facts (retention at least the floor x the champion's recall on them).
-    With no champion it must score above `floor` (set by `floor_by`) on test."""
+             floor_by: str | None = "--min-test-recall", general_floor: float | None = None) -> str | None:
+    """Why `best` must not replace `champion`, or None: it must keep the base model's general knowledge
+    (general retention at least `general_floor`, when the gate is on), beat the champion on test and,
+    when it is incremental, keep the old facts (retention at least the floor x the champion's recall on
+    them). With no champion it must score above `floor` (set by `floor_by`) on test."""
+    if _below_general(best, general_floor):
+        return (f"candidate trial {best.trial} keeps {best.general_retention:.3f} of the general questions the base "
+                f"model answered right, below the general floor {general_floor:.3f} (sweep.general_floor): it "
+                "has forgotten what the base model knew")
     if champion is None:
         if best.test_recall > floor:
             return None
@@ -458,9 +485,11 @@ def comparison_table(outcome: Promotion):
     bar = f"; old facts must stay >= {outcome.retention_bar:.3f}" if outcome.retention_bar is not None else ""
     if outcome.floor is not None:
         bar += f"; no champion yet: test must be above {outcome.floor:.3f}"
+    if outcome.general_floor is not None:
+        bar += f"; general must stay >= {outcome.general_floor:.3f}"
     table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
                         f"{outcome.test_questions} test questions{bar}")
-    for column in ("", "trial", "run", "version", "method", "val", "test", "old facts", "params"):
+    for column in ("", "trial", "run", "version", "method", "val", "test", "old facts", "general", "drift", "params"):
         table.add_column(column, justify="left" if column in ("", "trial", "run", "version", "method") else "right")
 
     def cell(value):
@@ -475,7 +504,7 @@ def comparison_table(outcome: Promotion):
         label = {"champion": "champion", "seed": "seed recipe"}.get(row.role, "best" if index == 0 else "")
         table.add_row(label, cell(row.trial), (row.run_id or "-")[:8], cell(row.version), cell(row.method),
                       cell(row.val_recall), cell(row.test_recall), cell(row.retention_recall),
-                      cell(row.trainable_parameters),
+                      cell(row.general_retention), cell(row.general_drift), cell(row.trainable_parameters),
                       style="bold" if index == 0 else None)
     return table
 

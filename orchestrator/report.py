@@ -14,6 +14,9 @@ Written to --output-dir and logged to the sweep's parent run under report/:
   and it weighs the method-conditional parameters (lora_r exists only in LoRA trials), which the others
   leave out. Importances and parallel coordinates need two finished trials; with fewer, or without a
   study (a sweep from before studies were stored), the report says so instead;
+- general_vs_recall.png: each trial's final val exact recall against the share of the base model's
+  general knowledge it kept (trials/general.py), the Pareto front drawn: the trials no other beats on
+  both (left out, with a note, when no trial measured general retention);
 - answers.md: one row per question of the champion, when it came from this sweep, else of the
   leaderboard's top trial: the expected answer, the answer it gave, whether that counts. On test when
   promotion scored that trial (it logs predictions_test.jsonl on the trial's run), else on val;
@@ -105,6 +108,33 @@ def _mlflow_figures(board: list[dict], histories: dict[str, list], losses: dict[
     bx.legend()
     return [_save(curves, out_dir / "learning_curves.png"), _save(scatter, out_dir / "learning_rate.png"),
             _trial_epochs_figure(histories, full_epochs, out_dir / "recall_by_trial_epochs.png")]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both coordinates (higher is better on each), left to right."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    return sorted(set(front))
+
+
+def _general_figure(board: list[dict], path: Path) -> Path | None:
+    """Val recall against general retention, one point per trial, and the Pareto front; None without data."""
+    rows = [row for row in board if row["val_exact_recall"] is not None and row["general_retention"] is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([r["general_retention"] for r in rows], [r["val_exact_recall"] for r in rows], color="tab:blue")
+    for row in rows:
+        ax.annotate(row["trial"], (row["general_retention"], row["val_exact_recall"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    front = pareto_front([(r["general_retention"], r["val_exact_recall"]) for r in rows])
+    ax.plot([x for x, _ in front], [y for _, y in front], color="tab:red", linestyle="--", marker="o",
+            fillstyle="none", label="Pareto front: no trial beats these on both")
+    ax.set(xlabel="general retention (share of the base model's known check questions kept)",
+           ylabel="final val exact recall", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title="Private facts learned against general knowledge kept")
+    ax.legend(loc="lower left")
+    return _save(figure, path)
 
 
 def _trial_epochs_figure(histories: dict[str, list], full_epochs: int, path: Path) -> Path:
@@ -208,6 +238,12 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
     figures = _mlflow_figures(board, _histories(client, runs), _histories(client, runs, "val_answer_loss"),
                               _full_epochs(runs), out_dir)
     study_figures, notes = _study_figures(parent, out_dir)
+    general = _general_figure(board, out_dir / "general_vs_recall.png")
+    if general is None:
+        notes.append("general_vs_recall.png is left out: no trial measured general retention (the probe is off, "
+                     "or the base model knows none of its check questions)")
+    else:
+        figures.append(general)
     answers = _answers(client, name, board)
     paths = [*figures, *study_figures]
     if answers is not None:

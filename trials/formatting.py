@@ -47,6 +47,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     prompt_tokens: int = 0  # leading tokens without a label (a QA prompt); 0 for a passage
+    distill: bool = False  # a general-knowledge replay row: the base model's own reply (trials/general.py)
 
     @property
     def num_tokens(self) -> int:

@@ -33,21 +33,31 @@ def is_correct(generated: str, accepted: Sequence[str]) -> bool:
     return any(got == normalize(answer) for answer in accepted)
 
 
-@torch.no_grad()
 def generate_answers(
     model, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, device: torch.device,
     bf16: bool = False,
 ) -> list[str]:
     """Batched greedy generation with left padding, formatted exactly as in training, in the same
     precision (bf16 autocast or not) as the training that is being scored."""
+    ids = generate_token_ids(model, tokenizer, questions, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             device=device, bf16=bf16)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_token_ids(
+    model, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, device: torch.device,
+    bf16: bool = False,
+) -> list[list[int]]:
+    """The new tokens of each greedy answer, up to and including its EOS (none when the budget ran out)."""
     from trials.formatting import left_padded, prompt_ids
     from trials.model import autocast
     from trials.prefix_generation import prefix_aware_generation
 
     was_training = model.training
     model.eval()
-    pad_id = tokenizer.pad_token_id
-    answers: list[str] = []
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    answers: list[list[int]] = []
     for start in range(0, len(questions), batch_size):
         prompts = [prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
@@ -57,10 +67,11 @@ def generate_answers(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=eos_id,
             )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for row in output[:, batch["input_ids"].shape[1] :].tolist():
+            # Generation pads a finished answer to the batch's length: cut after its EOS.
+            answers.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
     model.train(was_training)
     return answers
 

@@ -26,11 +26,12 @@ from trials.model import autocast
 LENGTH_GROUP_WINDOW = 32
 
 
-def group_key(example: Example) -> tuple[int, int, int]:
+def group_key(example: Example) -> tuple[bool, bool, int, int]:
     # QA pairs (loss on the answer only) apart from passages (loss everywhere), then by prompt and
     # total length: answers of one batch then sit at nearly the same positions, so the output
     # layer runs on few positions (see batch_loss).
-    return example.prompt_tokens == 0, example.prompt_tokens, example.num_tokens
+    # General-knowledge replay rows batch apart too: only their batches need the base model's logits.
+    return example.distill, example.prompt_tokens == 0, example.prompt_tokens, example.num_tokens
 
 
 def batches_for_epoch(examples: list[Example], batch_size: int, rng: random.Random,
@@ -114,6 +115,29 @@ def batch_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
+def kl_per_token(logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """KL(base || model) at each position, from the two models' logits, in float32."""
+    base_log = torch.log_softmax(base_logits.float(), dim=-1)
+    return (base_log.exp() * (base_log - torch.log_softmax(logits.float(), dim=-1))).sum(dim=-1)
+
+
+def distilled_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, distill: torch.Tensor,
+                   kl_weight: float, share_prefix: bool = False) -> tuple[torch.Tensor, int]:
+    """batch_loss for a batch holding general-knowledge replay rows (`distill`, one bool a row): on those
+    rows each token's loss is (1 - kl_weight) x the cross-entropy on the base model's own reply +
+    kl_weight x KL(base || model) over the whole vocabulary, the base's logits coming from the same
+    model with its adapter disabled (no second copy); other rows keep the plain cross-entropy."""
+    logits, targets = labelled_logits(model, inputs, labels, share_prefix)
+    with torch.no_grad(), model.disable_adapter():
+        base_logits, _ = labelled_logits(model, inputs, labels, share_prefix)
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                                           ignore_index=IGNORE_INDEX)
+    mixed = (1 - kl_weight) * ce + kl_weight * kl_per_token(logits, base_logits)
+    per_token = torch.where(distill.to(ce.device)[:, None], mixed, ce)
+    mask = targets != IGNORE_INDEX
+    return per_token[mask].sum(), int(mask.sum())
+
+
 @dataclass
 class AnswerLoss:
     """Teacher-forced scores of the expected answers: the early signal of a trial (orchestrator/sweep.py).
@@ -165,12 +189,15 @@ class Trainer:
     group_key = staticmethod(group_key)
 
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
-                 pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = ()):
+                 pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = (),
+                 general: list[Example] = ()):
         from transformers import get_scheduler
 
         self.model, self.examples, self.training = model, examples, training
         # Old examples replayed: a fresh random share of them joins every epoch.
         self.replay, self.replay_count = list(replay), round(training.replay_fraction * len(replay))
+        # The base model's own replies to the general probe's protect part, likewise (trials/general.py).
+        self.general, self.general_count = list(general), round(training.general_replay * len(general))
         self.pad_id, self.device, self.bf16 = pad_id, device, bf16
         # Prefix-tuning feeds its virtual tokens as the KV cache; checkpointing turns the cache off.
         peft_config = getattr(model, "active_peft_config", None)
@@ -179,7 +206,7 @@ class Trainer:
         self.rng = random.Random(training.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay)
-        micro_batches = math.ceil((len(examples) + self.replay_count) / training.batch_size)
+        micro_batches = math.ceil((len(examples) + self.replay_count + self.general_count) / training.batch_size)
         steps_per_epoch = math.ceil(micro_batches / training.gradient_accumulation_steps)
         total_steps = steps_per_epoch * training.epochs
         self.scheduler = get_scheduler(
@@ -194,15 +221,21 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         accumulate = self.training.gradient_accumulation_steps
-        examples = self.examples + self.rng.sample(self.replay, self.replay_count)
+        examples = (self.examples + self.rng.sample(self.replay, self.replay_count)
+                    + self.rng.sample(self.general, self.general_count))
         batches = batches_for_epoch(examples, self.training.batch_size, self.rng, self.group_key)
         loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(batches, start=1):
             inputs = {k: v.to(self.device) for k, v in collate(batch, self.pad_id).items()}
             labels = inputs.pop("labels")
+            distill = torch.tensor([example.distill for example in batch])
             with autocast(self.device, self.bf16):
-                loss_total, targets = self.loss_fn(self.model, inputs, labels, self.share_prefix)
+                if self.training.kl_to_base > 0 and bool(distill.any()):
+                    loss_total, targets = distilled_loss(self.model, inputs, labels, distill,
+                                                         self.training.kl_to_base, self.share_prefix)
+                else:
+                    loss_total, targets = self.loss_fn(self.model, inputs, labels, self.share_prefix)
             # Mean over answer/passage tokens of this micro-batch; the epoch loss reported is
             # token-weighted across batches, so short and long batches count by their tokens.
             (loss_total / max(targets, 1) / accumulate).backward()

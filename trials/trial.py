@@ -18,6 +18,7 @@ from trials.config import TrialConfig
 from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
+from trials.general import GeneralCheck, Probe, base_answers, load_probe, protect_examples
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
 from trials.train import Trainer, answer_loss
@@ -76,10 +77,11 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
     output_dir = Path(output_dir)
     knowledge = load_knowledge(config.data)  # raises DataError before any model is loaded
     retained = retained_knowledge(config)
+    probe = load_probe(config.eval.general) if config.eval.general else None  # and so does the probe
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_and_score(config, knowledge, retained, output_dir, on_epoch, log, checkpoint_each_epoch,
-                                resume_from)
+        return _train_and_score(config, knowledge, retained, probe, output_dir, on_epoch, log,
+                                checkpoint_each_epoch, resume_from)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
@@ -87,24 +89,28 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
         raise
 
 
-def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowledge | None, output_dir: Path,
-                     on_epoch: EpochCallback | None, log: Callable[[str], None], checkpoint_each_epoch: bool,
-                     resume_from: Path | None) -> dict:
+def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowledge | None, probe: Probe | None,
+                     output_dir: Path, on_epoch: EpochCallback | None, log: Callable[[str], None],
+                     checkpoint_each_epoch: bool, resume_from: Path | None) -> dict:
     set_seed(config.training.seed)
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
     base_path = resolve_model(config.model)
     tokenizer = load_tokenizer(base_path)
-    model = attach_method(load_base_model(base_path, device, bf16, config.training.attention), config.method,
-                          config.training.gradient_checkpointing, config.init_adapter)
+    base_model = load_base_model(base_path, device, bf16, config.training.attention)
+    # The base model's replies to the general probe: from the cache, or generated now, before an adapter exists.
+    base = base_answers(base_model, tokenizer, probe, base_path, device, bf16, config.eval.batch_size) if probe else None
+    general = GeneralCheck(tokenizer, probe, base) if probe else None
+    model = attach_method(base_model, config.method, config.training.gradient_checkpointing, config.init_adapter)
     trainable, total = count_parameters(model)
     log(f"{config.method.name}: {trainable:,} trainable of {total:,} parameters on {device}"
         f"{' (bf16)' if bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
 
     examples = build_examples(tokenizer, knowledge, config)
     replay = [qa_example(tokenizer, row.question, row.answer) for row in retained.split("train")] if retained else []
+    protect = protect_examples(tokenizer, probe, base) if probe and config.training.general_replay else []
     trainer = Trainer(model, examples, config.training, config.method.learning_rate,
-                      tokenizer.pad_token_id, device, bf16, replay=replay)
+                      tokenizer.pad_token_id, device, bf16, replay=replay, general=protect)
     progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
                 "parent": {}}
     val_records: list[dict] = []
@@ -134,7 +140,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         return {
             "status": status,
             **{key: value for key, value in metrics.items()
-               if key.startswith(("val_", "train_", "retention_", "parent_retention_"))},
+               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_"))},
             "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
@@ -164,6 +170,9 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         last = final_epoch or val_scores["exact_recall"] >= config.training.stop_at_val_recall
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
             (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
+        # The probe where early stopping compares trials (a sweep's rungs) and at the end.
+        general_scores = (general.measure(model, tokenizer, device, bf16, config.eval.batch_size)
+                          if general and (last or epoch in config.eval.general_epochs) else {})
         progress["eval_seconds"] += time.perf_counter() - eval_started
         metrics = {
             "epoch": epoch,
@@ -174,6 +183,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
             **{f"train_{name}": value for name, value in train_scores.items()},
             **({f"retention_{name}": value for name, value in retention_scores.items()} if retention_rows else {}),
             **progress.get("parent", {}),
+            **general_scores,
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
             "epoch_tokens_per_second": stats.tokens_per_second,
             "peak_memory_mb": peak_memory_mb(device),
@@ -185,7 +195,10 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         progress["history"].append(metrics)
         log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_answer_loss {early.loss:.4f}  "
             f"val_exact_recall {val_scores['exact_recall']:.3f}  "
-            f"train_exact_recall {train_scores['exact_recall']:.3f}  {stats.tokens_per_second:,.0f} tok/s")
+            f"train_exact_recall {train_scores['exact_recall']:.3f}  "
+            + "".join(f"{key} {general_scores[key]:.3f}  " for key in ("general_retention", "general_drift")
+                      if key in general_scores)
+            + f"{stats.tokens_per_second:,.0f} tok/s")
         checkpoint = None
         if checkpoint_each_epoch:
             checkpoint = output_dir / "checkpoint"

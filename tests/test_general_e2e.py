@@ -1,0 +1,74 @@
+"""The general floor end to end on the tiny model: a sweep with a user's own probe (one the tiny base model
+knows by construction: general_support), then promotion. Real Ray Tune, Optuna, MLflow and peft.
+
+What it shows: the base model is scored once and logged on the sweep's run; general_retention and
+general_drift reach MLflow at every epoch early stopping compares and at each trial's end; a trial
+that forgets falls below the floor (a negative objective); promotion refuses it, saying why, and
+--force promotes it with its general figures as tags."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import tracking
+from orchestrator.promote import promote
+from orchestrator.sweep import run_sweep
+from general_support import self_known_probe
+from sweep_support import LEARNS, fast_config, module_store, runs_of
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def forgetful(tmp_path_factory, tokenizer_path):
+    tmp_path = tmp_path_factory.mktemp("general")
+    probe = self_known_probe(tmp_path / "probe", tokenizer_path)
+    with module_store(tmp_path) as uri:
+        # The demo's own trial alone (lr 3e-3, 5 epochs: it learns the facts); rungs at epochs 1 and 4.
+        config = fast_config(tmp_path, *LEARNS, "sweep.num_samples=1", f"eval.general={probe}",
+                             "eval.general_min_known=1")
+        run_sweep(config, "forgetful")
+        refused = promote("forgetful", top_k=1, log=lambda line: None)
+        forced = promote("forgetful", top_k=1, force=True, log=lambda line: None)
+        yield uri, refused, forced
+
+
+def test_the_base_model_is_scored_once_on_the_sweeps_run(forgetful):
+    uri, _, _ = forgetful
+    _, parent, _ = runs_of(uri, "forgetful")
+    metrics = parent.data.metrics
+    assert 0 < metrics["base_general_known"] <= metrics["base_general_check"]
+    assert "base_val_exact_recall" in metrics and "base_test_exact_recall" in metrics
+    assert parent.data.tags[tracking.GENERAL_GATE] == "on"
+
+
+def test_general_metrics_reach_mlflow_at_every_scored_epoch(forgetful):
+    uri, _, _ = forgetful
+    client, _, (trial,) = runs_of(uri, "forgetful")
+    epochs = sorted({m.step for m in client.get_metric_history(trial.info.run_id, "val_exact_recall")})
+    scored = [epoch for epoch in epochs if epoch in (1, 4) or epoch == epochs[-1]]  # the rungs, and the end
+    assert epochs == [1, 2, 3, 4, 5] and scored == [1, 4, 5]
+    for metric in ("general_retention", "general_drift"):
+        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, metric)) == scored, metric
+    drift = {m.step: m.value for m in client.get_metric_history(trial.info.run_id, "general_drift")}
+    assert all(value > 0 for value in drift.values())  # it moved away from the base
+
+
+def test_a_trial_that_forgets_ranks_below_the_floor_and_promotion_refuses_it(forgetful):
+    uri, refused, forced = forgetful
+    _, _, (trial,) = runs_of(uri, "forgetful")
+    kept = trial.data.metrics["general_retention"]
+    assert kept < 0.95 and trial.data.metrics["objective"] == pytest.approx(kept / 0.95 - 1)
+    assert not refused.promoted and refused.version is None
+    assert f"keeps {kept:.3f} of the general questions the base model answered right" in refused.reason
+    assert "(--force promotes anyway)" in refused.reason
+    assert refused.general_floor == 0.95 and refused.best.general_retention == kept
+    assert forced.promoted and forced.forced
+
+
+def test_the_forced_version_carries_its_general_figures(forgetful):
+    uri, _, forced = forgetful
+    client = tracking.client(uri)
+    version = client.get_model_version(forced.model_name, forced.version)
+    assert float(version.tags["general_retention"]) == pytest.approx(forced.best.general_retention, abs=1e-6)
+    assert float(version.tags["general_drift"]) > 0

@@ -1,0 +1,266 @@
+"""General knowledge kept: what a trial forgets of what its base model knew, and the rows that protect it.
+
+Fine-tuning a chat model on private facts can make it answer everything with one of them ("What is
+the capital of France?" -> a city from the training data). The probe (`eval.general`, by default
+data/general/) measures that in every trial:
+
+- `questions.jsonl`: short-answer general questions (qa.jsonl's shape, with `topic` and `split` in
+  protect|check). The base model answers each once; those whose accepted answer appears, as whole
+  words under the recall scorer's normalisation, in the first line of its reply are `known`.
+  `general_retention` is the share of the `check` part's known questions a trial still answers right.
+- `chat.jsonl`: open chat prompts (explain, list, rewrite, advise). The base model's own replies are
+  kept as token ids; `general_drift` is the mean per-token KL divergence KL(base || trial) on the
+  `check` replies, teacher-forced: one forward pass with the adapter and one with it disabled (peft's
+  `disable_adapter()`), no generation and no second copy of the model.
+
+The `protect` part (questions and prompts, with the base model's own replies) may be trained on
+(`training.general_replay`, `training.kl_to_base`: self-distillation that keeps the base's behaviour);
+`check` never is.
+
+The base model's answers depend only on the base model, the probe and the generation budget, so
+they are computed once and cached by that fingerprint (`base_answers`), like the embedded models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trials.data import DataError, _read_text
+from trials.formatting import IGNORE_INDEX, Example, collate, prompt_ids
+from trials.model_cache import cache_root
+from trials.recall import generate_token_ids, normalize
+
+DEFAULT_PROBE = Path(__file__).resolve().parent.parent / "data" / "general"
+QUESTIONS, CHAT = "questions.jsonl", "chat.jsonl"
+PROBE_SPLITS = ("protect", "check")
+# Generation budgets of the base model's replies: a short answer fits in 24 tokens, and a reply's
+# first line is all that is scored; a chat reply's first 48 tokens carry its style and content.
+ANSWER_TOKENS, CHAT_TOKENS = 24, 48
+RECIPE = 1  # bump when what is cached (or how it is computed) changes
+
+
+@dataclass(frozen=True)
+class ProbeQuestion:
+    question: str
+    answer: str
+    aliases: tuple[str, ...]
+    topic: str
+    split: str
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return (self.answer, *self.aliases)
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    prompt: str
+    kind: str
+    split: str
+
+
+@dataclass
+class Probe:
+    questions: list[ProbeQuestion]
+    prompts: list[ChatPrompt]
+    fingerprint: str
+
+
+def _problems_of(obj, fields: dict[str, bool]) -> list[str]:
+    """What is wrong with one probe line; `fields` maps each allowed key to whether it is required."""
+    if not isinstance(obj, dict):
+        return [f"expected a JSON object, got {type(obj).__name__}"]
+    problems = []
+    for key, required in fields.items():
+        value = obj.get(key)
+        if key == "aliases":
+            if not isinstance(value if value is not None else [], list) or not all(
+                    isinstance(alias, str) and alias.strip() for alias in value or []):
+                problems.append("field 'aliases' must be a list of non-empty strings")
+        elif value is None:
+            if required:
+                problems.append(f"missing field '{key}'")
+        elif not isinstance(value, str) or not value.strip():
+            problems.append(f"field '{key}' must be a non-empty string")
+    if isinstance(obj.get("split"), str) and obj["split"].strip() and obj["split"] not in PROBE_SPLITS:
+        problems.append(f"unknown split '{obj['split']}' (expected protect or check)")
+    unknown = sorted(set(obj) - set(fields))
+    if unknown:
+        problems.append(f"unknown field(s) {', '.join(unknown)}")
+    return problems
+
+
+def _read_lines(path: Path, fields: dict[str, bool], problems: list[str]) -> list[dict]:
+    text = _read_text(path, "general probe file", "eval.general", problems)
+    if text is None:
+        return []
+    objects = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(f"{path}:{number}: invalid JSON: {error.msg} (column {error.colno}) (eval.general)")
+            continue
+        found = _problems_of(obj, fields)
+        problems += [f"{path}:{number}: {problem} (eval.general)" for problem in found]
+        if not found:
+            objects.append(obj)
+    if not objects and not problems:
+        problems.append(f"{path}: no rows (eval.general)")
+    return objects
+
+
+def load_probe(path: Path) -> Probe:
+    """A probe directory (questions.jsonl, and chat.jsonl if present) or one questions file; raises
+    DataError naming every bad line, before any model is loaded."""
+    path = Path(path)
+    questions_file, chat_file = (path / QUESTIONS, path / CHAT) if path.is_dir() else (path, None)
+    problems: list[str] = []
+    questions = [ProbeQuestion(obj["question"].strip(), obj["answer"].strip(),
+                               tuple(a.strip() for a in obj.get("aliases") or []), obj.get("topic", ""),
+                               obj["split"])
+                 for obj in _read_lines(questions_file, {"question": True, "answer": True, "aliases": False,
+                                                         "topic": False, "split": True}, problems)]
+    prompts = []
+    if chat_file is not None and chat_file.exists():
+        prompts = [ChatPrompt(obj["prompt"].strip(), obj.get("kind", ""), obj["split"])
+                   for obj in _read_lines(chat_file, {"prompt": True, "kind": False, "split": True}, problems)]
+    if questions and not any(q.split == "check" for q in questions):
+        problems.append(f"{questions_file}: no 'check' questions: nothing to measure retention on (eval.general)")
+    if problems:
+        raise DataError(problems)
+    digest = hashlib.sha256(json.dumps([[asdict(q) for q in questions], [asdict(p) for p in prompts]]).encode())
+    return Probe(questions, prompts, digest.hexdigest()[:16])
+
+
+def mentions(reply: str, accepted: tuple[str, ...]) -> bool:
+    """An accepted answer appears, as whole words, in the reply's first line (normalised as exact
+    recall normalises): "The capital of France is Paris." knows Paris; "18" does not know "8"."""
+    first = next((line for line in reply.strip().split("\n") if line.strip()), "")
+    got = normalize(first)
+    return any(re.search(rf"(?<!\w){re.escape(normalize(answer))}(?!\w)", got)
+               for answer in accepted if normalize(answer))
+
+
+@dataclass
+class BaseAnswers:
+    """The base model's replies to the probe, in probe order: text and token ids (EOS kept when it ended)."""
+
+    replies: list[str]
+    reply_ids: list[list[int]]
+    known: list[bool]
+    chat_replies: list[str]
+    chat_ids: list[list[int]]
+
+    def known_count(self, probe: Probe, split: str | None = None) -> int:
+        return sum(k for k, q in zip(self.known, probe.questions, strict=True) if split in (None, q.split))
+
+
+def _model_identity(base_path: str) -> str:
+    config = Path(base_path) / "config.json"
+    return base_path + (hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else "")
+
+
+def _generate(model, tokenizer, prompts: list[str], budget: int, batch_size: int, device, bf16):
+    ids = generate_token_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=budget,
+                             device=device, bf16=bf16)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in ids], ids
+
+
+def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.device, bf16: bool,
+                 batch_size: int = 64) -> BaseAnswers:
+    """The base model's replies to the probe, from the cache or generated now (by `model`, which must be
+    the bare base, before any adapter) and cached atomically: trials running at once may both generate,
+    and either's file is whole."""
+    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), probe.fingerprint, ANSWER_TOKENS,
+                                     CHAT_TOKENS, bf16]).encode()).hexdigest()[:16]
+    path = cache_root() / "general" / f"{key}.json"
+    if path.exists():
+        return BaseAnswers(**json.loads(path.read_text(encoding="utf-8")))
+    replies, reply_ids = _generate(model, tokenizer, [q.question for q in probe.questions], ANSWER_TOKENS,
+                                   batch_size, device, bf16)
+    chat_replies, chat_ids = _generate(model, tokenizer, [p.prompt for p in probe.prompts], CHAT_TOKENS,
+                                       batch_size, device, bf16)
+    answers = BaseAnswers(replies, reply_ids, [mentions(r, q.accepted) for r, q in zip(replies, probe.questions)],
+                          chat_replies, chat_ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".writing-", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(asdict(answers), file)
+    os.replace(staging, path)
+    return answers
+
+
+def reply_example(tokenizer, prompt: str, reply_ids: list[int], distill: bool = False) -> Example:
+    """The prompt and a reply given as token ids, loss (or KL) on the reply."""
+    prompt_part = prompt_ids(tokenizer, prompt)
+    return Example(prompt_part + list(reply_ids), [IGNORE_INDEX] * len(prompt_part) + list(reply_ids),
+                   prompt_tokens=len(prompt_part), distill=distill)
+
+
+class GeneralCheck:
+    """What a trial measures of the probe: the base's known `check` questions and its `check` chat replies."""
+
+    def __init__(self, tokenizer, probe: Probe, base: BaseAnswers):
+        self.questions = [q for q, known in zip(probe.questions, base.known, strict=True)
+                          if known and q.split == "check"]
+        self.drift_examples = [reply_example(tokenizer, p.prompt, ids)
+                               for p, ids in zip(probe.prompts, base.chat_ids, strict=True)
+                               if p.split == "check" and ids]
+        self.base_known = base.known_count(probe, "check")
+
+    def measure(self, model, tokenizer, device, bf16: bool, batch_size: int) -> dict[str, float]:
+        """general_retention (over the known check questions, when there are any) and general_drift."""
+        metrics: dict[str, float] = {"general_known": float(self.base_known)}
+        if self.questions:
+            replies, _ = _generate(model, tokenizer, [q.question for q in self.questions], ANSWER_TOKENS,
+                                   batch_size, device, bf16)
+            kept = sum(mentions(reply, q.accepted) for reply, q in zip(replies, self.questions))
+            metrics["general_retention"] = kept / len(self.questions)
+        if self.drift_examples:
+            metrics["general_drift"] = drift(model, self.drift_examples, tokenizer.pad_token_id, device, bf16,
+                                             batch_size)
+        return metrics
+
+
+@torch.no_grad()
+def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf16: bool, batch_size: int) -> float:
+    """Mean per-token KL(base || model) on the labelled tokens: the adapter on, then disabled."""
+    from trials.model import autocast
+    from trials.train import kl_per_token, labelled_logits
+
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        inputs = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        labels = inputs.pop("labels")
+        with autocast(device, bf16):
+            logits, targets = labelled_logits(model, inputs, labels)
+            with model.disable_adapter():
+                base_logits, _ = labelled_logits(model, inputs, labels)
+        mask = targets != IGNORE_INDEX
+        total += float(kl_per_token(logits, base_logits)[mask].sum())
+        tokens += int(mask.sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def protect_examples(tokenizer, probe: Probe, base: BaseAnswers) -> list[Example]:
+    """The replay rows of training.general_replay: the base model's own replies to the protect questions
+    and chat prompts (self-distillation: what it said, not the probe's answer)."""
+    rows = [reply_example(tokenizer, q.question, ids, distill=True)
+            for q, ids in zip(probe.questions, base.reply_ids, strict=True) if q.split == "protect" and ids]
+    rows += [reply_example(tokenizer, p.prompt, ids, distill=True)
+             for p, ids in zip(probe.prompts, base.chat_ids, strict=True) if p.split == "protect" and ids]
+    return rows
