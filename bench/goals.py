@@ -20,6 +20,10 @@ SMOLLM2_TEST_MARGIN_OVER_SEED = 0.5  # ...and its margin over the seed recipe's
 SMOLLM2_THROUGHPUT_RATIO_VS_SEED = 1.5
 SMOLLM2_SPEEDUP_VS_PREVIOUS = 2  # training tokens/s over bench/previous.py's code path
 
+# The general section (bench/general.py, configs/smollm2.yaml).
+GENERAL_RETENTION = 0.95  # the protected sweep's best trial keeps this share of the base's known check questions
+GENERAL_CHAMPION_TEST_RECALL = 0.95  # the protected sweep's promoted champion, on test
+
 
 def asha_recall_kept(results: dict) -> bool:
     asha, flat = results["asha_best_test"], results["noasha_best_test"]
@@ -47,3 +51,9 @@ def smollm2_goals_met(results: dict) -> dict[str, bool]:
         >= SMOLLM2_THROUGHPUT_RATIO_VS_SEED,
         "smollm2_speedup_vs_previous": results["smollm2_speedup_vs_previous"] >= SMOLLM2_SPEEDUP_VS_PREVIOUS,
     }
+
+
+def general_goals_met(results: dict) -> dict[str, bool]:
+    retention, test = results["general_retention_ours"], results["general_champion_test_recall"]
+    return {"general_retention_ours": retention is not None and retention >= GENERAL_RETENTION,
+            "general_champion_test_recall": test is not None and test >= GENERAL_CHAMPION_TEST_RECALL}

@@ -5,6 +5,7 @@
     python -m bench.run --sections tiny      # only the tiny-model sections below
     python -m bench.run --sections smollm2   # only the real-model sections (bench/smollm2.py)
     python -m bench.run --sections incremental   # adding facts later: forgetting (bench/incremental.py)
+    python -m bench.run --sections general   # general knowledge kept, SmolLM2 (bench/general.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
@@ -42,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.general import REQUIRED_KEYS as GENERAL_REQUIRED_KEYS
 from bench.goals import tiny_goals_met
 from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
 from bench.seed_recipe import SEED
@@ -468,6 +470,17 @@ def run_incremental(bench: Bench) -> dict:
     return incremental.run(bench, log)
 
 
+def run_general(bench: Bench) -> dict:
+    """General knowledge kept (bench/general.py), on configs/smollm2.yaml with the full demo data."""
+    from bench import general
+
+    return general.run(bench.overrides, bench.settings, bench.work, log)
+
+
+def is_general_key(key: str) -> bool:
+    return key.startswith("general_")
+
+
 def is_smollm2_key(key: str) -> bool:
     return key.startswith("smollm2_")
 
@@ -478,7 +491,7 @@ def is_incremental_key(key: str) -> bool:
 
 def is_tiny_key(key: str) -> bool:
     # The tiny sections came first, with unprefixed keys: every key no other section claims is theirs.
-    return not (is_smollm2_key(key) or is_incremental_key(key))
+    return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key))
 
 
 @dataclass(frozen=True)
@@ -493,6 +506,7 @@ SECTIONS: dict[str, Section] = {
     "tiny": Section(run_tiny, TINY_REQUIRED_KEYS, is_tiny_key),
     "smollm2": Section(run_smollm2, SMOLLM2_REQUIRED_KEYS, is_smollm2_key),
     "incremental": Section(run_incremental, INCREMENTAL_REQUIRED_KEYS, is_incremental_key),
+    "general": Section(run_general, GENERAL_REQUIRED_KEYS, is_general_key),
 }
 
 
