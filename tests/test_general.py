@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from orchestrator.sweep import Floors, objective
 from orchestrator.config import load_experiment
 from trials.config import DEFAULT_PROBE, ConfigError
 from trials.data import DataError
-from trials.general import (BaseAnswers, GeneralCheck, base_answers, drift, load_probe, mentions,
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+from trials.general import (GeneralCheck, base_answers, drift, load_probe, mentions,
                             protect_examples)
 
 
@@ -165,7 +168,8 @@ def _scored(test: float, general: float | None) -> Scored:
 
 def test_promotion_refuses_a_candidate_below_the_general_floor_only_when_the_gate_is_on():
     refusal = _refusal(_scored(0.9, 0.5), None, None, 0.0, "--min-test-recall", general_floor=0.95)
-    assert "keeps 0.500 of the general questions the base model answered right, below the general floor 0.950" in refusal
+    assert ("keeps 0.500 of the general questions the base model answered right, below the general floor 0.950"
+            in refusal)
     assert _refusal(_scored(0.9, 0.96), None, None, 0.0, "--min-test-recall", general_floor=0.95) is None
     assert _refusal(_scored(0.9, 0.5), None, None, 0.0, "--min-test-recall", general_floor=None) is None
 
@@ -192,3 +196,20 @@ def test_a_users_probe_the_base_knows_is_kept_whole_by_the_base_itself(tmp_path,
     scores = check.measure(fresh, tokenizer, torch.device("cpu"), False, 64)
     assert scores["general_retention"] == 1.0  # the base model itself keeps everything it knew
     assert scores["general_drift"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_sweep_can_search_the_protection_knobs():
+    import optuna
+
+    from orchestrator.search_space import DefineByRun, trial_config_for
+
+    config = load_experiment(DEMO_CONFIG, ["search_space.general_replay={low: 0.25, high: 0.75}",
+                                           "search_space.kl_to_base={low: 0.0, high: 1.0}"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    trial = study.ask()
+    DefineByRun(config.search_space)(trial)
+    trained = trial_config_for(config.trial_config(), trial.params, config.search_space).training
+    assert 0.25 <= trained.general_replay == trial.params["general_replay"] <= 0.75
+    assert trained.kl_to_base == trial.params["kl_to_base"]
+    with pytest.raises(ConfigError, match="high must be at most 1"):
+        load_experiment(DEMO_CONFIG, ["search_space.kl_to_base={low: 0.0, high: 2.0}"])

@@ -56,10 +56,12 @@ def test_the_objective_puts_forgetting_below_everything_that_keeps_the_floor():
     plain = objective(base, Floors(0.95))
     kept = objective({**base, "retention_exact_recall": 0.57, "parent_retention_exact_recall": 0.6}, Floors(0.95))
     assert kept == plain > 0  # 0.57 >= 0.95 * 0.6: scored on new facts alone
-    forgot_little = objective({**base, "retention_exact_recall": 0.5, "parent_retention_exact_recall": 0.6}, Floors(0.95))
+    forgot_little = objective({**base, "retention_exact_recall": 0.5, "parent_retention_exact_recall": 0.6},
+                              Floors(0.95))
     forgot_much = objective({**base, "val_exact_recall": 0.9, "retention_exact_recall": 0.1,
                              "parent_retention_exact_recall": 0.6}, Floors(0.95))
-    assert -1 <= forgot_much < forgot_little < 0 <= objective({**base, "val_exact_recall": 0.0, "train_exact_recall": 0.0}, Floors(0.95))
+    learned_nothing = objective({**base, "val_exact_recall": 0.0, "train_exact_recall": 0.0}, Floors(0.95))
+    assert -1 <= forgot_much < forgot_little < 0 <= learned_nothing
 
 
 def scored(role: str, test: float, retention: float | None) -> Scored:

@@ -27,7 +27,7 @@ def folder(tmp_path_factory):
         yield folder
 
 
-def _sweep(folder, name: str, trials: int, with_study: bool = True) -> tuple:
+def _sweep(folder, name: str, trials: int, with_study: bool = True, general: bool = False) -> tuple:
     """A FINISHED sweep of `trials` LoRA/prefix trials (2 epochs each; the first is best) and its study,
     in optuna-NAME.db."""
     client = tracking.client()
@@ -48,6 +48,8 @@ def _sweep(folder, name: str, trials: int, with_study: bool = True) -> tuple:
             client.log_param(run.info.run_id, key, value)
         for epoch in (1, 2):
             client.log_metric(run.info.run_id, "val_exact_recall", recall * epoch / 2, step=epoch)
+        if general:  # the first trial recalls the most and forgets the most
+            client.log_metric(run.info.run_id, "general_retention", 0.4 + 0.25 * index, step=2)
         client.log_text(run.info.run_id, "".join(json.dumps(row) + "\n" for row in ROWS), "predictions_val.jsonl")
         client.set_terminated(run.info.run_id, "FINISHED")
         sweep_study.add_trial(optuna.trial.create_trial(
@@ -99,6 +101,16 @@ def test_one_finished_trial_gets_a_note_instead_of_importances(folder, tmp_path,
     assert "top trial t0 (not the champion), val split: 1 of 2 questions missed" in out
     assert _logged(client, parent_id) == {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png",
                                           "optimization_history.png", "answers.md", "report.html"}
+
+
+def test_the_report_draws_recall_against_general_retention_when_trials_measured_it(folder, tmp_path, capsys):
+    client, parent_id, _ = _sweep(folder, "general", 3, general=True)
+    out = _report("general", tmp_path / "report", capsys)
+    assert "general_vs_recall.png" in _logged(client, parent_id)
+    assert "general_vs_recall.png is left out" not in out
+    assert "| val_exact_recall | general_retention |" in out  # the leaderboard's column
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 7
 
 
 @pytest.mark.parametrize(("gone", "why"), [("tags", "this sweep recorded no Optuna study"),
