@@ -45,7 +45,7 @@ bench: install
 bench-real: install
 	$(PY) -m bench.run --sections smollm2
 
-# General knowledge kept: SmolLM2 sweeps with and without protection, side by side (about an hour).
+# General knowledge kept: SmolLM2 sweeps with and without protection, side by side (~35 min).
 bench-general: install
 	$(PY) -m bench.run --sections general
 
