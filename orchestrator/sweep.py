@@ -14,6 +14,14 @@ below every trial that keeps it, and the less it forgot the higher. So the sweep
 recall subject to retention, and Optuna (and early stopping, which compares `objective` in an
 incremental sweep) see forgetting as the worst outcome.
 
+Every sweep adds a second floor, on general knowledge (trials/general.py): a trial must still answer
+`sweep.general_floor` of the general check questions its base model answered right
+(`general_retention`), measured at the rungs and at the trial's end; below it, it scores
+general_retention / floor - 1 the same way (the worse breach decides when both floors are broken). The
+floor applies when the base knew at least `eval.general_min_known` of them (the sweep's run says whether,
+tag recall.general_gate): a random tiny model knows none. At epochs between rungs the probe is not
+scored, and the objective there is the plain one.
+
 Early stopping (orchestrator/scheduling.py) compares trials at the first rung by the val answers'
 teacher-forced loss, which moves from the first epoch, and at later rungs by `objective`
 (`sweep.asha.compare_by`, see `rung_metrics`); what Optuna optimises and promotion ranks by is
@@ -147,6 +155,8 @@ def describe_baseline(report: dict[str, float], gate: str | None, floor: float) 
                  f"{int(report['base_general_check'])} check questions right")
     if gate:
         return f"{line}. General floor off: {gate}."
+    if floor == 0:
+        return f"{line}. General floor off: sweep.general_floor is 0."
     return f"{line}. General floor on: a trial must keep {floor:.0%} of them (sweep.general_floor)."
 
 

@@ -213,3 +213,18 @@ def test_a_sweep_can_search_the_protection_knobs():
     assert trained.kl_to_base == trial.params["kl_to_base"]
     with pytest.raises(ConfigError, match="high must be at most 1"):
         load_experiment(DEMO_CONFIG, ["search_space.kl_to_base={low: 0.0, high: 2.0}"])
+
+
+def test_the_sweep_says_whether_the_general_floor_applies_and_why():
+    from orchestrator.sweep import describe_baseline
+    from trials.baseline import general_gate
+
+    tiny = {"base_val_exact_recall": 0.0, "base_general_known": 0, "base_general_check": 168}
+    gate = general_gate(tiny, 20)
+    assert "answers only 0 of the probe's 168 check questions right" in gate and "eval.general_min_known" in gate
+    assert describe_baseline(tiny, gate, 0.95).endswith(f"General floor off: {gate}.")
+    real = {**tiny, "base_general_known": 82}
+    assert general_gate(real, 20) is None
+    assert describe_baseline(real, None, 0.85).endswith("General floor on: a trial must keep 85% of them "
+                                                        "(sweep.general_floor).")
+    assert general_gate({"base_val_exact_recall": 0.0}, 20) == "the general probe is off (eval.general: null)"
