@@ -228,7 +228,7 @@ class SearchSpace(Strict):
             raise ValueError(f"methods {missing} are listed but have no search space section")
         return self
 
-    @field_validator("replay_fraction", "general_replay", "kl_to_base")
+    @field_validator("replay_fraction", "general_replay")
     @classmethod
     def _a_fraction(cls, value: Range | None) -> Range | None:
         if value is not None and value.high > 1:

@@ -143,6 +143,31 @@ def test_kl_only_replay_rows_cost_nothing_while_the_adapter_is_the_base(tokenize
     assert float(ce_only) == pytest.approx(float(batch_loss(model, inputs, labels)[0]), rel=1e-5)
 
 
+def test_a_kl_weight_above_one_scales_the_kl_alone(tokenizer_path):
+    from trials.formatting import collate
+    from trials.methods import LoraMethod
+    from trials.model import attach_method
+    from trials.train import distilled_loss
+
+    model, tokenizer = _tiny(tokenizer_path)
+    probe = load_probe(DEFAULT_PROBE)
+    rows = protect_examples(tokenizer, probe, base_answers(model, tokenizer, probe, tokenizer_path,
+                                                           torch.device("cpu"), False))[:4]
+    model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
+    with torch.no_grad():  # move the adapter off the base, so the KL is not zero
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+    inputs = collate(rows, tokenizer.pad_token_id)
+    labels = inputs.pop("labels")
+    distill = torch.tensor([True] * len(rows))
+    kl_only = float(distilled_loss(model, inputs, labels, distill, kl_weight=1.0)[0])
+    assert kl_only > 0.01
+    # No cross-entropy term comes back above 1: four times the KL, nothing else.
+    assert float(distilled_loss(model, inputs, labels, distill, kl_weight=4.0)[0]) == pytest.approx(4 * kl_only,
+                                                                                                  rel=1e-4)
+
+
 def _metrics(val: float, general: float | None, known: int = 40) -> dict:
     metrics = {"val_exact_recall": val, "train_exact_recall": 1.0, "val_questions": 60, "general_known": known}
     return metrics if general is None else {**metrics, "general_retention": general}
@@ -204,7 +229,7 @@ def test_a_sweep_can_search_the_protection_knobs():
     from orchestrator.search_space import DefineByRun, trial_config_for
 
     config = load_experiment(DEMO_CONFIG, ["search_space.general_replay={low: 0.25, high: 0.75}",
-                                           "search_space.kl_to_base={low: 0.0, high: 1.0}"])
+                                           "search_space.kl_to_base={low: 0.0, high: 4.0}"])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     trial = study.ask()
     DefineByRun(config.search_space)(trial)
@@ -212,7 +237,7 @@ def test_a_sweep_can_search_the_protection_knobs():
     assert 0.25 <= trained.general_replay == trial.params["general_replay"] <= 0.75
     assert trained.kl_to_base == trial.params["kl_to_base"]
     with pytest.raises(ConfigError, match="high must be at most 1"):
-        load_experiment(DEMO_CONFIG, ["search_space.kl_to_base={low: 0.0, high: 2.0}"])
+        load_experiment(DEMO_CONFIG, ["search_space.general_replay={low: 0.0, high: 2.0}"])
 
 
 def test_the_sweep_says_whether_the_general_floor_applies_and_why():

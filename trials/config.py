@@ -102,9 +102,11 @@ class TrainingConfig(Strict):
                                          "afresh every epoch: self-distillation that keeps what the base knew. "
                                          "0 = off. Needs eval.general.")
     kl_to_base: float = Field(
-        0.0, ge=0.0, le=1.0, description="On the general_replay rows, the weight of the KL divergence to the base "
-                                         "model (the same model, adapter disabled) against the cross-entropy on "
-                                         "its reply: 0 = cross-entropy only, 1 = KL only.")
+        0.0, ge=0.0, description="On the general_replay rows, the weight of the KL divergence to the base model "
+                                 "(the same model, adapter disabled). Up to 1 it trades against the "
+                                 "cross-entropy on the base's reply: 0 = cross-entropy only, 1 = KL only. Above 1 "
+                                 "the KL alone, weighted that many times a new fact's token: a stronger pull "
+                                 "back to the base against the optimiser's steps on the new facts.")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val exact recall reaches this.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
 

@@ -124,7 +124,7 @@ def kl_per_token(logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tenso
 def distilled_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, distill: torch.Tensor,
                    kl_weight: float, share_prefix: bool = False) -> tuple[torch.Tensor, int]:
     """batch_loss for a batch holding general-knowledge replay rows (`distill`, one bool a row): on those
-    rows each token's loss is (1 - kl_weight) x the cross-entropy on the base model's own reply +
+    rows each token's loss is max(0, 1 - kl_weight) x the cross-entropy on the base model's own reply +
     kl_weight x KL(base || model) over the whole vocabulary, the base's logits coming from the same
     model with its adapter disabled (no second copy); other rows keep the plain cross-entropy."""
     logits, targets = labelled_logits(model, inputs, labels, share_prefix)
@@ -132,7 +132,7 @@ def distilled_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
         base_logits, _ = labelled_logits(model, inputs, labels, share_prefix)
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
                                            ignore_index=IGNORE_INDEX)
-    mixed = (1 - kl_weight) * ce + kl_weight * kl_per_token(logits, base_logits)
+    mixed = max(0.0, 1 - kl_weight) * ce + kl_weight * kl_per_token(logits, base_logits)
     per_token = torch.where(distill.to(ce.device)[:, None], mixed, ce)
     mask = targets != IGNORE_INDEX
     return per_token[mask].sum(), int(mask.sum())
