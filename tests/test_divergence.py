@@ -62,6 +62,15 @@ def test_a_non_finite_gradient_stops_training_and_leaves_the_weights(trainer_for
     assert all(torch.equal(old, new) for old, new in zip(before, trainable(trainer)))
 
 
+def test_the_divergence_survives_pickling_with_its_message():
+    import pickle
+
+    # Ray pickles a trial's exception to carry it to the driver; unpickling must not turn it into a TypeError.
+    error = pickle.loads(pickle.dumps(TrainingDiverged(2, 5, "gradient norm")))
+    assert (error.epoch, error.step, error.what) == (2, 5, "gradient norm")
+    assert "non-finite gradient norm at epoch 2, step 5" in str(error)
+
+
 def test_orchestrator_trial_exits_non_zero_with_one_line(repo_root, tmp_path, capsys):
     import json
 
