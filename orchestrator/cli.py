@@ -58,7 +58,9 @@ def cmd_sweep(args) -> int:
           f"(MLflow parent run {outcome.parent_run_id})")
     print(format_leaderboard(outcome.leaderboard))
     for row in outcome.failed:
-        print(f"FAILED trial {row['trial']}: {row['error'].strip().splitlines()[-1] if row['error'] else ''}")
+        print(f"FAILED trial {row['trial']}: {row['error']}")
+    if outcome.failed:
+        print("the whole error of a failed trial: its MLflow run's recall.error tag")
     print("compare the trials in the MLflow UI: orchestrator ui")
     return 0 if outcome.succeeded else 1
 

@@ -106,6 +106,11 @@ def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatc
     assert [run.info.status for run in children] == ["FAILED"] and len(outcome.failed) == 1
     tags = children[0].data.tags
     assert tags["recall.failure"] == "diverged" and "non-finite loss at epoch 1, step" in tags["recall.error"]
+    # The exception survived Tune's copy and Ray's pickling (it once became a TypeError there), so its own
+    # line leads the description and the console.
+    assert "TypeError" not in tags["recall.error"]
+    assert tags["mlflow.note.content"].startswith("FAILED: training diverged: non-finite loss at epoch 1, step ")
+    assert outcome.failed[0]["error"].startswith("training diverged: non-finite loss at epoch 1, step ")
 
     # The sweep's stored study, as optuna-dashboard and optuna.load_study see it.
     parent = runs_of(uri, "diverging")[1]
