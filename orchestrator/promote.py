@@ -352,10 +352,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     from trials.data import load_knowledge
     from trials.evaluate import retained_knowledge
 
-    if top_k < 1:
-        raise PromotionError("--top-k must be at least 1")
-    if not 0.0 <= min_test_recall < 1.0:
-        raise PromotionError(f"--min-test-recall must be at least 0 and below 1, not {min_test_recall}")
+    _check_inputs(sweep, top_k, model_name, min_test_recall)
     use_store()
     client = tracking.client()
     parent = _sweep_parent(client, experiment, sweep, allow_incomplete)
@@ -438,6 +435,38 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
                           f"{version.version} of '{model_name}', alias '{ALIAS}'{previous}"
                           f"{' (--force)' if force and refusal else ''}")
         return outcome
+
+
+def _check_inputs(sweep: str | None, top_k: int, model_name: str, min_test_recall: float) -> None:
+    """Every option, checked before promotion reads or writes anything; all problems in one error.
+
+    Promotion writes test scores onto the trial runs, logs and registers the model, and only then
+    searches the registry by the model name: a name MLflow refuses, or cannot search for, failed
+    half-way, leaving those writes (an orphan version with no alias) behind.
+    """
+    problems = [f"--model-name {problem}" for problem in _model_name_problems(model_name)]
+    if sweep is not None and "'" in sweep and '"' in sweep:
+        problems.append("--sweep holds both quote kinds (' and \"): MLflow's search filters cannot name it")
+    if top_k < 1:
+        problems.append(f"--top-k must be at least 1, not {top_k}")
+    if not 0.0 <= min_test_recall < 1.0:
+        problems.append(f"--min-test-recall must be at least 0 and below 1, not {min_test_recall}")
+    if problems:
+        raise PromotionError("; ".join(problems))
+
+
+def _model_name_problems(name: str) -> list[str]:
+    """Why MLflow's registry would refuse `name`, or promotion could not find its versions afterwards."""
+    if not name.strip():
+        return ["is empty"]
+    problems = []
+    if "/" in name or ":" in name:  # the registry's rule: a model's URI reads models:/NAME@champion
+        problems.append("holds '/' or ':', which MLflow's registry refuses in a model name")
+    if name == "." or name.startswith(".."):  # the registry's rule: it would name a folder, or one above
+        problems.append("is '.' or starts with '..', which MLflow's registry refuses in a model name")
+    if "'" in name and '"' in name:  # promotion looks a run's versions up by the name (tracking.quoted)
+        problems.append("holds both quote kinds (' and \"): MLflow's search filters cannot name it")
+    return problems
 
 
 def _first_floor(min_test_recall: float, seed: Scored | None) -> tuple[float, str]:

@@ -345,6 +345,27 @@ def test_a_killed_sweep_is_promoted_only_when_allowed(store, trained, capsys):
     assert "registered as new version 1" in " ".join(capsys.readouterr().out.split()) and versions() == ["1"]
 
 
+def test_every_input_is_checked_before_any_write(store, trained, capsys):
+    from orchestrator import tracking
+    from orchestrator.cli import main
+
+    strong, _ = trained
+    (run_id,) = log_sweep("quotes", [(strong, strong.metrics["val_exact_recall"])])
+    client = tracking.client()
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    # MLflow's search filters cannot name a model holding both quote kinds: found out after registering,
+    # such a name once left a version 1 with no alias behind.
+    assert main(["promote", "--sweep", "quotes", "--model-name", "team's \"best\""]) == 2
+    assert client.search_registered_models() == [] and not client.search_logged_models([experiment])
+    assert "--model-name holds both quote kinds" in capsys.readouterr().err
+    # Every problem at once: the registry refuses '/' (after the model was logged, it used to).
+    assert main(["promote", "--sweep", "quotes", "--model-name", "teams/best", "--top-k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-name holds '/'" in err and "--top-k must be at least 1" in err
+    assert client.search_registered_models() == [] and not client.search_logged_models([experiment])
+    assert "test_exact_recall" not in client.get_run(run_id).data.metrics  # not even the scores went back
+
+
 def test_two_promotions_at_once_register_one_version(store, trained, orchestrator, tmp_path):
     from orchestrator import tracking
 
