@@ -19,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # = orchestrator.promote.DEFAULT_MODEL_NAME / DEFAULT_EXPERIMENT, spelled out so that parsing the
 # command line does not import MLflow.
 MODEL_NAME, EXPERIMENT = "recall-champion", "recall-orchestrator"
+# `promote`'s exit status when its gate refused the candidate: 0 means a trial of the sweep is the
+# champion now, 2 an error, so a script can tell the three apart.
+NOTHING_PROMOTED = 3
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +84,7 @@ def cmd_promote(args) -> int:
                       min_test_recall=args.min_test_recall, allow_incomplete=args.allow_incomplete,
                       experiment=args.experiment, log=lambda line: print(line, file=sys.stderr))
     print_promotion(outcome)
-    return 0
+    return NOTHING_PROMOTED if outcome.refused else 0
 
 
 def cmd_ask(args) -> int:
@@ -251,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     promote = commands.add_parser("promote", help="register a sweep's best adapter (judged on the test split) "
-                                                  "as the registry model's champion")
+                                                  "as the registry model's champion",
+                                  epilog=f"exit status: 0 promoted (also when a promote running at the same time "
+                                         f"registered the same trial first), {NOTHING_PROMOTED} nothing promoted "
+                                         "(the candidate did not beat the champion, or the first champion's floor), "
+                                         "2 an error")
     promote.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     promote.add_argument("--top-k", type=int, default=3, help="how many trials, best val recall first, to score on test")
     promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")

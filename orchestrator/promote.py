@@ -116,6 +116,7 @@ class Promotion:
     champion: Scored | None
     promoted: bool
     reason: str
+    refused: bool = False  # the gate kept the champion (or left none): nothing promoted, `promote` exits 3
     version: str | None = None  # the version `champion` points to afterwards
     new_version: bool = False
     test_questions: int = 0
@@ -403,6 +404,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             best.version = champion.version
         refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by, general_floor)
         if refusal and not force:
+            outcome.refused = True
             outcome.version = champion.version if champion else None
             kept = f"kept champion v{champion.version}" if champion else "no champion yet, none promoted"
             outcome.reason = f"{kept}: {refusal} (--force promotes anyway)"
