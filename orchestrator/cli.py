@@ -103,6 +103,15 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def _question(text: str) -> str:
+    """argparse's type for `ask`'s question: an empty one is refused before a model loads (argparse names
+    the argument and exits 2)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: ask the model something, e.g. "
+                                         "orchestrator ask \"Which team is Piet Lindqvist on?\"")
+    return text
+
+
 def _unloadable(model_uri: str, message: str) -> str:
     """Why `ask` could not load its model: most often no sweep was promoted yet to give it the alias."""
     import re
@@ -274,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=cmd_promote)
 
     ask = commands.add_parser("ask", help="answer a question with a registered model (default: the champion)")
-    ask.add_argument("question")
+    ask.add_argument("question", type=_question, help="the question, quoted")
     ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI (default: %(default)s)")
     ask.set_defaults(func=cmd_ask)
 

@@ -125,6 +125,18 @@ def test_ask_on_an_empty_store_says_to_sweep_then_promote(empty, capsys, monkeyp
                        "orchestrator promote --sweep NAME")
 
 
+@pytest.mark.parametrize("question", ["", " \t "])
+def test_ask_with_an_empty_question_is_an_error_before_any_model_loads(empty, capsys, monkeypatch, question):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exited:
+        main(["ask", question])
+    assert exited.value.code == 2
+    assert "orchestrator ask: error: argument question: is empty: ask the model something" in capsys.readouterr().err
+
+
 def test_promote_on_an_empty_store_says_to_run_a_sweep(empty, capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, empty, "promote")
     sentence, command = sentence_and_command(err)
