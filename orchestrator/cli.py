@@ -56,7 +56,7 @@ def cmd_sweep(args) -> int:
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     outcome = run_sweep(config, name, source=str(args.config), resume=args.resume, address=args.address,
-                        start=args.start, verbose=args.verbose)
+                        start=args.start, verbose=args.verbose, overrides=args.overrides)
     print(f"\nsweep '{name}': {len(outcome.leaderboard)} trials in {outcome.wall_seconds:.0f}s "
           f"(MLflow parent run {outcome.parent_run_id})")
     print(format_leaderboard(outcome.leaderboard))
@@ -138,14 +138,15 @@ def cmd_demo(args) -> int:
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     steps = 6 if args.incremental else 3
-    if not _demo_round(config, name, str(args.config), 1, steps):
+    if not _demo_round(config, name, str(args.config), args.overrides, 1, steps):
         return 1
     asked = [load_knowledge(config.data).split("train")[0]]
     if args.incremental:
         batch2 = Path(__file__).resolve().parent.parent / "data" / "demo-batch2"
-        second = load_experiment(args.config, [*args.overrides, f"data.qa={batch2 / 'qa.jsonl'}",
-                                               f"data.documents={sorted(map(str, (batch2 / 'documents').glob('*.txt')))}"])
-        if not _demo_round(second, f"{name}-batch2", str(args.config), 4, steps, start=champion_uri()):
+        overrides = [*args.overrides, f"data.qa={batch2 / 'qa.jsonl'}",
+                     f"data.documents={sorted(map(str, (batch2 / 'documents').glob('*.txt')))}"]
+        second = load_experiment(args.config, overrides)
+        if not _demo_round(second, f"{name}-batch2", str(args.config), overrides, 4, steps, start=champion_uri()):
             return 1
         asked.append(load_knowledge(second.data).split("train")[0])
 
@@ -164,7 +165,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _demo_round(config, name: str, source: str, step: int, steps: int, start: str | None = None) -> bool:
+def _demo_round(config, name: str, source: str, overrides: list[str], step: int, steps: int,
+                start: str | None = None) -> bool:
     """One sweep (incremental from `start` when given) and its promotion; False when no trial finished."""
     from orchestrator.leaderboard import format_leaderboard
     from orchestrator.promote import print_promotion, promote
@@ -172,7 +174,7 @@ def _demo_round(config, name: str, source: str, step: int, steps: int, start: st
 
     how = f"incremental from {start}, " if start else ""
     print(f"== {step}/{steps} sweep '{name}': {how}{config.sweep.num_samples} trials, each an MLflow child run")
-    outcome = run_sweep(config, name, source=source, start=start)
+    outcome = run_sweep(config, name, source=source, start=start, overrides=overrides)
     print(format_leaderboard(outcome.leaderboard))
     if not outcome.succeeded:
         print("no trial finished: nothing to promote", file=sys.stderr)

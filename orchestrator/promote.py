@@ -142,8 +142,8 @@ def _sweep_parent(client, experiment: str, sweep: str | None, allow_incomplete: 
         raise PromotionError(hints.still_running(parent, allow_incomplete))
     if parent.info.status == "KILLED" and not allow_incomplete:
         raise PromotionError(f"sweep '{name}' was stopped before it finished (its run is KILLED): trials it "
-                             f"never ran may beat the ones it has; finish it with `orchestrator sweep CONFIG "
-                             f"--name {name} --resume`, or promote from what it has with --allow-incomplete")
+                             f"never ran may beat the ones it has; finish it with `{hints.resume_of(parent)}`, or "
+                             "promote from what it has with --allow-incomplete")
     return parent
 
 
