@@ -19,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # = orchestrator.promote.DEFAULT_MODEL_NAME / DEFAULT_EXPERIMENT, spelled out so that parsing the
 # command line does not import MLflow.
 MODEL_NAME, EXPERIMENT = "recall-champion", "recall-orchestrator"
+# `promote`'s exit status when its gate refused the candidate: 0 means a trial of the sweep is the
+# champion now, 2 an error, so a script can tell the three apart.
+NOTHING_PROMOTED = 3
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +56,14 @@ def cmd_sweep(args) -> int:
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     outcome = run_sweep(config, name, source=str(args.config), resume=args.resume, address=args.address,
-                        start=args.start, verbose=args.verbose)
+                        start=args.start, verbose=args.verbose, overrides=args.overrides)
     print(f"\nsweep '{name}': {len(outcome.leaderboard)} trials in {outcome.wall_seconds:.0f}s "
           f"(MLflow parent run {outcome.parent_run_id})")
     print(format_leaderboard(outcome.leaderboard))
     for row in outcome.failed:
-        print(f"FAILED trial {row['trial']}: {row['error'].strip().splitlines()[-1] if row['error'] else ''}")
+        print(f"FAILED trial {row['trial']}: {row['error']}")
+    if outcome.failed:
+        print("the whole error of a failed trial: its MLflow run's recall.error tag")
     print("compare the trials in the MLflow UI: orchestrator ui")
     return 0 if outcome.succeeded else 1
 
@@ -79,7 +84,7 @@ def cmd_promote(args) -> int:
                       min_test_recall=args.min_test_recall, allow_incomplete=args.allow_incomplete,
                       experiment=args.experiment, log=lambda line: print(line, file=sys.stderr))
     print_promotion(outcome)
-    return 0
+    return NOTHING_PROMOTED if outcome.refused else 0
 
 
 def cmd_ask(args) -> int:
@@ -96,6 +101,15 @@ def cmd_ask(args) -> int:
         return 2
     print(model.predict([args.question])[0])
     return 0
+
+
+def _question(text: str) -> str:
+    """argparse's type for `ask`'s question: an empty one is refused before a model loads (argparse names
+    the argument and exits 2)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: ask the model something, e.g. "
+                                         "orchestrator ask \"Which team is Piet Lindqvist on?\"")
+    return text
 
 
 def _unloadable(model_uri: str, message: str) -> str:
@@ -124,14 +138,15 @@ def cmd_demo(args) -> int:
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     steps = 6 if args.incremental else 3
-    if not _demo_round(config, name, str(args.config), 1, steps):
+    if not _demo_round(config, name, str(args.config), args.overrides, 1, steps):
         return 1
     asked = [load_knowledge(config.data).split("train")[0]]
     if args.incremental:
         batch2 = Path(__file__).resolve().parent.parent / "data" / "demo-batch2"
-        second = load_experiment(args.config, [*args.overrides, f"data.qa={batch2 / 'qa.jsonl'}",
-                                               f"data.documents={sorted(map(str, (batch2 / 'documents').glob('*.txt')))}"])
-        if not _demo_round(second, f"{name}-batch2", str(args.config), 4, steps, start=champion_uri()):
+        overrides = [*args.overrides, f"data.qa={batch2 / 'qa.jsonl'}",
+                     f"data.documents={sorted(map(str, (batch2 / 'documents').glob('*.txt')))}"]
+        second = load_experiment(args.config, overrides)
+        if not _demo_round(second, f"{name}-batch2", str(args.config), overrides, 4, steps, start=champion_uri()):
             return 1
         asked.append(load_knowledge(second.data).split("train")[0])
 
@@ -150,7 +165,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _demo_round(config, name: str, source: str, step: int, steps: int, start: str | None = None) -> bool:
+def _demo_round(config, name: str, source: str, overrides: list[str], step: int, steps: int,
+                start: str | None = None) -> bool:
     """One sweep (incremental from `start` when given) and its promotion; False when no trial finished."""
     from orchestrator.leaderboard import format_leaderboard
     from orchestrator.promote import print_promotion, promote
@@ -158,7 +174,7 @@ def _demo_round(config, name: str, source: str, step: int, steps: int, start: st
 
     how = f"incremental from {start}, " if start else ""
     print(f"== {step}/{steps} sweep '{name}': {how}{config.sweep.num_samples} trials, each an MLflow child run")
-    outcome = run_sweep(config, name, source=source, start=start)
+    outcome = run_sweep(config, name, source=source, start=start, overrides=overrides)
     print(format_leaderboard(outcome.leaderboard))
     if not outcome.succeeded:
         print("no trial finished: nothing to promote", file=sys.stderr)
@@ -249,7 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     promote = commands.add_parser("promote", help="register a sweep's best adapter (judged on the test split) "
-                                                  "as the registry model's champion")
+                                                  "as the registry model's champion",
+                                  epilog=f"exit status: 0 promoted (also when a promote running at the same time "
+                                         f"registered the same trial first), {NOTHING_PROMOTED} nothing promoted "
+                                         "(the candidate did not beat the champion, or the first champion's floor), "
+                                         "2 an error")
     promote.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     promote.add_argument("--top-k", type=int, default=3, help="how many trials, best val recall first, to score on test")
     promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
@@ -265,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=cmd_promote)
 
     ask = commands.add_parser("ask", help="answer a question with a registered model (default: the champion)")
-    ask.add_argument("question")
+    ask.add_argument("question", type=_question, help="the question, quoted")
     ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI (default: %(default)s)")
     ask.set_defaults(func=cmd_ask)
 

@@ -76,7 +76,14 @@ def still_running(parent, allow_incomplete: bool) -> str:
     besides = ", which --allow-incomplete does not cover" if allow_incomplete else ""
     return with_fix(f"sweep '{name}' is still running (started {_clock(parent.info.start_time)}){besides}; wait for "
                     "it to finish or, if its driver died, resume it",
-                    f"orchestrator sweep CONFIG --name {name} --resume")
+                    resume_of(parent))
+
+
+def resume_of(parent) -> str:
+    """The command that continues a sweep, as its run keeps it; a sweep logged before it was kept
+    gets the shape of it."""
+    name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
+    return parent.data.tags.get(tracking.RESUME_COMMAND, f"orchestrator sweep CONFIG --name {name} --resume")
 
 
 def newest_finished(client, experiment: str) -> str | None:

@@ -12,6 +12,7 @@ at once (KeyboardInterrupt), as Tune's own handler would.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import threading
 
@@ -25,15 +26,27 @@ os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 class SweepInterrupted(SweepError):
     """The driver was stopped by a signal; the sweep can be resumed."""
 
-    def __init__(self, name: str, signum: int, experiment_path: str):
+    def __init__(self, name: str, signum: int, experiment_path: str, resume: str):
         self.signum = signum
         super().__init__(f"sweep '{name}' stopped by {signal.Signals(signum).name}: its trials were stopped and saved "
-                         f"in {experiment_path}; continue it with the same command plus --resume "
-                         f"(orchestrator sweep CONFIG --name {name} --resume)")
+                         f"in {experiment_path}; continue it with:\n  {resume}")
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def resume_command(source: str, name: str, overrides=(), start: str | None = None, address: str | None = None) -> str:
+    """The command that continues sweep `name`: the one that started it (config path and --set as
+    given, so it runs from the same directory), with its --name and --resume."""
+    words = ["orchestrator", "sweep", source, "--name", name]
+    for override in overrides:
+        words += ["--set", override]
+    if start:
+        words += ["--from", start]
+    if address:
+        words += ["--address", address]
+    return shlex.join([*words, "--resume"])
 
 
 class GracefulStop:

@@ -5,6 +5,7 @@ Only MLflow is needed (no Ray): `orchestrator report`, the sweep's end and any n
 
 from __future__ import annotations
 
+import re
 import time
 
 from orchestrator import tracking
@@ -19,6 +20,34 @@ def param_number(text: str | None) -> float | int | None:
         return None
     value = float(text)
     return int(value) if value.is_integer() and "." not in text and "e" not in text else value
+
+
+# Tune heads each failure in a trial's error file with this line (ray.tune.experiment.trial).
+FAILURE_HEADER = re.compile(r"^Failure # \d+ \(occurred at .*\)$", re.MULTILINE)
+
+
+def failure_cause(error: str) -> str:
+    """A failed trial's cause in one line, for the console and the leaderboard; the trial's run keeps
+    the whole text (its recall.error tag).
+
+    `error` is what Tune wrote to the trial's error file: one "Failure # N" block per failure, each
+    str() of the exception Ray carried to the driver. A dead worker's block is one long paragraph of
+    Ray's (its tail says nothing of the cause); a raised exception's ends with the exception's line.
+    """
+    last = FAILURE_HEADER.split(error)[-1]  # the failure that ended the trial
+    pid = re.search(r"\tpid: (\d+)", last)
+    who = f" (pid {pid[1]})" if pid else ""
+    if "NODE_OUT_OF_MEMORY" in last or "running low on memory" in last:
+        return f"out of memory: Ray killed the worker{who} as the node ran low on memory"
+    if "worker process has died" in last:
+        # Ray cannot tell a SIGKILL from the kernel's OOM killer or a crash: it saw the connection drop.
+        return (f"worker process died{who}: killed by a signal (SIGKILL, the kernel's OOM killer: see dmesg) "
+                "or crashed")
+    diverged = re.search(r"training diverged: .*", last)  # trials.train.TrainingDiverged
+    if diverged:
+        return diverged[0]
+    lines = [line.strip() for line in last.splitlines() if line.strip()]
+    return lines[-1] if lines else "the trial raised (no error text)"
 
 
 def leaderboard(client, parent_run_id: str) -> list[dict]:
@@ -44,7 +73,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "seconds": round((end - run.info.start_time) / 1000, 1),
             # warm:<earlier sweep>, seed (points_to_evaluate) or optuna: orchestrator/warm_start.py
             "origin": run.data.tags.get(tracking.ORIGIN),
-            "error": run.data.tags.get("recall.error", "")[-300:],
+            "error": failure_cause(run.data.tags["recall.error"]) if "recall.error" in run.data.tags else "",
         })
     rows.sort(key=lambda row: (row["status"] == "FAILED", -(row["val_exact_recall"] or -1.0)))
     return rows

@@ -19,10 +19,11 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
+from rich.markup import escape
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.leaderboard import format_leaderboard, leaderboard
+from orchestrator.leaderboard import failure_cause, format_leaderboard, leaderboard
 from orchestrator.progress import sweep_console as console  # under the live progress line
 from orchestrator.scheduling import rungs
 from orchestrator.search_space import SearchSpace, trial_config_for
@@ -303,13 +304,13 @@ class MlflowTrials(Callback):
         self._open(trial)
         error_file = getattr(trial, "error_file", None) or ""
         message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
-        last_line = message.strip().splitlines()[-1] if message.strip() else ""
+        cause = failure_cause(message)
         tags = {"recall.error": message,
-                tracking.NOTE: trial_note(self._trial_config(trial.config), self.sweep, f"FAILED: {last_line}")}
+                tracking.NOTE: trial_note(self._trial_config(trial.config), self.sweep, f"FAILED: {cause}")}
         if "TrainingDiverged" in message:  # trials.train raised it: the loss or gradient went non-finite
             tags["recall.failure"] = "diverged"
         self._write(partial(self._end_run, trial.trial_id, trial.checkpoint, tags, "FAILED"))
-        console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {last_line}")
+        console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {escape(cause)}")  # "['x']" is no markup
 
     def on_experiment_end(self, trials, **info):
         self._write(partial(self._end_experiment, {trial.trial_id for trial in trials}))

@@ -116,6 +116,7 @@ class Promotion:
     champion: Scored | None
     promoted: bool
     reason: str
+    refused: bool = False  # the gate kept the champion (or left none): nothing promoted, `promote` exits 3
     version: str | None = None  # the version `champion` points to afterwards
     new_version: bool = False
     test_questions: int = 0
@@ -141,8 +142,8 @@ def _sweep_parent(client, experiment: str, sweep: str | None, allow_incomplete: 
         raise PromotionError(hints.still_running(parent, allow_incomplete))
     if parent.info.status == "KILLED" and not allow_incomplete:
         raise PromotionError(f"sweep '{name}' was stopped before it finished (its run is KILLED): trials it "
-                             f"never ran may beat the ones it has; finish it with `orchestrator sweep CONFIG "
-                             f"--name {name} --resume`, or promote from what it has with --allow-incomplete")
+                             f"never ran may beat the ones it has; finish it with `{hints.resume_of(parent)}`, or "
+                             "promote from what it has with --allow-incomplete")
     return parent
 
 
@@ -352,10 +353,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     from trials.data import load_knowledge
     from trials.evaluate import retained_knowledge
 
-    if top_k < 1:
-        raise PromotionError("--top-k must be at least 1")
-    if not 0.0 <= min_test_recall < 1.0:
-        raise PromotionError(f"--min-test-recall must be at least 0 and below 1, not {min_test_recall}")
+    _check_inputs(sweep, top_k, model_name, min_test_recall)
     use_store()
     client = tracking.client()
     parent = _sweep_parent(client, experiment, sweep, allow_incomplete)
@@ -406,6 +404,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             best.version = champion.version
         refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by, general_floor)
         if refusal and not force:
+            outcome.refused = True
             outcome.version = champion.version if champion else None
             kept = f"kept champion v{champion.version}" if champion else "no champion yet, none promoted"
             outcome.reason = f"{kept}: {refusal} (--force promotes anyway)"
@@ -438,6 +437,38 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
                           f"{version.version} of '{model_name}', alias '{ALIAS}'{previous}"
                           f"{' (--force)' if force and refusal else ''}")
         return outcome
+
+
+def _check_inputs(sweep: str | None, top_k: int, model_name: str, min_test_recall: float) -> None:
+    """Every option, checked before promotion reads or writes anything; all problems in one error.
+
+    Promotion writes test scores onto the trial runs, logs and registers the model, and only then
+    searches the registry by the model name: a name MLflow refuses, or cannot search for, failed
+    half-way, leaving those writes (an orphan version with no alias) behind.
+    """
+    problems = [f"--model-name {problem}" for problem in _model_name_problems(model_name)]
+    if sweep is not None and "'" in sweep and '"' in sweep:
+        problems.append("--sweep holds both quote kinds (' and \"): MLflow's search filters cannot name it")
+    if top_k < 1:
+        problems.append(f"--top-k must be at least 1, not {top_k}")
+    if not 0.0 <= min_test_recall < 1.0:
+        problems.append(f"--min-test-recall must be at least 0 and below 1, not {min_test_recall}")
+    if problems:
+        raise PromotionError("; ".join(problems))
+
+
+def _model_name_problems(name: str) -> list[str]:
+    """Why MLflow's registry would refuse `name`, or promotion could not find its versions afterwards."""
+    if not name.strip():
+        return ["is empty"]
+    problems = []
+    if "/" in name or ":" in name:  # the registry's rule: a model's URI reads models:/NAME@champion
+        problems.append("holds '/' or ':', which MLflow's registry refuses in a model name")
+    if name == "." or name.startswith(".."):  # the registry's rule: it would name a folder, or one above
+        problems.append("is '.' or starts with '..', which MLflow's registry refuses in a model name")
+    if "'" in name and '"' in name:  # promotion looks a run's versions up by the name (tracking.quoted)
+        problems.append("holds both quote kinds (' and \"): MLflow's search filters cannot name it")
+    return problems
 
 
 def _first_floor(min_test_recall: float, seed: Scored | None) -> tuple[float, str]:

@@ -36,40 +36,6 @@ import mlflow.pyfunc
 
 # Artifact keys of the logged model.
 ADAPTER, TRIAL_CONFIG, BASE_MODEL, KNOWLEDGE = "adapter", "trial_config", "base_model", "knowledge"
-QUESTION_COLUMNS = ("question", "inputs")
-
-
-def questions_from(model_input) -> list[str]:
-    """The questions in whatever shape pyfunc or its scoring server hands over.
-
-    A list/tuple/array/Series of strings, a single string, {"inputs": [...]} or
-    {"question": [...]}, or a DataFrame with a "question" or "inputs" column (or one column).
-    """
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(model_input, dict):
-        for key in QUESTION_COLUMNS:
-            if key in model_input:
-                return questions_from(model_input[key])
-        raise ValueError(f"expected a dict with one of the keys {QUESTION_COLUMNS}, got {sorted(model_input)}")
-    if isinstance(model_input, pd.DataFrame):
-        column = next((c for c in QUESTION_COLUMNS if c in model_input.columns), None)
-        if column is None and len(model_input.columns) == 1:
-            column = model_input.columns[0]
-        if column is None:
-            raise ValueError(f"expected a DataFrame column named one of {QUESTION_COLUMNS}, "
-                             f"got {list(model_input.columns)}")
-        return questions_from(model_input[column])
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, (pd.Series, np.ndarray)):
-        model_input = np.asarray(model_input).reshape(-1).tolist()
-    if isinstance(model_input, (list, tuple)):
-        if not all(isinstance(q, str) for q in model_input):
-            raise ValueError("every question must be a string")
-        return list(model_input)
-    raise ValueError(f"expected questions as a list of strings, a DataFrame or a dict, got {type(model_input).__name__}")
 
 
 class RecallModel(mlflow.pyfunc.PythonModel):
@@ -95,15 +61,16 @@ class RecallModel(mlflow.pyfunc.PythonModel):
         self.batch_size = int(options.get("batch_size", config.eval.batch_size))
         self.max_new_tokens = int(options["max_new_tokens"])
 
-    # No type hints on purpose (MLflow warns about it): several input shapes are accepted, see
-    # questions_from, and a hint would make MLflow convert or reject some of them.
-    def predict(self, context, model_input, params=None) -> list[str]:
+    # The hints are the registered version's schema (questions in, one answer each out), inferred by
+    # MLflow at logging, and what it checks and converts every input to: a list of strings; a
+    # DataFrame of one column (a "question" column, the scoring server's dataframe_split) arrives as
+    # that column's list; JSON {"inputs": [...]} over HTTP as the list.
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
         from trials.recall import cut_answer, generate_answers
 
-        questions = questions_from(model_input)
-        if not questions:
+        if not model_input:
             return []
-        generated = generate_answers(self.model, self.tokenizer, questions, batch_size=self.batch_size,
+        generated = generate_answers(self.model, self.tokenizer, model_input, batch_size=self.batch_size,
                                      max_new_tokens=self.max_new_tokens, device=self.device, bf16=self.bf16)
         return [cut_answer(text) for text in generated]
 

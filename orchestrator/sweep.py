@@ -51,7 +51,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator import study, tracking, warm_start
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
-from orchestrator.interrupts import GracefulStop, SweepInterrupted
+from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_command
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.progress import SweepProgress, sweep_console
 from orchestrator.scheduling import rungs
@@ -350,11 +350,13 @@ def _incremental(config: ExperimentConfig, start: str | None, directory: Path,
 
 
 def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", resume: bool = False,
-              address: str | None = None, verbose: bool = False, start: str | None = None) -> SweepOutcome:
+              address: str | None = None, verbose: bool = False, start: str | None = None,
+              overrides=()) -> SweepOutcome:
     """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial.
 
     `start` (`--from`) makes it incremental: see `_incremental`. `verbose` adds a line per trial per
-    epoch to the progress (orchestrator/progress.py)."""
+    epoch to the progress (orchestrator/progress.py). `source` and `overrides` (the --set the config was
+    loaded with) make the command that resumes it, printed when it is stopped and kept on its run."""
     from ray import tune
 
     from trials.evaluate import retained_knowledge
@@ -398,7 +400,8 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         if new_study is not None:  # no sweep ran: the name stays free for the next attempt
             study.discard(new_study.storage, new_study.name)
         raise
-    tags = dict(lineage)
+    resume_with = resume_command(source, name, overrides, start, address)
+    tags = {**lineage, tracking.RESUME_COMMAND: resume_with}
     if new_study is not None:
         tags.update({study.STORAGE_TAG: study.hidden(new_study.url), study.STUDY_TAG: new_study.name})
     if warm is not None:
@@ -436,7 +439,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
                              f"in {experiment_path}.")
         board = close_sweep_run(client, parent_run_id, killed=stop.signum is not None)
     if stop.signum is not None:
-        raise SweepInterrupted(name, stop.signum, experiment_path)
+        raise SweepInterrupted(name, stop.signum, experiment_path, resume_with)
     _end_study(config, storage, client.get_run(parent_run_id).data.tags)
     return SweepOutcome(name, parent_run_id, experiment_path, time.time() - started, board)
 

@@ -41,6 +41,8 @@ BASE_MODEL, METHODS = "recall.base_model", "recall.methods"
 WARM_START, WARM_START_SWEEPS, WARM_START_TRIALS = ("recall.warm_start", "recall.warm_start_sweeps",
                                                    "recall.warm_start_trials")
 ORIGIN = "recall.origin"
+# On a sweep's run: the command that continues it (the one that started it, plus --resume), for the hints.
+RESUME_COMMAND = "recall.resume_command"
 GENERAL_GATE = "recall.general_gate"  # on a sweep's run: "on", or "off: why" (trials/baseline.py general_gate)
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page in the MLflow UI

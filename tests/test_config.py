@@ -144,7 +144,7 @@ def test_prefix_method_loads(tmp_path):
 def test_unknown_method_name(tmp_path):
     path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  name: bitfit\n")
     found = problems(path)
-    assert len(found) == 1 and "one of lora, prefix, ia3" in one(found, f"{path}:3: method:")
+    assert len(found) == 1 and "one of lora, prefix, ia3" in one(found, f"{path}:4: method.name:")
 
 
 def test_method_without_name_is_lora(tmp_path):
@@ -240,6 +240,25 @@ def test_file_errors_and_set_errors_together(tmp_path):
     one(found, "--set method.r: ")
     one(found, f"{path}:5: method.dropout:")
     assert len(found) == 2
+
+
+def test_set_method_errors_name_the_set_not_the_method_section_s_line(tmp_path):
+    path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  name: ia3\n")
+    # The discriminator's error is about method.name, which the --set changed.
+    found = problems(path, ["method.name=bitfit"])
+    assert len(found) == 1 and "one of lora, prefix, ia3" in one(found, "--set method.name: ")
+    # A method's own check (loc: the method section) blames what --set changed inside it.
+    found = problems(path, ["method.feedforward_modules=[q_proj]"])
+    assert len(found) == 1 and "must also be in target_modules" in one(found, "--set method.feedforward_modules: ")
+    found = problems(path, ["method.target_modules=[q_proj]", "method.feedforward_modules=[o_proj]"])
+    one(found, "--set method.target_modules, --set method.feedforward_modules: method: ")
+    assert not any(".yaml" in p for p in found), found
+    # No method section in the file: still the --set, not the file.
+    found = problems(write(tmp_path / "d.yaml", MINIMAL), ["method.name=bitfit"])
+    one(found, "--set method.name: ")
+    # A key missing from a section is the file's, whatever --set changed beside it.
+    found = problems(write(tmp_path / "e.yaml", "data:\n  documents: []\n"), ["data.max_length=64"])
+    assert "required" in one(found, f"{tmp_path / 'e.yaml'}:1: data.qa:").lower()
 
 
 def test_set_section_replacement_takes_over_the_origin(tmp_path):

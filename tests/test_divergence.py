@@ -62,6 +62,15 @@ def test_a_non_finite_gradient_stops_training_and_leaves_the_weights(trainer_for
     assert all(torch.equal(old, new) for old, new in zip(before, trainable(trainer)))
 
 
+def test_the_divergence_survives_pickling_with_its_message():
+    import pickle
+
+    # Ray pickles a trial's exception to carry it to the driver; unpickling must not turn it into a TypeError.
+    error = pickle.loads(pickle.dumps(TrainingDiverged(2, 5, "gradient norm")))
+    assert (error.epoch, error.step, error.what) == (2, 5, "gradient norm")
+    assert "non-finite gradient norm at epoch 2, step 5" in str(error)
+
+
 def test_orchestrator_trial_exits_non_zero_with_one_line(repo_root, tmp_path, capsys):
     import json
 
@@ -97,6 +106,11 @@ def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatc
     assert [run.info.status for run in children] == ["FAILED"] and len(outcome.failed) == 1
     tags = children[0].data.tags
     assert tags["recall.failure"] == "diverged" and "non-finite loss at epoch 1, step" in tags["recall.error"]
+    # The exception survived Tune's copy and Ray's pickling (it once became a TypeError there), so its own
+    # line leads the description and the console.
+    assert "TypeError" not in tags["recall.error"]
+    assert tags["mlflow.note.content"].startswith("FAILED: training diverged: non-finite loss at epoch 1, step ")
+    assert outcome.failed[0]["error"].startswith("training diverged: non-finite loss at epoch 1, step ")
 
     # The sweep's stored study, as optuna-dashboard and optuna.load_study see it.
     parent = runs_of(uri, "diverging")[1]

@@ -78,6 +78,36 @@ def test_promote_of_a_sweep_still_running_says_since_when_and_how_to_resume(nigh
     assert command == "orchestrator sweep CONFIG --name evening --resume"
 
 
+# The command that started a sweep, as the sweep's run keeps it (orchestrator.sweep.run_sweep).
+STARTED_WITH = ("orchestrator sweep configs/demo.yaml --name late --set training.epochs=3 "
+                "--set 'search_space.methods=[lora, ia3]' --resume")
+
+
+def test_the_resume_command_is_the_one_that_started_the_sweep(migrated, tmp_path, capsys, monkeypatch):
+    uri = make_store(migrated, tmp_path, {"late": None, "stopped": "KILLED"})
+    client = tracking.client(uri)
+    for sweep in ("late", "stopped"):
+        parent = tracking.find_sweep_run(client, EXPERIMENT, sweep)
+        client.set_tag(parent.info.run_id, tracking.RESUME_COMMAND, STARTED_WITH.replace("late", sweep))
+    code, _, err = run_cli(capsys, monkeypatch, uri, "promote", "--sweep", "late")
+    assert code == 2 and sentence_and_command(err)[1] == STARTED_WITH
+    code, _, err = run_cli(capsys, monkeypatch, uri, "promote", "--sweep", "stopped")
+    assert code == 2 and f"`{STARTED_WITH.replace('late', 'stopped')}`" in err
+
+
+def test_an_interrupted_sweep_prints_the_command_that_resumes_it():
+    import signal
+
+    from orchestrator.interrupts import SweepInterrupted, resume_command
+
+    command = resume_command("configs/demo.yaml", "late", ["training.epochs=3", "search_space.methods=[lora, ia3]"])
+    assert command == STARTED_WITH
+    assert resume_command("c.yaml", "x", (), start="models:/m@champion", address="ray://head:10001") == (
+        "orchestrator sweep c.yaml --name x --from models:/m@champion --address ray://head:10001 --resume")
+    stopped = SweepInterrupted("late", signal.SIGINT, "/runs/late", command)
+    assert str(stopped).endswith(f"continue it with:\n  {STARTED_WITH}") and stopped.exit_code == 130
+
+
 def test_allow_incomplete_does_not_cover_a_running_sweep(nightly, capsys, monkeypatch):
     code, _, err = run_cli(capsys, monkeypatch, nightly, "promote", "--sweep", "evening", "--allow-incomplete")
     sentence, command = sentence_and_command(err)
@@ -123,6 +153,18 @@ def test_ask_on_an_empty_store_says_to_sweep_then_promote(empty, capsys, monkeyp
     assert code == 2 and "no sweep has finished to promote" in sentence
     assert command == ("orchestrator sweep configs/demo.yaml --name NAME && "
                        "orchestrator promote --sweep NAME")
+
+
+@pytest.mark.parametrize("question", ["", " \t "])
+def test_ask_with_an_empty_question_is_an_error_before_any_model_loads(empty, capsys, monkeypatch, question):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exited:
+        main(["ask", question])
+    assert exited.value.code == 2
+    assert "orchestrator ask: error: argument question: is empty: ask the model something" in capsys.readouterr().err
 
 
 def test_promote_on_an_empty_store_says_to_run_a_sweep(empty, capsys, monkeypatch):

@@ -56,3 +56,67 @@ def test_the_sweep_run_says_what_it_searched_and_once_closed_its_best_trial(tmp_
         assert client.get_run(parent).data.tags[tracking.NOTE] == (
             f"Best of 1 trial: lora r=32 lr=0.003 (trial t1), val_exact_recall 0.250; all in leaderboard.md."
             f"{RESULT_END}{plan}")
+
+
+# What Tune writes to a trial's error file when its worker process is SIGKILLed: str() of Ray's
+# ActorDiedError, built from the text the GCS sends (ray 2.60).
+WORKER_DIED = """Failure # 1 (occurred at 2025-06-01_12-00-00)
+The actor died unexpectedly before finishing this task.
+\tclass_name: ImplicitFunc
+\tactor_id: 2f0c1b9a8e7d6c5b4a39281701000000
+\tpid: 4242
+\tip: 127.0.0.1
+The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: \
+Worker unexpectedly exits with a connection error code 2. End of file. Some common causes include: (1) the \
+process was killed by the OOM killer due to high memory usage, (2) ray stop --force was called, or (3) the \
+worker crashed unexpectedly due to SIGSEGV or another unexpected error. If the process was killed by the kernel \
+OOM killer (verifiable by checking for OOM in dmesg of the OOMing node), consider enabling resource isolation via \
+--enable-resource-isolation to prevent node deaths by resource contention and significant loss of progress by \
+uninformed kernel OOM killing.
+"""
+
+
+def test_a_killed_worker_reads_as_one_line_naming_the_cause():
+    from orchestrator.leaderboard import failure_cause
+
+    line = failure_cause(WORKER_DIED)
+    assert "\n" not in line and len(line) <= 200
+    assert line.startswith("worker process died (pid 4242)") and "signal" in line
+    assert "OOM killer" in line  # a kill by the kernel's OOM killer looks the same to Ray
+
+
+def test_an_out_of_memory_kill_by_ray_reads_as_out_of_memory():
+    from orchestrator.leaderboard import failure_cause
+
+    text = WORKER_DIED.replace("SYSTEM_ERROR", "NODE_OUT_OF_MEMORY").replace(
+        "Worker unexpectedly exits with a connection error code 2. End of file.",
+        "Task was killed due to the node running low on memory. Memory on the node (IP: 127.0.0.1, ID: ab12) "
+        "was 7.61GB used / 7.60GB limit (0.95)")
+    assert failure_cause(text).startswith("out of memory: Ray killed the worker (pid 4242)")
+
+
+def test_a_raised_error_reads_as_its_last_failure_exception_line():
+    from orchestrator.leaderboard import failure_cause
+
+    text = ("Failure # 1 (occurred at 2025-06-01_12-00-00)\nray::ImplicitFunc.train() (pid=4242)\n"
+            "  File \"trials/trial.py\", line 9, in run_trial\nValueError: Target modules {'no_such_proj'} not found\n")
+    assert failure_cause(text) == "ValueError: Target modules {'no_such_proj'} not found"
+    diverged = (f"{text}Failure # 2 (occurred at 2025-06-01_12-01-00)\nray::ImplicitFunc.train() (pid=4243)\n"
+                "trials.train.TrainingDiverged: training diverged: non-finite loss at epoch 1, step 2 "
+                "(try a lower learning rate)\n")
+    assert failure_cause(diverged) == "training diverged: non-finite loss at epoch 1, step 2 (try a lower learning rate)"
+    assert failure_cause("") == "the trial raised (no error text)"
+
+
+def test_the_leaderboard_shows_the_cause_and_the_run_keeps_rays_whole_text(tmp_path):
+    from orchestrator.leaderboard import leaderboard
+
+    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracking.experiment_id(client, "recall-orchestrator")
+    parent = client.create_run(experiment, tags={tracking.ROLE: "sweep"}).info.run_id
+    trial = client.create_run(experiment, tags={tracking.PARENT: parent, tracking.ROLE: "trial",
+                                                tracking.TRIAL_ID: "t1", "recall.error": WORKER_DIED})
+    client.set_terminated(trial.info.run_id, "FAILED")
+    [row] = leaderboard(client, parent)
+    assert row["error"].startswith("worker process died (pid 4242)")  # not the text's tail, cut mid-word
+    assert client.get_run(trial.info.run_id).data.tags["recall.error"] == WORKER_DIED

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from orchestrator.interrupts import resume_command
 from orchestrator.server import stop_process_group
 from service_support import free_port, start_mlflow_server, without_mlflow_uris
 from sweep_support import DEMO, FAST, runs_of
@@ -19,12 +20,15 @@ from sweep_support import DEMO, FAST, runs_of
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.service]
 
 
+def _overrides(tmp_path) -> list[str]:
+    return [*FAST, "sweep.num_samples=3", "sweep.max_concurrent_trials=1", "training.epochs=3",
+            "sweep.asha.enabled=false", f"sweep.storage_path={tmp_path / 'ray_results'}"]
+
+
 def _sweep_command(tmp_path, *extra):
-    overrides = [*FAST, "sweep.num_samples=3", "sweep.max_concurrent_trials=1", "training.epochs=3",
-                 "sweep.asha.enabled=false", f"sweep.storage_path={tmp_path / 'ray_results'}"]
     # --verbose: the epoch lines tell when a trial has trained one
     return [sys.executable, "-m", "orchestrator.cli", "sweep", str(DEMO), "--name", "evening", "--verbose",
-            *[arg for override in overrides for arg in ("--set", override)], *extra]
+            *[arg for override in _overrides(tmp_path) for arg in ("--set", override)], *extra]
 
 
 def _interrupt_after_first_epoch(tmp_path, env, signum) -> subprocess.CompletedProcess:
@@ -72,7 +76,10 @@ def test_a_stopped_sweep_is_killed_in_mlflow_and_resumes(tmp_path, signum, store
 
     stopped = _interrupt_after_first_epoch(tmp_path, env, signum)
     assert stopped.returncode == 128 + signum, stopped.stdout[-3000:]
-    assert "--resume" in stopped.stdout and "Traceback" not in stopped.stdout, stopped.stdout[-3000:]
+    assert "Traceback" not in stopped.stdout, stopped.stdout[-3000:]
+    # The command to copy: the config and the --set overrides as given, not a placeholder.
+    resume = resume_command(str(DEMO), "evening", _overrides(tmp_path))
+    assert f"continue it with:\n  {resume}\n" in stopped.stdout, stopped.stdout[-3000:]
     _, parent, children = runs_of(uri, "evening")
     assert parent.info.status == "KILLED"
     assert children and not [run for run in children if run.info.status == "RUNNING"]

@@ -293,8 +293,16 @@ def load_raw(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[d
 
 
 def _where(loc: tuple, origins: dict[tuple[str, ...], str], fallback: str) -> str:
-    """The most specific known origin of an error location (pydantic adds union tags to loc)."""
+    """The most specific known origin of an error location (pydantic adds union tags to loc).
+
+    An error on a whole section (a method's own check) names the --set overrides inside it, if any:
+    they changed it, not the line where the file opens the section.
+    """
     parts = tuple(str(part) for part in loc)
+    overrides = [origin for key, origin in origins.items()
+                 if len(key) > len(parts) > 0 and key[:len(parts)] == parts and origin.startswith("--set ")]
+    if overrides:
+        return ", ".join(overrides)
     for end in range(len(parts), 0, -1):
         if parts[:end] in origins:
             return origins[parts[:end]]
@@ -306,6 +314,8 @@ def format_validation_error(error: ValidationError, origins: dict[tuple[str, ...
     for item in error.errors():
         # Discriminated unions put the tag ("lora") into loc; it is not a key the user wrote.
         loc = tuple(part for part in item["loc"] if part not in METHOD_NAMES or item["loc"][0] != "method")
+        if item["type"] == "method_name" and isinstance(item["input"], dict):
+            loc += ("name",)  # pydantic places it on the method; it is about the name the user wrote
         key = ".".join(str(part) for part in loc) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":

@@ -180,6 +180,11 @@ class TrainingDiverged(RuntimeError):
         where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
         super().__init__(f"training diverged: non-finite {what} at {where} (try a lower learning rate)")
 
+    def __reduce__(self):
+        # Ray pickles a trial's exception to the driver; the default rebuilds it from the message alone,
+        # which this __init__ refuses (a TypeError in place of the divergence).
+        return type(self), (self.epoch, self.step, self.what)
+
 
 class Trainer:
     """Optimiser, schedule and one-epoch step over a peft model."""
