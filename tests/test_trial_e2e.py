@@ -168,7 +168,7 @@ def test_init_adapter_keeps_the_adapters_shape_and_refuses_contradictions(tmp_pa
     method = load_config(config_path).method
     assert (method.r, method.alpha, method.target_modules, method.learning_rate) == (4, 8, ["q_proj", "v_proj"], 1e-3)
 
-    with pytest.raises(ConfigError, match=r"warm.yaml:3: method: .*r: 16 but the adapter has 4"):
+    with pytest.raises(ConfigError, match=r"--set method.r: method: .*r: 16 but the adapter has 4"):
         load_config(config_path, ["method.r=16"])
     with pytest.raises(ConfigError, match=r"method: name: prefix contradicts init_adapter .* a lora adapter"):
         load_config(config_path, ["method={name: prefix}"])
