@@ -12,7 +12,6 @@ store from every trial process, which SQLite cannot take (see orchestrator/track
 from __future__ import annotations
 
 import time
-from collections import deque
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from orchestrator.progress import sweep_console as console  # under the live pro
 from orchestrator.scheduling import rungs
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
-from orchestrator.server import check_reachable
+from orchestrator.tracking_writes import WriteQueue
 from trials.config import TrialConfig
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "iterations_since_restore", "training_iteration"}
@@ -85,16 +84,15 @@ def trial_metrics(result: dict, step: int) -> list[Metric]:
 class MlflowTrials(Callback):
     """Runs in the Tune driver: one MLflow child run per trial, written by this process alone.
 
-    A tracking server may go away mid-sweep (a restart, a network cut). Every write therefore goes
-    through a backlog, in order: when one fails and the server does not answer /health, it and all
-    after it wait, training goes on, and the backlog is retried every RETRY_S seconds from Tune's
-    loop. Each write holds what it needs (metrics, the final checkpoint's location in Ray's storage),
-    so nothing a trial produced is lost. At the end of the sweep the driver waits up to
-    `outage_wait_s` for the server to take the rest. A write that fails while the server answers is
-    a real error and raises.
+    A tracking server may go away mid-sweep (a restart, a network cut). The hooks therefore only queue
+    their writes, and one background thread makes them in order (orchestrator/tracking_writes.py):
+    Tune's loop never waits on the server, and while it is away the writes wait and training goes on.
+    Each write holds what it needs (metrics, the final checkpoint's location in Ray's storage), so
+    nothing a trial produced is lost. At the end of the sweep the driver waits up to `outage_wait_s`
+    for the server to take the rest. A write that fails while the server answers is a real error and
+    raises at the next hook.
     """
 
-    RETRY_S = 5.0
     _by_sweep_run: dict[str, MlflowTrials] = {}  # the live writer of each sweep run in this driver
 
     def __init__(self, uri: str, parent_run_id: str, experiment_id: str, sweep: str,
@@ -111,18 +109,16 @@ class MlflowTrials(Callback):
         demo, runs several)."""
         return cls._by_sweep_run.pop(parent_run_id)
 
-    @property
-    def unwritten(self) -> int:
-        return len(self._backlog)
+    def close(self) -> int:
+        """Stop writing once what waits is written or the server is away; how many writes are not in MLflow."""
+        return self._writes.close()
 
     def _reset(self) -> None:
         self._runs: dict[str, str] = {}  # trial id -> run id, for runs still open
         self._opened: set[str] = set()
         self._tagged: set[str] = set()
         self._final: set[str] = set()
-        self._backlog: deque = deque()
-        self._down_since: float | None = None
-        self._last_try = 0.0
+        self._writes = WriteQueue(self.uri)
 
     def __getstate__(self):  # pickled into Tune's experiment state for --resume
         return {key: value for key, value in self.__dict__.items()
@@ -140,57 +136,11 @@ class MlflowTrials(Callback):
             self._client = tracking.client(self.uri)
         return self._client
 
-    # -- the backlog ------------------------------------------------------------------------------
+    # -- the queue --------------------------------------------------------------------------------
 
     def _write(self, *writes) -> None:
         MlflowTrials._by_sweep_run[self.parent_run_id] = self  # Tune's copy of this writer is the live one
-        self._backlog.extend(writes)
-        self._flush()
-
-    def _flush(self) -> bool:
-        """Write what waits, in order; False when the server is down (the rest keeps waiting)."""
-        self._last_try = time.monotonic()
-        while self._backlog:
-            try:
-                self._backlog[0]()
-            except Exception:
-                if not self._server_down():
-                    raise
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                    console.print(f"[bold yellow]MLflow tracking server {self.uri} is unreachable[/]: training goes "
-                                  "on; results are kept and written to MLflow when it is back")
-                return False
-            self._backlog.popleft()
-        if self._down_since is not None:
-            console.print(f"MLflow tracking server {self.uri} is back after "
-                          f"{time.monotonic() - self._down_since:.0f}s: the results kept meanwhile are written")
-            self._down_since = None
-        return True
-
-    def _server_down(self) -> bool:
-        try:
-            check_reachable(self.uri)
-        except SweepError:
-            return True
-        return False
-
-    def on_step_begin(self, iteration, trials, **info):
-        if self._backlog and time.monotonic() - self._last_try >= self.RETRY_S:
-            self._flush()
-
-    def _drain(self) -> None:
-        """At the end: wait for the server to take the backlog, up to outage_wait_s (run_sweep reports
-        what is left: an exception here would end Tune's clean-up half-way)."""
-        deadline = time.monotonic() + self.outage_wait_s
-        if self._flush():
-            return
-        console.print(f"the trials are done; waiting up to {self.outage_wait_s:.0f}s (sweep.tracking_outage_wait_s) "
-                      f"for MLflow tracking server {self.uri} to take {self.unwritten} kept writes")
-        while time.monotonic() < deadline:
-            time.sleep(min(self.RETRY_S, max(deadline - time.monotonic(), 0)))
-            if self._flush():
-                return
+        self._writes.put(*writes)
 
     # -- the writes -------------------------------------------------------------------------------
 
@@ -314,7 +264,9 @@ class MlflowTrials(Callback):
 
     def on_experiment_end(self, trials, **info):
         self._write(partial(self._end_experiment, {trial.trial_id for trial in trials}))
-        self._drain()
+        # What the server did not take in time, run_sweep reports: an exception here would end Tune's
+        # clean-up half-way.
+        self._writes.drain(self.outage_wait_s)
 
 
 # Ends the result paragraph that close_sweep_run puts above the plan in a sweep's description: a resumed

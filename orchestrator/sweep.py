@@ -432,7 +432,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     finally:
         progress.close()  # a second Ctrl-C skips Tune's on_experiment_end: the live line ends here
         # A resumed sweep runs the writer Tune restored from its experiment state, not `writer`.
-        unwritten = MlflowTrials.release(parent_run_id).unwritten
+        unwritten = MlflowTrials.release(parent_run_id).close()
         if unwritten:  # the server stayed away past sweep.tracking_outage_wait_s: the parent cannot be closed
             raise SweepError(f"MLflow tracking server {uri} stayed unreachable: {unwritten} writes of sweep '{name}' "
                              f"are not in MLflow and its run is left open. The trials' results and checkpoints are "
