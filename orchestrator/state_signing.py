@@ -58,7 +58,7 @@ def _key_name() -> str:
 
 def check_key(storage_root: str) -> None:
     """A key inside the storage folder would be readable, and replaceable, by whoever it guards against."""
-    if "://" not in storage_root and key_path().expanduser().resolve().is_relative_to(Path(storage_root)):
+    if "://" not in storage_root and key_path().resolve().is_relative_to(Path(storage_root)):
         raise SweepError(f"state key {_key_name()} is inside sweep.storage_path {storage_root}: whoever can write "
                          f"there could sign their own state; keep the key outside it (orchestrator/state_signing.py)")
 
