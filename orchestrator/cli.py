@@ -53,10 +53,13 @@ def cmd_sweep(args) -> int:
     from orchestrator.leaderboard import format_leaderboard
     from orchestrator.sweep import run_sweep
 
+    if args.trust_state and not args.resume:
+        raise SweepError("--trust-state goes with --resume: a new sweep writes (and signs) its own state")
     config = load_experiment(args.config, args.overrides)
     name = args.name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     outcome = run_sweep(config, name, source=str(args.config), resume=args.resume, address=args.address,
-                        start=args.start, verbose=args.verbose, overrides=args.overrides)
+                        start=args.start, verbose=args.verbose, overrides=args.overrides,
+                        trust_state=args.trust_state)
     print(f"\nsweep '{name}': {len(outcome.leaderboard)} trials in {outcome.wall_seconds:.0f}s "
           f"(MLflow parent run {outcome.parent_run_id})")
     print(format_leaderboard(outcome.leaderboard))
@@ -256,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sweep)
     sweep.add_argument("--name", help="sweep name (MLflow parent run, Ray experiment); default: a timestamp")
     sweep.add_argument("--resume", action="store_true", help="continue a sweep whose driver was stopped")
+    sweep.add_argument("--trust-state", action="store_true",
+                       help="with --resume: resume even though the experiment state in sweep.storage_path is not "
+                            "signed by this machine's key (RECALL_STATE_KEY), and sign it. Ray runs code from that "
+                            "state: only if you trust everyone who can write to sweep.storage_path")
     sweep.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     sweep.add_argument("--from", dest="start", metavar="SOURCE",
                        help="incremental: continue this adapter and keep the facts it knows: models:/NAME@ALIAS, "

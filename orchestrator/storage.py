@@ -61,11 +61,16 @@ class SweepStorage:
         """The sweep's Tune experiment folder: what `tune.Tuner.restore` takes."""
         return f"{self.root.rstrip('/')}/{name}"
 
+    def experiment_folder(self, name: str) -> tuple:
+        """(pyarrow filesystem, path in it) of the sweep's Tune experiment folder."""
+        filesystem, path = self._filesystem()
+        return filesystem, f"{path.rstrip('/')}/{name}"
+
     def exists(self, name: str) -> bool:
         import pyarrow.fs
 
-        filesystem, path = self._filesystem()
-        return filesystem.get_file_info(f"{path.rstrip('/')}/{name}").type != pyarrow.fs.FileType.NotFound
+        filesystem, path = self.experiment_folder(name)
+        return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
     def local_folder(self, name: str) -> Path:
         """A local folder beside the experiment for what the driver downloads (an incremental sweep's

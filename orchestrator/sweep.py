@@ -48,7 +48,7 @@ from pathlib import Path
 from mlflow.entities import Metric
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator import study, tracking, warm_start
+from orchestrator import state_signing, study, tracking, warm_start
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_command
@@ -287,8 +287,10 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
     import optuna
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
 
     from orchestrator.scheduling import ComparingASHA, SlotLimiter
+    from orchestrator.state_signing import SignedSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     searcher = LinkedOptunaSearch(
@@ -312,12 +314,13 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
         if asha.enabled else FIFOScheduler()
     )
     slots = config.sweep.max_concurrent_trials
-    if slots and asha.enabled:  # a trial waiting at a rung gives its slot to a new one (orchestrator/scheduling.py)
-        searcher, slots = SlotLimiter(searcher, slots), None
+    if slots:  # with early stopping, a trial waiting at a rung gives its slot to a new one (orchestrator/scheduling.py)
+        searcher = SlotLimiter(searcher, slots) if asha.enabled else ConcurrencyLimiter(searcher, slots)
     return tune.TuneConfig(
-        metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-        num_samples=config.sweep.num_samples, max_concurrent_trials=slots,
-        time_budget_s=config.sweep.time_budget_s, reuse_actors=True,
+        # The limiter is applied above, as Tune's max_concurrent_trials would: Tune applies that only to a
+        # Searcher, and SignedSearch (which signs each snapshot of the experiment for --resume) is past that.
+        metric=METRIC, mode=MODE, search_alg=SignedSearch(searcher), scheduler=scheduler,
+        num_samples=config.sweep.num_samples, time_budget_s=config.sweep.time_budget_s, reuse_actors=True,
     )
 
 
@@ -351,12 +354,14 @@ def _incremental(config: ExperimentConfig, start: str | None, directory: Path,
 
 def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", resume: bool = False,
               address: str | None = None, verbose: bool = False, start: str | None = None,
-              overrides=()) -> SweepOutcome:
+              overrides=(), trust_state: bool = False) -> SweepOutcome:
     """Run (or resume) the sweep and return its leaderboard; MLflow holds every trial.
 
     `start` (`--from`) makes it incremental: see `_incremental`. `verbose` adds a line per trial per
     epoch to the progress (orchestrator/progress.py). `source` and `overrides` (the --set the config was
-    loaded with) make the command that resumes it, printed when it is stopped and kept on its run."""
+    loaded with) make the command that resumes it, printed when it is stopped and kept on its run.
+    A resume refuses experiment state that is not signed by this machine's key, unless `trust_state`
+    (`--trust-state`): see `_check_state`."""
     from ray import tune
 
     from trials.evaluate import retained_knowledge
@@ -365,9 +370,12 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     load_knowledge(config.data)  # bad data fails here, with file:line, before Ray or MLflow start
     check_reachable(tracking.tracking_uri())  # so does a tracking server that is down
     storage = SweepStorage.of(config.sweep.storage_path)  # and a storage URI nothing can open
+    state_signing.check_key(storage.root)
     experiment_path = storage.experiment(name)
     if resume and not tune.Tuner.can_restore(experiment_path):
         raise SweepError(f"nothing to resume at {experiment_path}")
+    if resume:
+        _check_state(storage, name, trust_state)
     if not resume and storage.exists(name):
         raise SweepError(f"{experiment_path} exists: pass --resume to continue sweep '{name}', "
                          "or choose another --name")
@@ -444,6 +452,16 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     return SweepOutcome(name, parent_run_id, experiment_path, time.time() - started, board)
 
 
+def _check_state(storage: SweepStorage, name: str, trust: bool) -> None:
+    """Before Ray unpickles anything of the experiment: its signatures checked, or with `trust` its files
+    signed as they are, so that the next resume needs no --trust-state (orchestrator/state_signing.py)."""
+    if not trust:
+        state_signing.verify(*storage.experiment_folder(name), storage.experiment(name), storage.root)
+        return
+    signed = state_signing.sign(*storage.experiment_folder(name))
+    print(f"--trust-state: signed the {signed} state files of {storage.experiment(name)} as they are")
+
+
 def _tuner(trainable, tune_config, callbacks: list, resume: bool, name: str, storage: SweepStorage):
     from ray import tune
 
@@ -452,10 +470,13 @@ def _tuner(trainable, tune_config, callbacks: list, resume: bool, name: str, sto
     if resume:
         return tune.Tuner.restore(storage.experiment(name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         tune_config=tune_config,
         # verbose=0: SweepProgress shows the sweep's progress; Tune's own table would repeat it.
         run_config=tune.RunConfig(name=name, storage_path=storage.root, verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=callbacks),
     )
+    # Tuner() wrote tuner.pkl, the first file --resume unpickles; Tune's snapshots are signed as they are taken.
+    state_signing.sign(*storage.experiment_folder(name))
+    return tuner

@@ -221,7 +221,10 @@ def test_a_submitted_sweep_runs_on_the_cluster_and_lands_in_the_server(head, tra
 @pytest.mark.service
 @pytest.mark.cluster
 def test_ray_job_stop_stops_the_sweep_and_keeps_it_resumable(head, tracking_server, tmp_path):
+    import pyarrow.fs
     from ray import tune
+
+    from orchestrator import state_signing
 
     submission, shared = "sweep-stopped", tmp_path / "shared"
     # The sweep saves itself on SIGTERM; Ray SIGKILLs a job still running RAY_JOB_STOP_WAIT_TIME_S
@@ -251,6 +254,9 @@ def test_ray_job_stop_stops_the_sweep_and_keeps_it_resumable(head, tracking_serv
     statuses = [parent.info.status, *(run.info.status for run in trials)]
     assert parent.info.status == "KILLED" and len(trials) >= 2 and "RUNNING" not in statuses, statuses
     assert tune.Tuner.can_restore(str(shared / "stopped"))  # `--resume` continues it from storage_path
+    # and accepts its state: signed by the job's driver on the head, with this user's key (the head runs as this user).
+    experiment = str(shared / "stopped")
+    state_signing.verify(pyarrow.fs.LocalFileSystem(), experiment, experiment, str(shared))
 
 
 @pytest.mark.e2e

@@ -75,7 +75,7 @@ def test_the_pickled_searcher_writes_to_the_same_study(tmp_path, monkeypatch):
     """What --resume does: Tune unpickles the searcher; its storage reconnects by URL, its trials keep
     their numbers, and each Optuna trial names its Tune trial."""
     config, new = _new_study(tmp_path, monkeypatch)
-    searcher = _tune_config(config, config.search_space, new).search_alg
+    searcher = _tune_config(config, config.search_space, new).search_alg.searcher
     first = searcher.suggest("t1")
     searcher.on_trial_complete("t1", {"objective": 0.5})
     searcher.suggest("t2")

@@ -186,7 +186,7 @@ def test_the_searcher_hands_out_warm_points_then_the_seed_then_tpe_each_with_its
     config = fast_config(tmp_path)
     new = NewStudy.of(config, "s", SweepStorage.of(str(tmp_path / "ray_results")))
     warm = warm_start.WarmStart("a", ["a"], [lora(16, 2.0, 0.004), PREFIX], ["warm:a", "warm:a"], ["a/1", "a/2"])
-    searcher = _tune_config(config, config.search_space, new, warm).search_alg
+    searcher = _tune_config(config, config.search_space, new, warm).search_alg.searcher
     first = searcher.suggest("t1")
     assert first == {**lora(16, 2.0, 0.004), "origin": "warm:a"}
     searcher.on_trial_complete("t1", {"objective": 0.5})
