@@ -54,6 +54,7 @@ from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_command
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.progress import SweepProgress, sweep_console
+from orchestrator.ray_leftovers import stop_leftovers
 from orchestrator.scheduling import rungs
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
@@ -191,6 +192,8 @@ def connect_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a local Ray: first stop what a killed driver's Ray left on this machine
+        stop_leftovers(lambda line: sweep_console.print(line, markup=False, highlight=False))
     kwargs: dict = dict(RAY_OPTIONS)
     # Under `ray job submit` the job manager sets RAY_ADDRESS and hands the job's runtime_env to this
     # driver (RAY_JOB_CONFIG_JSON_ENV_VAR); Ray merges ray.init's runtime_env into it and refuses the
