@@ -30,8 +30,20 @@ def _sessions_held(process: psutil.Process) -> set[str]:
         return set()
 
 
+def _rays_own(process: psutil.Process) -> bool:
+    """A process Ray started (an agent or worker titled `ray::...`, or one of Ray's own scripts), never a
+    driver: a Python process that ran ray.init and shut it down can still hold the session's log files
+    (`python [-u] <ray>/.../script.py`: the script is among the first arguments)."""
+    try:
+        command = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return bool(command) and (command[0].startswith("ray::") or any(
+        f"{os.sep}ray{os.sep}" in part and part.endswith(".py") for part in command[1:3]))
+
+
 def leftovers(now: float | None = None) -> list[psutil.Process]:
-    """This user's processes holding a Ray session whose raylet and GCS are gone, all settled."""
+    """Ray's own processes holding a Ray session whose raylet and GCS are gone, all settled."""
     now = time.time() if now is None else now
     user = psutil.Process().username()
     holders: dict[str, list[psutil.Process]] = {}
@@ -44,7 +56,8 @@ def leftovers(now: float | None = None) -> list[psutil.Process]:
             if process.info["name"] in CORE:
                 alive.add(session)
     return [process for session, processes in holders.items() if session not in alive
-            and all(now - p.info["create_time"] > SETTLED_S for p in processes) for process in processes]
+            and all(now - p.info["create_time"] > SETTLED_S for p in processes) for process in processes
+            if _rays_own(process)]
 
 
 def stop_leftovers(log: Callable[[str], None]) -> int:
