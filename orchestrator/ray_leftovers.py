@@ -51,13 +51,18 @@ def leftovers(now: float | None = None) -> list[psutil.Process]:
     for process in psutil.process_iter(["name", "username", "create_time"]):
         if process.info["username"] != user or process.pid == os.getpid():
             continue
+        # Reading open files is the costly part of this scan (on every local sweep's start): only Ray's
+        # processes are read, the core ones (which keep a session alive) and those that could be stopped.
+        core = process.info["name"] in CORE
+        if not core and not _rays_own(process):
+            continue
         for session in _sessions_held(process):
-            holders.setdefault(session, []).append(process)
-            if process.info["name"] in CORE:
+            if core:
                 alive.add(session)
+            else:
+                holders.setdefault(session, []).append(process)
     return [process for session, processes in holders.items() if session not in alive
-            and all(now - p.info["create_time"] > SETTLED_S for p in processes) for process in processes
-            if _rays_own(process)]
+            and all(now - p.info["create_time"] > SETTLED_S for p in processes) for process in processes]
 
 
 def stop_leftovers(log: Callable[[str], None]) -> int:
