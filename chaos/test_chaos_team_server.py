@@ -87,7 +87,8 @@ def _kill_trial_worker(driver) -> int:
 
 @pytest.fixture(scope="module")
 def sweep(server, env, orchestrator, tmp_path_factory):
-    """The faulty sweep, run to its end: (console output, exit status, {point: its MLflow run})."""
+    """The faulty sweep, run to its end: (console output, exit status, pid of the worker killed,
+    {point: its MLflow run})."""
     work = tmp_path_factory.mktemp("chaos-sweep")
     points = ", ".join(point for _, point in POINTS.values())
     overrides = [*FAST, "training.epochs=5", "sweep.num_samples=3", "sweep.max_concurrent_trials=1",
