@@ -147,23 +147,23 @@ def test_tracking_server_stopped_40s_mid_sweep_loses_nothing(sweep, server):
     assert tracking.find_sweep_run(client, "recall-orchestrator", SWEEP).info.status == "FINISHED"
 
 
-def _promote(orchestrator, env, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(orchestrator("promote", "--sweep", SWEEP, *args), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _promote(orchestrator, env, cwd, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(orchestrator("promote", "--sweep", SWEEP, *args), env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_promote_after_divergence_and_a_killed_worker_picks_the_learner(sweep, server, env, orchestrator):
+def test_promote_after_divergence_and_a_killed_worker_picks_the_learner(sweep, server, env, orchestrator, tmp_path):
     _, _, _, runs = sweep
-    promote = _promote(orchestrator, env)
+    promote = _promote(orchestrator, env, tmp_path)
     out, err = promote.communicate(timeout=300)
     assert promote.returncode == 0, out[-2000:] + err[-3000:]
     champion = tracking.client(server.uri).get_model_version_by_alias("recall-champion", "champion")
     assert champion.tags["source_run_id"] == runs["learner"].info.run_id
 
 
-def test_five_concurrent_promotes_register_one_version(sweep, server, env, orchestrator):
+def test_five_concurrent_promotes_register_one_version(sweep, server, env, orchestrator, tmp_path):
     model = "chaos-race"
-    promotes = [_promote(orchestrator, env, "--model-name", model) for _ in range(5)]
+    promotes = [_promote(orchestrator, env, tmp_path, "--model-name", model) for _ in range(5)]
     outputs = [promote.communicate(timeout=600) for promote in promotes]
     said = [" ".join(out.split()) for out, _ in outputs]
     for promote, text, (_, err) in zip(promotes, said, outputs):
@@ -175,10 +175,10 @@ def test_five_concurrent_promotes_register_one_version(sweep, server, env, orche
     assert sum("registered as new version 1" in text for text in said) == 1, said
 
 
-def test_promote_refuses_a_model_name_with_both_quotes_before_any_write(sweep, server, env, orchestrator):
+def test_promote_refuses_a_model_name_with_both_quotes_before_any_write(sweep, server, env, orchestrator, tmp_path):
     client = tracking.client(server.uri)
     before = len(client.search_registered_models())
-    promote = _promote(orchestrator, env, "--model-name", "team's \"best\"")
+    promote = _promote(orchestrator, env, tmp_path, "--model-name", "team's \"best\"")
     _, err = promote.communicate(timeout=300)
     assert promote.returncode == 2 and "--model-name holds both quote kinds" in err, err[-3000:]
     assert len(client.search_registered_models()) == before
