@@ -1,8 +1,9 @@
-"""What several chaos scenarios do: run the sweep CLI as its own process, wait for a line of its
+"""What several chaos scenarios do: run the sweep CLI as its own process, wait for a trial's epoch on its
 console, find the Ray worker of the trial it is training, cut a file short."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -25,12 +26,23 @@ def start_driver(command: list[str], cwd: Path, env: dict[str, str], log: Path) 
                                 start_new_session=True)
 
 
-def wait_for_line(log: Path, text: str, driver: subprocess.Popen, seconds: float = 300) -> None:
+def started_trials(log: Path) -> list[str]:
+    """The trial ids of the sweep's console, in the order the trials started ("trial ID started: ...").
+    Ray's trial ids carry no index, so with one trial at a time this order is the one of the points."""
+    return re.findall(r"^trial (\S+) started:", log.read_text(), re.MULTILINE)
+
+
+def wait_for_epoch(log: Path, driver: subprocess.Popen, nth: int, epoch: int, seconds: float = 300) -> str:
+    """Wait until the `nth` trial to start (0 first) has reported `epoch`; its trial id."""
     deadline = time.monotonic() + seconds
-    while text not in log.read_text():
-        assert driver.poll() is None, f"the sweep ended before {text!r}:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {text!r} within {seconds:.0f} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.5)
+    while True:
+        trials = started_trials(log)
+        if len(trials) > nth and f"  trial {trials[nth]} epoch {epoch}:" in log.read_text():
+            return trials[nth]
+        assert driver.poll() is None, f"the sweep ended before trial #{nth}'s epoch {epoch}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no epoch {epoch} of trial #{nth} within {seconds:.0f} s:\n" \
+                                            f"{log.read_text()[-3000:]}"
+        time.sleep(0.2)
 
 
 def trial_workers(driver: subprocess.Popen) -> list[psutil.Process]:

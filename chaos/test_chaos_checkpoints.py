@@ -4,13 +4,14 @@ in the sweep's storage, and --resume must neither crash nor lose the finished tr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 
 import pytest
 
-from chaos_support import start_driver, sweep_command, truncate, wait_for_line
+from chaos_support import start_driver, started_trials, sweep_command, truncate, wait_for_epoch
 from service_support import without_mlflow_uris
 from sweep_support import FAST, runs_of
 
@@ -21,7 +22,7 @@ SWEEP = "cut"
 
 @pytest.fixture(scope="module")
 def resumed(orchestrator, tmp_path_factory):
-    """(the --resume's CompletedProcess, tracking URI, {trial index: its run before the kill})."""
+    """(the --resume's CompletedProcess, tracking URI, {trial's start order: its run before the kill})."""
     work = tmp_path_factory.mktemp("checkpoints")
     uri = f"sqlite:///{work / 'mlflow.db'}"
     runs_of(uri, SWEEP)  # the store's tables, before two processes open it
@@ -32,28 +33,31 @@ def resumed(orchestrator, tmp_path_factory):
     log = work / "driver.log"
     driver = start_driver(sweep_command(orchestrator, SWEEP, overrides), work, env, log)
     try:
-        wait_for_line(log, "_00001 epoch 2:", driver)  # the first trial finished, the second has checkpoints
+        # The first trial finished, the second has a checkpoint and two epochs to go.
+        wait_for_epoch(log, driver, nth=1, epoch=1)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as a crashed machine would
+        with contextlib.suppress(ProcessLookupError):  # a driver that ended early fails the wait above
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as a crashed machine would
         driver.wait()
-    before = {int(run.data.tags["recall.trial_id"][-5:]): run for run in runs_of(uri, SWEEP)[2]}
+    order = {trial: nth for nth, trial in enumerate(started_trials(log))}
+    before = {order[run.data.tags["recall.trial_id"]]: run for run in runs_of(uri, SWEEP)[2]}
     experiment = work / "ray_results" / SWEEP
-    for index in (0, 1):  # whichever checkpoints each trial still has; Tune keeps one, maybe two mid-save
-        adapters = list(experiment.glob(f"*_{index:05d}_*/checkpoint_*/adapter/adapter_model.safetensors"))
-        assert adapters, f"no checkpoint of trial {index} in {experiment}"
+    for trial in order:  # whichever checkpoints each trial still has; Tune keeps one, maybe two mid-save
+        adapters = list(experiment.glob(f"*_{trial}_*/checkpoint_*/adapter/adapter_model.safetensors"))
+        assert adapters, f"no checkpoint of trial {trial} in {experiment}"
         for adapter in adapters:
             truncate(adapter)
     result = subprocess.run(sweep_command(orchestrator, SWEEP, overrides, "--resume"), cwd=work, env=env,
                             capture_output=True, text=True, timeout=600)
-    return result, uri, before
+    return result, uri, before, order
 
 
 def test_truncated_newest_checkpoint_then_resume_ends_the_sweep(resumed):
-    result, uri, before = resumed
+    result, uri, before, order = resumed
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     _, parent, children = runs_of(uri, SWEEP)
     assert parent.info.status == "FINISHED" and len(children) == 2
-    in_flight = next(run for run in children if run.data.tags["recall.trial_id"].endswith("_00001"))
+    in_flight = next(run for run in children if order[run.data.tags["recall.trial_id"]] == 1)
     # Restarted and finished, or failed naming what it could not read: never left RUNNING, never a crash.
     assert in_flight.info.status in ("FINISHED", "FAILED"), in_flight.info.status
     if in_flight.info.status == "FAILED":
@@ -62,10 +66,10 @@ def test_truncated_newest_checkpoint_then_resume_ends_the_sweep(resumed):
 
 
 def test_truncated_older_checkpoint_then_resume_keeps_the_finished_trial(resumed):
-    result, uri, before = resumed
+    result, uri, before, order = resumed
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     client, _, children = runs_of(uri, SWEEP)
-    finished = next(run for run in children if run.data.tags["recall.trial_id"].endswith("_00000"))
+    finished = next(run for run in children if order[run.data.tags["recall.trial_id"]] == 0)
     assert before[0].info.status == "FINISHED"
     assert finished.info.status == "FINISHED" and finished.info.end_time == before[0].info.end_time  # not rerun
     steps = [metric.step for metric in client.get_metric_history(finished.info.run_id, "val_exact_recall")]

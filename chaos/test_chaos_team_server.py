@@ -4,7 +4,8 @@ and one sweep of the CLI against it over HTTP that meets three faults in turn, t
 The sweep runs three trials one at a time, in the order of its points_to_evaluate:
 - `victim`: its Ray worker is SIGKILLed once it has reported its first epoch;
 - `diverging`: LoRA at learning rate 1e30, which must fail as `diverged` (issue 21 item 2c);
-- `learner`: the demo recipe, during whose training the tracking server is stopped for 40 s.
+- `learner`: the demo recipe, during whose training the tracking server is stopped for 40 s
+  (it trains 20 epochs, so that it trains through the outage).
 Then `promote` must pick the learner, five promotes at once must register one version, and
 promote/ask/report must fail fast while the server is stopped, writing nothing.
 """
@@ -20,7 +21,7 @@ import time
 
 import pytest
 
-from chaos_support import start_driver, sweep_command, trial_workers, wait_for_line
+from chaos_support import start_driver, started_trials, sweep_command, trial_workers, wait_for_epoch
 from orchestrator import tracking
 from orchestrator.server import stop_process_group
 from service_support import free_port, wait_for_http, without_mlflow_uris
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.service, pytest.mark.slow]
 SWEEP = "chaos"
 OUTAGE_S = 40
 LORA = "method: lora, lora_alpha_ratio: 2, lora_dropout: 0.0"
-POINTS = {  # the trial index Tune gives each point (its trial id ends _0000N), and the point
+EPOCHS = 20  # the learner trains through the whole outage (about 2.5 s an epoch on 2 cores)
+POINTS = {  # the order the trials start in (one at a time, in the order of points_to_evaluate), and the point
     "victim": (0, f"{{{LORA}, lora_r: 8, lora_learning_rate: 0.001, lora_target_modules: qv}}"),
     # 1.0e+30, not 1.0e30: YAML reads a float's exponent with its sign only
     "diverging": (1, f"{{{LORA}, lora_r: 8, lora_learning_rate: 1.0e+30, lora_target_modules: qv}}"),
@@ -91,15 +93,15 @@ def sweep(server, env, orchestrator, tmp_path_factory):
     {point: its MLflow run})."""
     work = tmp_path_factory.mktemp("chaos-sweep")
     points = ", ".join(point for _, point in POINTS.values())
-    overrides = [*FAST, "training.epochs=5", "sweep.num_samples=3", "sweep.max_concurrent_trials=1",
+    overrides = [*FAST, f"training.epochs={EPOCHS}", "sweep.num_samples=3", "sweep.max_concurrent_trials=1",
                  "sweep.asha.enabled=false", f"search_space.points_to_evaluate=[{points}]",
                  f"sweep.storage_path={work / 'ray_results'}"]
     log = work / "driver.log"
     driver = start_driver(sweep_command(orchestrator, SWEEP, overrides), work, env, log)
     try:
-        wait_for_line(log, "_00000 epoch 1:", driver)
+        wait_for_epoch(log, driver, nth=POINTS["victim"][0], epoch=1)
         killed = _kill_trial_worker(driver)
-        wait_for_line(log, "_00002 epoch 1:", driver)
+        wait_for_epoch(log, driver, nth=POINTS["learner"][0], epoch=1)
         server.stop()
         time.sleep(OUTAGE_S)
         server.start()
@@ -110,8 +112,8 @@ def sweep(server, env, orchestrator, tmp_path_factory):
             driver.wait()
     client = tracking.client(server.uri)
     runs = tracking.trial_runs(client, tracking.find_sweep_run(client, "recall-orchestrator", SWEEP))
-    by_index = {int(run.data.tags[tracking.TRIAL_ID].rsplit("_", 1)[1]): run for run in runs}
-    return log.read_text(), driver.returncode, killed, {name: by_index.get(index) for name, (index, _) in
+    by_order = {started_trials(log).index(run.data.tags[tracking.TRIAL_ID]): run for run in runs}
+    return log.read_text(), driver.returncode, killed, {name: by_order.get(nth) for name, (nth, _) in
                                                          POINTS.items()}
 
 
@@ -138,11 +140,15 @@ def test_tracking_server_stopped_40s_mid_sweep_loses_nothing(sweep, server):
                       "waiting; training goes on", output)
     back = re.findall(rf"tracking server {re.escape(server.uri)} back after \d+s: \d+ writes sent", output)
     assert len(gone) == 1 and len(back) == 1, output[-4000:]
+    during = output.split(gone[0], 1)[1].split(back[0], 1)[0]
+    trained = re.findall(rf"  trial {runs['learner'].data.tags[tracking.TRIAL_ID]} epoch \d+:", during)
+    assert len(trained) >= 5, f"training did not go on while the server was down:\n{during[-3000:]}"
     slow = re.findall(r"`callbacks\.on_trial_result` operation took ([\d.]+) s", output)
     assert all(float(took) < 5 for took in slow), output[-4000:]
     client = tracking.client(server.uri)
     learner = runs["learner"].info.run_id
-    assert sorted({metric.step for metric in client.get_metric_history(learner, "val_exact_recall")}) == [1, 2, 3, 4, 5]
+    assert sorted({metric.step for metric in client.get_metric_history(learner, "val_exact_recall")}) == list(
+        range(1, EPOCHS + 1))
     assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(learner, "adapter")}
     assert tracking.find_sweep_run(client, "recall-orchestrator", SWEEP).info.status == "FINISHED"
 
