@@ -73,7 +73,7 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
     import ray
     from ray import tune
 
-    from trials.trial import run_trial
+    from trials.trial import CheckpointUnreadable, run_trial
 
     config = trial_config_for(TrialConfig.model_validate(base), params, SearchSpace.model_validate(space))
     context = tune.get_context()
@@ -92,7 +92,10 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
     with tempfile.TemporaryDirectory(prefix="resume-") as copy:
         # A resumed sweep continues this trial where its last epoch ended, from a local copy of it.
         resume_from = Path(checkpoint.to_directory(copy)) if checkpoint is not None else None
-        run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+        try:
+            run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+        except CheckpointUnreadable as error:  # name the checkpoint in the sweep's storage, not the copy
+            raise CheckpointUnreadable(str(error).replace(str(resume_from), checkpoint.path, 1)) from error
 
 
 EARLY_SIGNAL = "val_answer_loss"  # the val answers' teacher-forced loss (trials/train.py answer_loss)

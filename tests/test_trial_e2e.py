@@ -290,6 +290,21 @@ def test_resume_continues_exactly(tmp_path, short_config):
     assert read_jsonl(tmp_path / "C" / "predictions_val.jsonl") == read_jsonl(tmp_path / "A" / "predictions_val.jsonl")
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("cut", ["adapter/adapter_model.safetensors", "trainer_state"])
+def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path, short_config, cut):
+    from trials.trial import TRAINER_STATE, CheckpointUnreadable, run_trial
+
+    quiet = lambda line: None  # noqa: E731
+    run_trial(short_config, tmp_path / "A", checkpoint_each_epoch=True, log=quiet,
+              on_epoch=lambda metrics, checkpoint: metrics["epoch"] == 1)
+    checkpoint = tmp_path / "A" / "checkpoint"
+    damaged = checkpoint / (TRAINER_STATE if cut == "trainer_state" else cut)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # an upload cut off mid-file
+    with pytest.raises(CheckpointUnreadable, match=f"checkpoint {checkpoint} cannot be read, cut short or corrupted"):
+        run_trial(short_config, tmp_path / "B", log=quiet, resume_from=checkpoint)
+
+
 # Failure -----------------------------------------------------------------------------------------
 
 

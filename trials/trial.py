@@ -236,6 +236,10 @@ def _trainer_state(trainer: Trainer, progress: dict) -> dict:
     }
 
 
+class CheckpointUnreadable(RuntimeError):
+    """A checkpoint to resume from that its files cannot give back (one message argument: picklable)."""
+
+
 def _restore(checkpoint: Path, model, trainer: Trainer) -> dict:
     """Continue exactly where a checkpoint left off: adapter weights, optimiser, schedule, RNGs."""
     from peft import set_peft_model_state_dict
@@ -243,8 +247,14 @@ def _restore(checkpoint: Path, model, trainer: Trainer) -> dict:
 
     # Tensors and plain containers only: a checkpoint on shared storage must not be able to run code
     # here (a full unpickle would). Read before the model changes, so a refused file changes nothing.
-    state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
-    set_peft_model_state_dict(model, load_file(checkpoint / "adapter" / "adapter_model.safetensors"))
+    adapter = checkpoint / "adapter" / "adapter_model.safetensors"
+    try:
+        state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
+        weights = load_file(adapter)
+    except Exception as error:  # torch and safetensors each raise their own kinds for a cut-short file
+        raise CheckpointUnreadable(f"checkpoint {checkpoint} cannot be read, cut short or corrupted "
+                                   f"({type(error).__name__}: {error}); the epochs before it stay logged") from error
+    set_peft_model_state_dict(model, weights)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.rng.setstate(state["batch_rng"])
