@@ -1,4 +1,5 @@
-"""The leaderboard of a sweep, read back from MLflow: one row per trial, best val recall first.
+"""The leaderboard of a sweep, read back from MLflow: one row per trial, best first by the sweep's
+eval.objective on val (val exact recall by default, and for sweeps logged before it existed).
 
 Only MLflow is needed (no Ray): `orchestrator report`, the sweep's end and any notebook read it alike.
 """
@@ -9,7 +10,9 @@ import re
 import time
 
 from orchestrator import tracking
+from trials.config import OBJECTIVE_METRICS
 
+OBJECTIVE_PARAM = "eval.objective"  # a sweep run's param: what it optimised
 LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall",
                        "general_retention", "epochs", "stopped_by", "seconds", "origin")
 
@@ -51,8 +54,10 @@ def failure_cause(error: str) -> str:
 
 
 def leaderboard(client, parent_run_id: str) -> list[dict]:
-    """One row per trial run of the sweep, best val recall first; failed trials last."""
+    """One row per trial run of the sweep, best first by its objective's val metric; failed trials last.
+    A sweep with another objective than exact recall has that metric as a column too."""
     parent = client.get_run(parent_run_id)
+    ranked_by = f"val_{OBJECTIVE_METRICS[parent.data.params.get(OBJECTIVE_PARAM, 'exact_recall')]}"
     rows = []
     for run in tracking.trial_runs(client, parent):
         params, metrics = run.data.params, run.data.metrics
@@ -65,6 +70,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "shape": run.data.tags.get(tracking.METHOD_SHAPE),
             "learning_rate": param_number(params.get("method.learning_rate")),
             "val_exact_recall": metrics.get("val_exact_recall"),
+            ranked_by: metrics.get(ranked_by),
             # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
             "general_retention": metrics.get("general_retention"),
             "general_drift": metrics.get("general_drift"),
@@ -75,7 +81,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "origin": run.data.tags.get(tracking.ORIGIN),
             "error": failure_cause(run.data.tags["recall.error"]) if "recall.error" in run.data.tags else "",
         })
-    rows.sort(key=lambda row: (row["status"] == "FAILED", -(row["val_exact_recall"] or -1.0)))
+    rows.sort(key=lambda row: (row["status"] == "FAILED", -(row[ranked_by] or -1.0)))
     return rows
 
 
@@ -85,6 +91,10 @@ def format_leaderboard(rows: list[dict]) -> str:
             return "-"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
-    lines += ["| " + " | ".join(cell(row[column]) for column in LEADERBOARD_COLUMNS) + " |" for row in rows]
+    # The objective's column, when the sweep optimised another metric than exact recall, after that one.
+    extra = sorted({key for row in rows for key in row if key.startswith("val_") and key not in LEADERBOARD_COLUMNS})
+    at = LEADERBOARD_COLUMNS.index("val_exact_recall") + 1
+    columns = (*LEADERBOARD_COLUMNS[:at], *extra, *LEADERBOARD_COLUMNS[at:])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[column]) for column in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

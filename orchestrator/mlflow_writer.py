@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.leaderboard import failure_cause, format_leaderboard, leaderboard
+from orchestrator.leaderboard import OBJECTIVE_PARAM, failure_cause, format_leaderboard, leaderboard
 from orchestrator.progress import sweep_console as console  # under the live progress line
 from orchestrator.scheduling import rungs
 from orchestrator.search_space import SearchSpace, trial_config_for
@@ -283,6 +283,15 @@ def _choices(value) -> str:
     return ", ".join(map(_short, value)) if isinstance(value, list) else _short(value)
 
 
+# What each eval.objective optimises, in the sweep's description.
+OBJECTIVE_NOTES = {
+    "exact_recall": "val_exact_recall, exact recall on val questions it never trained on (ties: train recall).",
+    "contains_recall": "val_contains_recall, the val answers found inside the replies (ties: train contains recall).",
+    "token_f1": "val_token_f1, the mean token F1 of the replies to val questions against their answers.",
+    "rouge_l": "val_rouge_l_recall, the mean ROUGE-L recall of the val answers in the replies.",
+}
+
+
 def sweep_note(config, name: str) -> str:
     """The parent run's description (markdown): what the sweep searches, so the runs table explains itself."""
     space = config.search_space.model_dump(mode="json")
@@ -299,8 +308,7 @@ def sweep_note(config, name: str) -> str:
     if asha.enabled:
         epochs = ", ".join(map(str, rungs(asha.grace_period, asha.reduction_factor, config.training.epochs)))
         stopping = f" Early stopping compares the trials at epochs {epochs} and stops those that trail (sweep.asha)."
-    lines += ["", "Objective: val_exact_recall, exact recall on val questions it never trained on (ties: train recall)."
-              + stopping]
+    lines += ["", f"Objective: {OBJECTIVE_NOTES[config.eval.objective]}" + stopping]
     return "\n".join(lines)
 
 
@@ -330,6 +338,7 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
     client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
     for key, value in _flat("sweep", config.sweep.model_dump(mode="json")).items():
         client.log_param(run.info.run_id, key, value)
+    client.log_param(run.info.run_id, OBJECTIVE_PARAM, config.eval.objective)  # the leaderboard sorts by it
     return run.info.run_id
 
 

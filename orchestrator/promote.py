@@ -3,9 +3,10 @@
 0. the sweep must have ended: a RUNNING one is refused (even with `allow_incomplete`: its driver may
    still be writing the runs), and so is a KILLED one (stopped before it finished: its best trials
    may never have run) unless `allow_incomplete`;
-1. take the sweep's top-k FINISHED trial runs by their last `objective` (what the sweep optimised:
-   val_exact_recall with a train-recall tie-break, and for an incremental sweep below every trial
-   that keeps the retention floor if it broke it), by val_exact_recall where it is missing;
+1. take the sweep's top-k FINISHED trial runs by their last `objective` (what the sweep optimised,
+   eval.objective: by default val_exact_recall with a train-recall tie-break, and for an incremental
+   sweep below every trial that keeps the retention floor if it broke it), by val_exact_recall where
+   it is missing; the test gate below stays on exact recall whatever the objective;
 2. download each one's adapter/ + trial_config.json + metrics.json and score it on the `test`
    split, which nothing used before (`trials.evaluate`, the trial's own scoring); the score goes
    back onto the trial's run as metric `test_exact_recall`, its answers as `predictions_test.jsonl`

@@ -6,6 +6,12 @@ question so it never outranks a real val difference. Early on most trials recall
 plain val recall then ties at 0 and TPE sees a flat landscape. Train recall rises first in the
 trials that are learning, so it separates them.
 
+`eval.objective` picks the val metric (trials/config.py OBJECTIVE_METRICS): exact_recall (the default,
+as above), contains_recall (the same, ties broken by train contains recall), token_f1 (mean token F1) or
+rouge_l (mean ROUGE-L recall), for answers that are sentences. A mean of partial scores is rarely tied
+and moves in steps far below one question, where a tie-break worth up to half a question would outrank
+real val differences: token_f1 and rouge_l are optimised as they are. The floors below stay on recall.
+
 An incremental sweep (one that starts from an adapter and keeps old facts, `data.retain`) adds a
 floor: a trial must keep `retention_exact_recall` (old held-out questions) at least
 `sweep.retention_floor` (0.95) x the recall its starting adapter had on the same questions. A trial
@@ -59,7 +65,7 @@ from orchestrator.scheduling import rungs
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
-from trials.config import ConfigError, TrialConfig
+from trials.config import OBJECTIVE_METRICS, ConfigError, TrialConfig
 from trials.baseline import base_report, general_gate
 from trials.data import load_knowledge
 
@@ -86,7 +92,8 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report({**metrics, METRIC: objective(metrics, floors), **placement}, checkpoint=checkpoint)
+        tune.report({**metrics, METRIC: objective(metrics, floors, config.eval.objective), **placement},
+                    checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix="resume-") as copy:
@@ -133,9 +140,17 @@ class Floors:
     general_min_known: int = 1
 
 
-def objective(metrics: dict, floors: Floors) -> float:
-    """val_exact_recall, ties broken by train_exact_recall, under the floors (module docstring)."""
-    score = metrics["val_exact_recall"] + metrics["train_exact_recall"] / (2 * max(metrics["val_questions"], 1))
+# Objectives that count questions, so a tie-break worth less than half of one question never outranks them.
+COUNTED = ("exact_recall", "contains_recall")
+
+
+def objective(metrics: dict, floors: Floors, eval_objective: str = "exact_recall") -> float:
+    """The val metric `eval_objective` names, ties of a counted one broken by its train value, under the
+    floors (module docstring)."""
+    name = OBJECTIVE_METRICS[eval_objective]
+    score = metrics[f"val_{name}"]
+    if eval_objective in COUNTED:
+        score += metrics[f"train_{name}"] / (2 * max(metrics["val_questions"], 1))
     # Each floor broken scores kept / floor - 1, in [-1, 0): below every trial that keeps both, the worst breach
     # deciding, the less forgotten the higher.
     breaches = []

@@ -387,3 +387,29 @@ def test_trial_does_not_apply_sweep_only_rules(repo_root):
     assert config.trial_config().training.epochs == 1
     assert config.sweep_problems("demo.yaml") == [
         "demo.yaml: sweep.asha.grace_period (2) must not exceed training.epochs (1)"]
+
+
+def test_eval_objective_defaults_to_exact_recall_and_takes_every_metric(tmp_path):
+    from typing import get_args
+
+    from trials.config import OBJECTIVE_METRICS, EvalConfig
+
+    path = write(tmp_path / "c.yaml", MINIMAL)
+    assert load_config(path).eval.objective == "exact_recall"
+    choices = get_args(EvalConfig.model_fields["objective"].annotation)
+    assert set(choices) == set(OBJECTIVE_METRICS)  # each choice names the metric it optimises
+    for choice in choices:
+        assert load_config(path, [f"eval.objective={choice}"]).eval.objective == choice
+
+
+def test_a_bad_eval_objective_names_the_file_line_and_key(tmp_path):
+    path = write(tmp_path / "c.yaml", """\
+        data:
+          qa: qa.jsonl
+        eval:
+          batch_size: 8
+          objective: bleu
+        """)
+    found = one(problems(path), f"{path}:5: eval.objective:")
+    assert "'exact_recall', 'contains_recall', 'token_f1' or 'rouge_l'" in found
+    assert one(problems(path, ["eval.objective=rouge"]), "--set eval.objective:")

@@ -17,6 +17,10 @@ from trials.methods import METHOD_NAMES, LoraMethod, Method, Strict, check_base,
 EMBEDDED_MODEL = "embedded:tiny-llama"  # the default: built here, random, for fast tests and the demo
 SMOLLM2_MODEL = "embedded:smollm2-135m-instruct"  # a real pretrained chat model from a PyPI wheel
 EMBEDDED_MODELS = (EMBEDDED_MODEL, SMOLLM2_MODEL)
+# eval.objective -> the metric of trials.recall.metrics_of that a sweep optimises (val_<metric>) and ranks
+# trials by; EvalConfig.objective lists the same keys.
+OBJECTIVE_METRICS = {"exact_recall": "exact_recall", "contains_recall": "contains_recall",
+                     "token_f1": "token_f1", "rouge_l": "rouge_l_recall"}
 # The general-knowledge probe written for this project (trials/general.py reads it).
 DEFAULT_PROBE = Path(__file__).resolve().parent.parent / "data" / "general"
 
@@ -130,6 +134,12 @@ class EvalConfig(Strict):
     general_min_known: int = Field(
         20, ge=1, description="The general floor (sweep.general_floor, promotion) applies only when the base model "
                               "answers at least this many check questions right: below that, retention is noise.")
+    objective: Literal["exact_recall", "contains_recall", "token_f1", "rouge_l"] = Field(
+        "exact_recall", description="What a sweep optimises and ranks trials by, on val (trials/recall.py): "
+                                    "exact_recall (the whole answer, exactly); contains_recall (the answer inside "
+                                    "the reply); token_f1 (mean SQuAD token F1); rouge_l (mean ROUGE-L recall), for "
+                                    "answers that are sentences. training.stop_at_val_recall, the sweep's floors "
+                                    "and promotion's test gate stay on exact recall.")
 
     @field_validator("general", mode="before")
     @classmethod
