@@ -130,6 +130,9 @@ def test_saved_adapter_reproduces_the_predictions(demo_trial, demo_metrics, demo
     assert scores["exact_recall"] == pytest.approx(demo_metrics["val_exact_recall"], abs=1e-12)
     assert scores["contains_recall"] == pytest.approx(demo_metrics["val_contains_recall"], abs=1e-12)
     assert scores["contains_recall"] >= scores["exact_recall"]
+    for name in ("token_f1", "token_f1_pass", "rouge_l_recall", "rouge_l_f1", "rouge_l_pass"):
+        assert scores[name] == pytest.approx(demo_metrics[f"val_{name}"], abs=1e-12)
+    assert [r["rouge_l_recall"] for r in records] == [r["rouge_l_recall"] for r in saved]
 
 
 # A warm start from a saved adapter ---------------------------------------------------------------
