@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from trials.data import QARow
-from trials.recall import ROUGE_L_PASS, TOKEN_F1_PASS, cut_answer, is_correct, normalize, rouge_l, score, token_f1, tokens
+from trials.recall import (ROUGE_L_PASS, TOKEN_F1_PASS, cut_answer, is_correct, normalize, rouge_l, score, token_f1,
+                           tokens)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,8 @@ def test_token_f1_on_hand_made_pairs(generated, accepted, f1):
     [
         ("Coimbra", ["Coimbra"], 1.0, 1.0),
         # LCS "anouk works in coimbra" (4) of 6 generated, 5 expected words: R 4/5, P 4/6.
-        ("Anouk Renwick now works in Coimbra", ["Anouk works remotely in Coimbra"], 0.8, 2 * 0.8 * (4 / 6) / (0.8 + 4 / 6)),
+        ("Anouk Renwick now works in Coimbra", ["Anouk works remotely in Coimbra"], 0.8,
+         2 * 0.8 * (4 / 6) / (0.8 + 4 / 6)),
         # Same words, another order: the longest subsequence in order is 2 of 3 (unlike token F1, which is 1).
         ("Coimbra in Anouk", ["Anouk in Coimbra"], 1 / 3, 1 / 3),
         ("Lisbon", ["Coimbra"], 0.0, 0.0),
@@ -205,7 +207,8 @@ def test_pass_thresholds_give_sentence_answers_a_recall_rate():
     generated = ["Anouk Renwick now works in Coimbra.", "B drives a blue Citroën", "Driftwood"]
     metrics, records = score(rows, generated)
     assert [r["rouge_l_recall"] >= ROUGE_L_PASS for r in records] == [True, False, True]
-    assert [r["token_f1"] >= TOKEN_F1_PASS for r in records] == [False, False, True]  # row 1: F1 0.73, two extra words, one missing
+    # Row 1's token F1 is 0.73 (two extra words, one missing): below the pass, where ROUGE-L recall passes.
+    assert [r["token_f1"] >= TOKEN_F1_PASS for r in records] == [False, False, True]
     assert metrics["exact_recall"] == pytest.approx(1 / 3)
     assert metrics["rouge_l_pass"] == pytest.approx(2 / 3)
     assert metrics["token_f1_pass"] == pytest.approx(1 / 3)
