@@ -7,6 +7,7 @@ caller gets each epoch's metrics through `on_epoch` (Tune reports them; returnin
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -251,6 +252,8 @@ def _restore(checkpoint: Path, model, trainer: Trainer) -> dict:
     try:
         state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
         weights = load_file(adapter)
+    except pickle.UnpicklingError:
+        raise  # weights_only refused what the file would run: a tampered file, not a cut-short one
     except Exception as error:  # torch and safetensors each raise their own kinds for a cut-short file
         raise CheckpointUnreadable(f"checkpoint {checkpoint} cannot be read, cut short or corrupted "
                                    f"({type(error).__name__}: {error}); the epochs before it stay logged") from error
