@@ -23,8 +23,8 @@ from trials.recall import ROUGE_L_PASS, TOKEN_F1_PASS, metrics_of
 
 RECIPE = 1  # bump when what is cached (or how it is computed) changes
 SPLITS = ("val", "test")
-# eval.objective -> whether one scored question counts as answered right under it (exact recall's own test
-# first): the questions the base model already knows.
+# eval.objective -> whether one scored question (a trials.recall record) counts as answered right under it:
+# a question the base model answers right by exact recall, or by the objective's pass, was already known.
 PASSES = {
     "exact_recall": lambda record: record["correct"],
     "contains_recall": lambda record: record["contains"],
