@@ -13,7 +13,8 @@ from orchestrator import tracking
 from trials.config import OBJECTIVE_METRICS
 
 OBJECTIVE_PARAM = "eval.objective"  # a sweep run's param: what it optimised
-LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall",
+# lift: the trial's val figure under the objective minus the base model's (the sweep run's base_val_<metric>).
+LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall", "lift",
                        "general_retention", "epochs", "stopped_by", "seconds", "origin")
 
 
@@ -57,7 +58,9 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
     """One row per trial run of the sweep, best first by its objective's val metric; failed trials last.
     A sweep with another objective than exact recall has that metric as a column too."""
     parent = client.get_run(parent_run_id)
-    ranked_by = f"val_{OBJECTIVE_METRICS[parent.data.params.get(OBJECTIVE_PARAM, 'exact_recall')]}"
+    metric = OBJECTIVE_METRICS[parent.data.params.get(OBJECTIVE_PARAM, 'exact_recall')]
+    ranked_by = f"val_{metric}"
+    base = parent.data.metrics.get(f"base_val_{metric}")  # None for a sweep logged before the base pre-pass
     rows = []
     for run in tracking.trial_runs(client, parent):
         params, metrics = run.data.params, run.data.metrics
@@ -71,6 +74,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "learning_rate": param_number(params.get("method.learning_rate")),
             "val_exact_recall": metrics.get("val_exact_recall"),
             ranked_by: metrics.get(ranked_by),
+            "lift": None if metrics.get(ranked_by) is None or base is None else metrics[ranked_by] - base,
             # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
             "general_retention": metrics.get("general_retention"),
             "general_drift": metrics.get("general_drift"),
@@ -86,15 +90,18 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
 
 
 def format_leaderboard(rows: list[dict]) -> str:
-    def cell(value):
+    def cell(column, value):
         if value is None:
             return "-"
+        if column == "lift":
+            return f"{value:+.3g}"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    # The objective's column, when the sweep optimised another metric than exact recall, after that one.
+    # The objective's column, when the sweep optimised another metric than exact recall, after that one (and
+    # before its lift).
     extra = sorted({key for row in rows for key in row if key.startswith("val_") and key not in LEADERBOARD_COLUMNS})
     at = LEADERBOARD_COLUMNS.index("val_exact_recall") + 1
     columns = (*LEADERBOARD_COLUMNS[:at], *extra, *LEADERBOARD_COLUMNS[at:])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[column]) for column in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(column, row.get(column)) for column in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

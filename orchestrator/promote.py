@@ -50,6 +50,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from orchestrator import hints, tracking
 from orchestrator.errors import PromotionError
+from orchestrator.leaderboard import OBJECTIVE_PARAM
 from trials.methods import LoraMethod
 
 DEFAULT_MODEL_NAME = "recall-champion"
@@ -102,6 +103,8 @@ class Scored:
     files: Path | None = None  # downloaded adapter/, trial_config.json, metrics.json
     general_retention: float | None = None  # share of the base's known general check questions kept
     general_drift: float | None = None  # mean per-token KL from the base on its own chat replies
+    test_scores: dict | None = None  # every test metric of trials.recall.metrics_of
+    lift: float | None = None  # its test figure under the sweep's eval.objective minus the base model's
 
     def rank_key(self) -> tuple:
         """Sort key: best first (test, then val, then fewer trainable parameters)."""
@@ -128,6 +131,7 @@ class Promotion:
     floor: float | None = None  # no champion yet: the test recall a candidate had to beat
     floor_by: str | None = None  # what set the floor: --min-test-recall or the seed-recipe trial
     seed: Scored | None = None  # the sweep's seed-recipe trial, when there was no champion
+    lift_of: str = "exact_recall"  # the metric each row's lift is on (the sweep's eval.objective)
 
     @property
     def best(self) -> Scored:
@@ -254,6 +258,7 @@ def _score_candidate(client, run, directory: Path) -> Scored:
         files=directory, retention_recall=retention,
         retained_fingerprint=retained.fingerprint if retained else None,
         general_retention=run.data.metrics.get(GENERAL_RETENTION), general_drift=run.data.metrics.get(GENERAL_DRIFT),
+        test_scores=scores,
     )
 
 
@@ -279,7 +284,8 @@ def _score_champion(model_version, test_rows, old_test_rows=()) -> Scored:
 
     model = mlflow.pyfunc.load_model(f"models:/{model_version.name}/{model_version.version}")
     answers = model.predict([row.question for row in [*test_rows, *old_test_rows]])
-    recall = score(test_rows, answers[: len(test_rows)])[0]["exact_recall"]
+    scores = score(test_rows, answers[: len(test_rows)])[0]
+    recall = scores["exact_recall"]
     old_recall = score(old_test_rows, answers[len(test_rows):])[0]["exact_recall"] if old_test_rows else None
     tags = model_version.tags
 
@@ -295,6 +301,7 @@ def _score_champion(model_version, test_rows, old_test_rows=()) -> Scored:
         trainable_parameters=number("trainable_parameters", int), run_id=tags.get("source_run_id"),
         trial=tags.get("trial"), method=json.loads(config)["method"]["name"] if config else None,
         version=str(model_version.version), data_fingerprint=tags.get("data_fingerprint"), retention_recall=old_recall,
+        test_scores=scores,
     )
 
 
@@ -346,6 +353,19 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
         return mlflow.register_model(info.model_uri, model_name, tags=tags)
 
 
+def set_lifts(rows, parent) -> str:
+    """Each row's lift: its test figure under the sweep's eval.objective minus the base model's on the same
+    test questions (the sweep run's base_test_<metric>, from its pre-pass); None where either is missing
+    (a sweep logged before the pre-pass). Returns the metric's name."""
+    from trials.baseline import lift, objective_metric
+
+    metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))
+    base = parent.data.metrics.get(f"base_test_{metric}")
+    for row in rows:
+        row.lift = lift((row.test_scores or {}).get(metric), base)
+    return metric
+
+
 def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAULT_MODEL_NAME,
             force: bool = False, min_test_recall: float = 0.0, allow_incomplete: bool = False,
             experiment: str = DEFAULT_EXPERIMENT, log=print) -> Promotion:
@@ -390,9 +410,10 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         candidates.sort(key=lambda c: (_below_general(c, general_floor),
                                        bar is not None and c.retention_recall < bar, *c.rank_key()))
         best = candidates[0]
+        lift_of = set_lifts([*candidates, *([champion] if champion else [])], parent)
         outcome = Promotion(sweep_name, model_name, candidates, champion, promoted=False, reason="",
                             test_questions=len(test_rows), forced=force, retention_bar=bar,
-                            general_floor=general_floor, general_gate=gate)
+                            general_floor=general_floor, general_gate=gate, lift_of=lift_of)
         if general_floor is None:
             log(f"general floor not applied: {gate.removeprefix('off: ')}")
         if champion is None:  # the first champion: it must beat the floor, and the seed recipe if the sweep ran it
@@ -400,6 +421,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             outcome.seed = scored(seed_run) if seed_run is not None else None
             if outcome.seed is not None and outcome.seed.run_id not in {c.run_id for c in candidates}:
                 outcome.seed.role = "seed"
+                set_lifts([outcome.seed], parent)
             outcome.floor, outcome.floor_by = _first_floor(min_test_recall, outcome.seed)
         if champion is not None and champion.run_id == best.run_id:
             best.version = champion.version
@@ -519,9 +541,12 @@ def comparison_table(outcome: Promotion):
         bar += f"; no champion yet: test must be above {outcome.floor:.3f}"
     if outcome.general_floor is not None:
         bar += f"; general must stay >= {outcome.general_floor:.3f}"
+    if outcome.lift_of != "exact_recall":  # lift: over the base model, on the metric the sweep optimised
+        bar += f"; lift on test {outcome.lift_of}"
     table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
                         f"{outcome.test_questions} test questions{bar}")
-    for column in ("", "trial", "run", "version", "method", "val", "test", "old facts", "general", "drift", "params"):
+    for column in ("", "trial", "run", "version", "method", "val", "test", "lift", "old facts", "general", "drift",
+                   "params"):
         table.add_column(column, justify="left" if column in ("", "trial", "run", "version", "method") else "right")
 
     def cell(value):
@@ -535,7 +560,8 @@ def comparison_table(outcome: Promotion):
     for index, row in enumerate([*outcome.candidates, *against]):
         label = {"champion": "champion", "seed": "seed recipe"}.get(row.role, "best" if index == 0 else "")
         table.add_row(label, cell(row.trial), (row.run_id or "-")[:8], cell(row.version), cell(row.method),
-                      cell(row.val_recall), cell(row.test_recall), cell(row.retention_recall),
+                      cell(row.val_recall), cell(row.test_recall),
+                      "-" if row.lift is None else f"{row.lift:+.3f}", cell(row.retention_recall),
                       cell(row.general_retention), cell(row.general_drift), cell(row.trainable_parameters),
                       style="bold" if index == 0 else None)
     return table

@@ -66,7 +66,7 @@ from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
 from trials.config import OBJECTIVE_METRICS, ConfigError, TrialConfig
-from trials.baseline import base_report, general_gate
+from trials.baseline import BasePass, base_pass, general_gate
 from trials.data import load_knowledge
 
 METRIC, MODE = "objective", "max"
@@ -177,6 +177,23 @@ def describe_baseline(report: dict[str, float], gate: str | None, floor: float) 
     if floor == 0:
         return f"{line}. General floor off: sweep.general_floor is 0."
     return f"{line}. General floor on: a trial must keep {floor:.0%} of them (sweep.general_floor)."
+
+
+BASE_KNOWN = "base_known_questions.json"  # on the sweep's run: the private questions the base already answers
+KNOWN_LISTED = 10  # of them, printed as the sweep starts
+
+
+def describe_known(known: list[dict], asked: int, objective: str) -> str:
+    """What the sweep's output says of the val and test questions the base model already answers right."""
+    by = "exact recall" if objective == "exact_recall" else f"exact recall or the {objective} pass"
+    if not known:
+        return f"base model answers none of the {asked} val/test questions right ({by}): no fact was known before"
+    lines = [f"base model already answers {len(known)} of the {asked} val/test questions right ({by}): these "
+             f"facts were not private (listed in the sweep run's {BASE_KNOWN}):"]
+    lines += [f"  [{item['split']}] {item['question']} -> {item['got']}" for item in known[:KNOWN_LISTED]]
+    if len(known) > KNOWN_LISTED:
+        lines.append(f"  ... and {len(known) - KNOWN_LISTED} more")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -411,7 +428,8 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         asha = config.sweep.asha
         base["eval"]["general_epochs"] = rungs(asha.grace_period, asha.reduction_factor, config.training.epochs)
     # What the base model knows, once, before Ray starts: the bar every trial's figures are read against.
-    baseline = None if resume else base_report(config.trial_config())
+    pre_pass: BasePass | None = None if resume else base_pass(config.trial_config())
+    baseline = pre_pass.report if pre_pass is not None else None
     space_dump = space.model_dump(mode="json")
     resources = {"cpu": config.sweep.resources.cpu, "gpu": config.sweep.resources.gpu}
     floors = Floors(config.sweep.retention_floor, config.sweep.general_floor, config.eval.general_min_known)
@@ -441,6 +459,11 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
         client.log_batch(parent_run_id, metrics=[Metric(key, float(value), int(time.time() * 1000), 0)
                                                  for key, value in baseline.items()])
         sweep_console.print(describe_baseline(baseline, gate, config.sweep.general_floor), markup=False,
+                            highlight=False)
+        known = pre_pass.known(config.eval.objective)
+        client.log_dict(parent_run_id, {"objective": config.eval.objective, "asked": pre_pass.asked(),
+                                        "questions": known}, BASE_KNOWN)
+        sweep_console.print(describe_known(known, pre_pass.asked(), config.eval.objective), markup=False,
                             highlight=False)
     for key, value in tags.items():
         client.set_tag(parent_run_id, key, value)

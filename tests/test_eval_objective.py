@@ -69,10 +69,12 @@ def logged_sweep(tmp_path):
     client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracking.experiment_id(client, "recall-orchestrator")
 
-    def log(eval_objective: str | None):
+    def log(eval_objective: str | None, base: dict | None = None):
         parent = client.create_run(experiment, tags={tracking.ROLE: "sweep"})
         if eval_objective is not None:
             client.log_param(parent.info.run_id, OBJECTIVE_PARAM, eval_objective)
+        for key, value in (base or {}).items():  # the sweep's base pre-pass
+            client.log_metric(parent.info.run_id, key, value)
         for trial, metrics in METRICS.items():
             run = client.create_run(experiment, tags={tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial",
                                                       tracking.TRIAL_ID: trial})
@@ -86,11 +88,15 @@ def logged_sweep(tmp_path):
 
 
 def test_promotion_and_the_leaderboard_rank_by_the_sweeps_objective(logged_sweep):
-    client, parent = logged_sweep("rouge_l")
+    client, parent = logged_sweep("rouge_l", {"base_val_exact_recall": 0.0, "base_val_rouge_l_recall": 0.25})
     assert [tracking_trial(run) for run in _ranked_runs(client, parent)] == ["paraphrase", "exact"]
     board = leaderboard(client, parent.info.run_id)
     assert [row["trial"] for row in board] == ["paraphrase", "exact"]
-    assert "| val_exact_recall | val_rouge_l_recall | general_retention |" in format_leaderboard(board)
+    # Each row's lift is on the objective's metric: its val ROUGE-L recall minus the base model's.
+    assert [row["lift"] for row in board] == [pytest.approx(row["val_rouge_l_recall"] - 0.25) for row in board]
+    text = format_leaderboard(board)
+    assert "| val_exact_recall | val_rouge_l_recall | lift | general_retention |" in text
+    assert "| paraphrase | FINISHED | - | - | - | 0 | 1 | +0.75 |" in text
 
 
 def test_a_sweep_without_the_param_ranks_by_exact_recall_as_before(logged_sweep):
@@ -98,7 +104,14 @@ def test_a_sweep_without_the_param_ranks_by_exact_recall_as_before(logged_sweep)
     assert [tracking_trial(run) for run in _ranked_runs(client, parent)] == ["exact", "paraphrase"]
     board = leaderboard(client, parent.info.run_id)
     assert [row["trial"] for row in board] == ["exact", "paraphrase"]
-    assert "| val_exact_recall | general_retention |" in format_leaderboard(board)  # no extra column
+    assert "| val_exact_recall | lift | general_retention |" in format_leaderboard(board)  # no extra column
+    assert [row["lift"] for row in board] == [None, None]  # nor a base pre-pass to lift from
+
+
+def test_the_lift_of_a_default_sweep_is_on_val_exact_recall(logged_sweep):
+    client, parent = logged_sweep("exact_recall", {"base_val_exact_recall": 0.5})
+    board = leaderboard(client, parent.info.run_id)
+    assert [(row["trial"], row["lift"]) for row in board] == [("exact", 0.0), ("paraphrase", -0.5)]
 
 
 def tracking_trial(run) -> str:

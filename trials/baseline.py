@@ -7,39 +7,120 @@ must keep (trials/general.py) and may already answer some "private" questions.
 
 from __future__ import annotations
 
-from trials.config import TrialConfig
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from trials.config import OBJECTIVE_METRICS, TrialConfig
 from trials.data import load_knowledge
 from trials.evaluate import generation_budget, score_rows
-from trials.general import base_answers, load_probe
+from trials.general import _model_identity, base_answers, cached_base_answers, load_probe
 from trials.model import load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
+from trials.model_cache import cache_root
+from trials.recall import ROUGE_L_PASS, TOKEN_F1_PASS, metrics_of
+
+RECIPE = 1  # bump when what is cached (or how it is computed) changes
+SPLITS = ("val", "test")
+# eval.objective -> whether one scored question (a trials.recall record) counts as answered right under it:
+# a question the base model answers right by exact recall, or by the objective's pass, was already known.
+PASSES = {
+    "exact_recall": lambda record: record["correct"],
+    "contains_recall": lambda record: record["contains"],
+    "token_f1": lambda record: record["token_f1"] >= TOKEN_F1_PASS,
+    "rouge_l": lambda record: record["rouge_l_recall"] >= ROUGE_L_PASS,
+}
 
 
-def base_report(config: TrialConfig) -> dict[str, float]:
-    """base_{val,test}_<metric> on the private questions; base_general_known (check questions the base
-    answers right: what general_retention is a share of), base_general_check (check questions asked) and
-    base_general_recall (share of all probe questions it answers right), when the probe is on."""
+@dataclass
+class BasePass:
+    """The base model's figures (base_report's dict) and its scored answer to every val and test question."""
+
+    report: dict[str, float]
+    records: dict[str, list[dict]] = field(default_factory=dict)  # split -> trials.recall.score's records
+
+    def asked(self) -> int:
+        return sum(len(self.records.get(split, [])) for split in SPLITS)
+
+    def known(self, objective: str = "exact_recall") -> list[dict]:
+        """The val and test questions the base answers right, by exact recall or under `objective`'s pass:
+        each with its split, the expected answer and what the base said."""
+        passes = {"exact_recall", objective}
+        return [{"split": split, "question": record["question"], "expected": record["expected"],
+                 "got": record["got"], "right_by": sorted(name for name in passes if PASSES[name](record))}
+                for split in SPLITS for record in self.records.get(split, [])
+                if any(PASSES[name](record) for name in passes)]
+
+
+def _private_path(config: TrialConfig, base_path: str, fingerprint: str, budget: int, bf16: bool):
+    """Where the base's answers to the private questions are cached: everything that changes them is in the key."""
+    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), fingerprint, budget, bf16,
+                                     config.eval.batch_size, config.training.attention]).encode()).hexdigest()[:16]
+    return cache_root() / "base" / f"{key}.json"
+
+
+def _write_atomically(path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".writing-", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(obj, file)
+    os.replace(staging, path)
+
+
+def base_pass(config: TrialConfig) -> BasePass:
+    """The knowability pre-pass: the base model answers every val and test question once, cached by the base
+    model, the data's fingerprint and what shapes generation (budget, precision, batch, attention), like the
+    general probe's base answers; a second sweep on the same base and data loads no model at all."""
     knowledge = load_knowledge(config.data)
     probe = load_probe(config.eval.general) if config.eval.general else None
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
     base_path = resolve_model(config.model)
     tokenizer = load_tokenizer(base_path)
-    model = load_base_model(base_path, device, bf16, config.training.attention)
-    model.eval()
     budget = generation_budget(tokenizer, knowledge, config.eval)
+    path = _private_path(config, base_path, knowledge.fingerprint, budget, bf16)
+    records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    answers = cached_base_answers(probe, base_path, bf16) if probe is not None else None
+    model = None
+    if records is None or (probe is not None and answers is None):
+        model = load_base_model(base_path, device, bf16, config.training.attention)
+        model.eval()
+    if records is None:
+        records = {}
+        for split in SPLITS:
+            rows = knowledge.split(split)
+            if rows:
+                records[split] = score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size,
+                                            max_new_tokens=budget, device=device, bf16=bf16)[1]
+        _write_atomically(path, records)
     report: dict[str, float] = {}
-    for split in ("val", "test"):
-        rows = knowledge.split(split)
-        if rows:
-            scores, _ = score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size, max_new_tokens=budget,
-                                   device=device, bf16=bf16)
-            report.update({f"base_{split}_{name}": value for name, value in scores.items()})
+    for split, scored in records.items():
+        report.update({f"base_{split}_{name}": value for name, value in metrics_of(scored).items()})
     if probe is not None:
-        answers = base_answers(model, tokenizer, probe, base_path, device, bf16, config.eval.batch_size)
+        if answers is None:
+            answers = base_answers(model, tokenizer, probe, base_path, device, bf16, config.eval.batch_size)
         report["base_general_known"] = answers.known_count(probe, "check")
         report["base_general_check"] = sum(question.split == "check" for question in probe.questions)
         report["base_general_recall"] = answers.known_count(probe) / len(probe.questions)
-    return report
+    return BasePass(report, records)
+
+
+def base_report(config: TrialConfig) -> dict[str, float]:
+    """base_{val,test}_<metric> on the private questions; base_general_known (check questions the base
+    answers right: what general_retention is a share of), base_general_check (check questions asked) and
+    base_general_recall (share of all probe questions it answers right), when the probe is on."""
+    return base_pass(config).report
+
+
+def lift(value: float | None, base: float | None) -> float | None:
+    """A candidate's figure over the base model's on the same metric and split; None when either is missing."""
+    return None if value is None or base is None else value - base
+
+
+def objective_metric(objective: str | None) -> str:
+    """The metric of trials.recall.metrics_of an eval.objective names (exact recall for runs logged before it)."""
+    return OBJECTIVE_METRICS[objective or "exact_recall"]
 
 
 def general_gate(report: dict[str, float], min_known: int) -> str | None:

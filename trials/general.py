@@ -177,16 +177,27 @@ def _generate(model, tokenizer, prompts: list[str], budget: int, batch_size: int
     return [tokenizer.decode(row, skip_special_tokens=True) for row in ids], ids
 
 
+def _answers_path(probe: Probe, base_path: str, bf16: bool) -> Path:
+    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), probe.fingerprint, ANSWER_TOKENS,
+                                     CHAT_TOKENS, bf16]).encode()).hexdigest()[:16]
+    return cache_root() / "general" / f"{key}.json"
+
+
+def cached_base_answers(probe: Probe, base_path: str, bf16: bool) -> BaseAnswers | None:
+    """The base model's cached replies to the probe, or None: lets a caller skip loading the model."""
+    path = _answers_path(probe, base_path, bf16)
+    return BaseAnswers(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+
+
 def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.device, bf16: bool,
                  batch_size: int = 64) -> BaseAnswers:
     """The base model's replies to the probe, from the cache or generated now (by `model`, which must be
     the bare base, before any adapter) and cached atomically: trials running at once may both generate,
     and either's file is whole."""
-    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), probe.fingerprint, ANSWER_TOKENS,
-                                     CHAT_TOKENS, bf16]).encode()).hexdigest()[:16]
-    path = cache_root() / "general" / f"{key}.json"
-    if path.exists():
-        return BaseAnswers(**json.loads(path.read_text(encoding="utf-8")))
+    path = _answers_path(probe, base_path, bf16)
+    cached = cached_base_answers(probe, base_path, bf16)
+    if cached is not None:
+        return cached
     replies, reply_ids = _generate(model, tokenizer, [q.question for q in probe.questions], ANSWER_TOKENS,
                                    batch_size, device, bf16)
     chat_replies, chat_ids = _generate(model, tokenizer, [p.prompt for p in probe.prompts], CHAT_TOKENS,
