@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 from trials.config import OBJECTIVE_METRICS, TrialConfig
 from trials.data import load_knowledge
 from trials.evaluate import generation_budget, score_rows
-from trials.general import _model_identity, base_answers, cached_base_answers, load_probe
+from trials.general import _model_identity, base_answers, cached_base_answers, load_probe, write_json_atomically
 from trials.model import load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.model_cache import cache_root
 from trials.recall import ROUGE_L_PASS, TOKEN_F1_PASS, metrics_of
@@ -60,14 +58,6 @@ def _private_path(config: TrialConfig, base_path: str, fingerprint: str, budget:
     return cache_root() / "base" / f"{key}.json"
 
 
-def _write_atomically(path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".writing-", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(obj, file)
-    os.replace(staging, path)
-
-
 def base_pass(config: TrialConfig) -> BasePass:
     """The knowability pre-pass: the base model answers every val and test question once, cached by the base
     model, the data's fingerprint and what shapes generation (budget, precision, batch, attention), like the
@@ -93,7 +83,7 @@ def base_pass(config: TrialConfig) -> BasePass:
             if rows:
                 records[split] = score_rows(model, tokenizer, rows, batch_size=config.eval.batch_size,
                                             max_new_tokens=budget, device=device, bf16=bf16)[1]
-        _write_atomically(path, records)
+        write_json_atomically(path, records)
     report: dict[str, float] = {}
     for split, scored in records.items():
         report.update({f"base_{split}_{name}": value for name, value in metrics_of(scored).items()})

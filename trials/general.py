@@ -204,12 +204,17 @@ def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.d
                                        batch_size, device, bf16)
     answers = BaseAnswers(replies, reply_ids, [mentions(r, q.accepted) for r, q in zip(replies, probe.questions)],
                           chat_replies, chat_ids)
+    write_json_atomically(path, asdict(answers))
+    return answers
+
+
+def write_json_atomically(path: Path, obj) -> None:
+    """A cache file appears whole or not at all: two sweeps starting at once may both write it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=".writing-", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(asdict(answers), file)
+        json.dump(obj, file)
     os.replace(staging, path)
-    return answers
 
 
 def reply_example(tokenizer, prompt: str, reply_ids: list[int], distill: bool = False) -> Example:
