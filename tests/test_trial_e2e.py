@@ -117,6 +117,13 @@ def test_demo_predictions_match_the_metrics(demo_trial, demo_metrics, demo_confi
         assert record["correct"] == is_correct(record["got"], row.accepted)
     recall = sum(p["correct"] for p in predictions) / len(predictions)
     assert recall == pytest.approx(demo_metrics["val_exact_recall"], abs=1e-12)
+    # `orchestrator trial` leaves the per-fact ledger too: every val question at every epoch it scored.
+    ledger = read_jsonl(demo_trial[0] / "ledger.jsonl")
+    epochs = range(1, demo_metrics["epochs"] + 1)
+    assert [(r["epoch"], r["question"]) for r in ledger] == [(e, p["question"]) for e in epochs for p in predictions]
+    last = [(p["got"], p["correct"]) for p in predictions]
+    assert [(r["got"], r["pass"]) for r in ledger[-len(predictions):]] == last
+    assert {r["trial"] for r in ledger} == {None}
 
 
 @pytest.mark.e2e
