@@ -42,7 +42,7 @@ def cmd_trial(args) -> int:
         print(f"error: {error}; the trial failed ({args.output_dir}/metrics.json)", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-    print(f"wrote {args.output_dir}/metrics.json, adapter/, predictions_val.jsonl")
+    print(f"wrote {args.output_dir}/metrics.json, adapter/, predictions_val.jsonl, ledger.jsonl")
     return 0
 
 

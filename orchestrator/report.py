@@ -20,6 +20,11 @@ Written to --output-dir and logged to the sweep's parent run under report/:
 - answers.md: one row per question of the champion, when it came from this sweep, else of the
   leaderboard's top trial: the expected answer, the answer it gave, whether that counts. On test when
   promotion scored that trial (it logs predictions_test.jsonl on the trial's run), else on val;
+- ledger.md and ledger_heatmap.png, from each trial's per-fact ledger (ledger.json on its run, trials/ledger.py):
+  the val facts no trial passed at any epoch, the facts a trial passed at one epoch and failed at a later one
+  (by trial, with the epochs), and a heat map of the leaderboard's top trial, one row per fact, one column per
+  scored epoch, coloured by its score under eval.objective (a dot where it passed). Left out, with a note,
+  when no trial logged a ledger (a sweep from before the ledger);
 - report.html: all of the above in one self-contained page (images inline) to open or mail.
 """
 
@@ -33,6 +38,7 @@ from pathlib import Path
 from orchestrator import hints, study, tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import format_leaderboard, leaderboard
+from trials import ledger as fact_ledger
 
 VAL_METRIC = "val_exact_recall"
 ALIAS, TEST_PREDICTIONS = "champion", "predictions_test.jsonl"  # = orchestrator.promote's (which imports torch)
@@ -60,6 +66,101 @@ class Answers:
         lines += [f"| {cell(r['question'])} | {cell(r['expected'])} | {cell(r['got'])} | "
                   f"{'yes' if r['correct'] else 'no'} |" for r in rows]
         return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Facts:
+    """What the trials' per-fact ledgers say: `ledgers` trial -> its rows (trials/ledger.py), best first."""
+
+    ledgers: dict[str, list[dict]]
+    best: str  # the trial of the heat map: the leaderboard's top trial with a ledger
+
+    @property
+    def expected(self) -> dict[str, str]:
+        return {row["question"]: row["expected"] for rows in self.ledgers.values() for row in rows}
+
+    @property
+    def never_learned(self) -> list[str]:
+        return fact_ledger.never_learned(self.ledgers)
+
+    @property
+    def lost(self) -> dict[str, list[dict]]:
+        """question -> the trials that learned and then lost it: {trial, learned, lost, final_pass}."""
+        by_question: dict[str, list[dict]] = {}
+        for trial, rows in self.ledgers.items():
+            for item in fact_ledger.learned_then_lost(rows):
+                by_question.setdefault(item["question"], []).append({"trial": trial, **item})
+        return by_question
+
+    def summary(self) -> str:
+        lost = self.lost
+        trials = {item["trial"] for items in lost.values() for item in items}
+        count = len(self.ledgers)
+        return (f"per-fact ledger of {count} trial{'' if count == 1 else 's'}, {len(self.expected)} val facts: "
+                f"{len(self.never_learned)} no trial learned; {len(lost)} learned and then lost "
+                f"(in {len(trials)} trial{'' if len(trials) == 1 else 's'})")
+
+    def markdown(self) -> str:
+        def cell(text) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        expected, never, lost = self.expected, self.never_learned, self.lost
+        lines = [f"# Per-fact ledger\n\n{self.summary()}.\n", f"## Facts no trial learned ({len(never)})\n"]
+        lines += [f"- {cell(q)} (expected: {cell(expected[q])})" for q in never] or ["(none)"]
+        lines += ["", f"## Facts learned, then lost ({len(lost)})\n",
+                  "Passed at an epoch, failed at a later one; per trial, the epoch it last passed -> the epoch "
+                  "it failed (and whether it passed again by the trial's last epoch).\n"]
+        if lost:
+            lines += ["| question | expected | trials |", "|---|---|---|"]
+            for question, items in lost.items():
+                trials = "; ".join(f"{i['trial']} {i['learned']}->{i['lost']}"
+                                   f"{' (back by the end)' if i['final_pass'] else ''}" for i in items)
+                lines.append(f"| {cell(question)} | {cell(expected[question])} | {cell(trials)} |")
+        else:
+            lines.append("(none)")
+        return "\n".join(lines) + "\n"
+
+
+def _facts(client, board: list[dict]) -> Facts | None:
+    """Every trial's ledger (best first); None when no trial logged one."""
+    ledgers = {}
+    for row in board:
+        names = {artifact.path for artifact in client.list_artifacts(row["run_id"])}
+        if fact_ledger.LEDGER_TABLE in names:
+            with open(client.download_artifacts(row["run_id"], fact_ledger.LEDGER_TABLE), encoding="utf-8") as handle:
+                ledgers[row["trial"]] = fact_ledger.from_table(json.load(handle))
+    return Facts(ledgers, next(iter(ledgers))) if ledgers else None
+
+
+def _heatmap(facts: Facts, path: Path) -> Path:
+    """The best trial's facts x epochs: the score under eval.objective, a dot where it passed."""
+    import numpy as np
+
+    plt = _pyplot()
+    grid = fact_ledger.by_epoch(facts.ledgers[facts.best])
+    questions = list(grid)
+    epochs = sorted({epoch for by_epoch in grid.values() for epoch in by_epoch})
+    scores = np.full((len(questions), len(epochs)), np.nan)
+    passes = []
+    for i, question in enumerate(questions):
+        for j, epoch in enumerate(epochs):
+            row = grid[question].get(epoch)
+            if row is not None:
+                scores[i, j] = row["score"]
+                if row["pass"]:
+                    passes.append((j, i))
+    figure, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.5 * len(epochs)), min(40.0, 1.5 + 0.25 * len(questions))))
+    image = ax.imshow(np.ma.masked_invalid(scores), aspect="auto", cmap="RdYlGn", vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
+    if passes and len(passes) <= 5000:
+        ax.scatter([x for x, _ in passes], [y for _, y in passes], s=6, color="black", label="passed")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.15, 1.0), fontsize=7)
+    ax.set_xticks(range(len(epochs)), [str(epoch) for epoch in epochs])
+    ax.set_yticks(range(len(questions)), [q if len(q) <= 60 else q[:57] + "..." for q in questions],
+                  fontsize=6 if len(questions) > 40 else 8)
+    ax.set(xlabel="epoch", title=f"Per-fact ledger of trial {facts.best}: score per val fact and epoch")
+    figure.colorbar(image, ax=ax, label="score under eval.objective")
+    return _save(figure, path)
 
 
 def _pyplot():
@@ -245,21 +346,33 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
     else:
         figures.append(general)
     answers = _answers(client, name, board)
+    facts = _facts(client, board)  # best first, failed trials last: the heat map's trial is the top one
     paths = [*figures, *study_figures]
+    if facts is None:
+        notes.append("the per-fact ledger is left out: no trial logged ledger.json (trials from before the ledger)")
+    else:
+        paths.append(_heatmap(facts, out_dir / "ledger_heatmap.png"))
+        paths.append(out_dir / "ledger.md")
+        paths[-1].write_text(facts.markdown(), encoding="utf-8")
     if answers is not None:
         paths.append(out_dir / "answers.md")
         paths[-1].write_text(answers.markdown(), encoding="utf-8")
     title = f"sweep '{name}' ({parent.info.status}, {len(board)} trials)"
     page = out_dir / "report.html"
-    page.write_text(render(title, board, paths, answers, notes, parent), encoding="utf-8")
+    page.write_text(render(title, board, paths, answers, notes, parent, facts), encoding="utf-8")
     paths.append(page)
     for path in paths:
         client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
-    return _text(title, board, answers, notes), paths
+    return _text(title, board, answers, notes, facts), paths
 
 
-def _text(title: str, board: list[dict], answers: Answers | None, notes: list[str]) -> str:
+def _text(title: str, board: list[dict], answers: Answers | None, notes: list[str], facts: Facts | None = None) -> str:
     lines = [title, format_leaderboard(board)]
+    if facts is not None:
+        lines.append(facts.summary() + ("; no trial learned:" if facts.never_learned else ""))
+        lines += [f"  {question}  expected: {facts.expected[question]}" for question in facts.never_learned]
+        lines += [f"  lost: {question}  in " + ", ".join(f"{i['trial']} (epoch {i['learned']}->{i['lost']})"
+                                                          for i in items) for question, items in facts.lost.items()]
     if answers is not None:
         lines.append(f"{answers.whose}, {answers.split} split: {len(answers.misses)} of {len(answers.records)} "
                      "questions missed" + (":" if answers.misses else ""))

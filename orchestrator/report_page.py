@@ -19,6 +19,8 @@ CAPTIONS = {
     "optimization_history.png": "Optuna: the objective of every finished trial, and the best so far.",
     "param_importances.png": "Optuna: how much each parameter explains the objective (PED-ANOVA).",
     "parallel_coordinate.png": "Optuna: every finished trial's parameters, coloured by its objective.",
+    "ledger_heatmap.png": "The per-fact ledger of the top trial: each val fact's score under eval.objective at "
+                          "every scored epoch (a dot where it passed).",
 }
 
 TEMPLATE = """<!DOCTYPE html>
@@ -52,6 +54,19 @@ questions missed (misses first).</p>
 {% for r in answers.records | sort(attribute="correct") %}<tr{% if not r.correct %} class="miss"{% endif %}>
 <td>{{ r.question }}</td><td>{{ r.expected }}</td><td>{{ r.got }}</td><td>{{ "yes" if r.correct else "no" }}</td></tr>
 {% endfor %}</table>{% endif %}
+{% if facts %}<h2>Facts</h2>
+<p>{{ facts.summary() }}.</p>
+<h3>No trial learned ({{ facts.never_learned | length }})</h3>
+{% if facts.never_learned %}<table><tr><th>question</th><th>expected</th></tr>
+{% for q in facts.never_learned %}<tr class="miss"><td>{{ q }}</td><td>{{ facts.expected[q] }}</td></tr>{% endfor %}
+</table>{% else %}<p>None.</p>{% endif %}
+<h3>Learned, then lost ({{ facts.lost | length }})</h3>
+<p>Passed at an epoch and failed at a later one: per trial, the epoch it last passed and the epoch it failed.</p>
+{% if facts.lost %}<table><tr><th>question</th><th>expected</th><th>trials</th></tr>
+{% for q, items in facts.lost.items() %}<tr><td>{{ q }}</td><td>{{ facts.expected[q] }}</td><td>
+{% for i in items %}{{ i.trial }} {{ i.learned }}&rarr;{{ i.lost }}{% if i.final_pass %} (back by the end){% endif %}
+{% if not loop.last %}; {% endif %}{% endfor %}</td></tr>{% endfor %}</table>{% else %}<p>None.</p>{% endif %}
+{% endif %}
 </body></html>
 """
 
@@ -62,7 +77,8 @@ def _cell(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def render(title: str, board: list[dict], paths: list[Path], answers, notes: list[str], parent) -> str:
+def render(title: str, board: list[dict], paths: list[Path], answers, notes: list[str], parent,
+           facts=None) -> str:
     import jinja2
 
     figures = [{"name": path.stem.replace("_", " "), "caption": CAPTIONS.get(path.name, ""),
@@ -71,6 +87,6 @@ def render(title: str, board: list[dict], paths: list[Path], answers, notes: lis
     template = jinja2.Environment(autoescape=True).from_string(TEMPLATE)
     return template.render(
         title=title, board=board, columns=LEADERBOARD_COLUMNS, cell=_cell, figures=figures, answers=answers,
-        notes=notes, run_id=parent.info.run_id, tracking_uri=tracking.tracking_uri(),
+        facts=facts, notes=notes, run_id=parent.info.run_id, tracking_uri=tracking.tracking_uri(),
         study_name=parent.data.tags.get(study.STUDY_TAG), storage=parent.data.tags.get(study.STORAGE_TAG),
         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

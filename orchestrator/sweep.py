@@ -100,7 +100,8 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
         # A resumed sweep continues this trial where its last epoch ended, from a local copy of it.
         resume_from = Path(checkpoint.to_directory(copy)) if checkpoint is not None else None
         try:
-            run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from)
+            run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from,
+                      trial_id=context.get_trial_id())
         except CheckpointUnreadable as error:  # name the checkpoint in the sweep's storage, not the copy
             raise CheckpointUnreadable(str(error).replace(str(resume_from), checkpoint.path, 1)) from error
 

@@ -15,7 +15,8 @@ Layout (what `promote`, `report` and the MLflow UI read):
   and, once it ends, its val recall; params = the trial's method and training knobs (and init_adapter,
   data.retain when incremental); every numeric metric it reports, at step=epoch;
   artifacts adapter/ (peft adapter + tokenizer), predictions_val.jsonl, metrics.json,
-  trial_config.json (the full trial config, enough to rebuild or re-score it).
+  trial_config.json (the full trial config, enough to rebuild or re-score it), and ledger.json: the
+  per-fact ledger (trials/ledger.py), logged with log_table so the MLflow UI shows it as a table.
 
 Why one writer: SQLite allows one writer at a time, and trials running in parallel processes that
 each open the store race for its lock ("database is locked"). Here trials never touch MLflow:
@@ -24,12 +25,14 @@ they report to Ray Tune, and the Tune driver, a single process, writes every run
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import SweepError
+from trials.ledger import LEDGER, LEDGER_TABLE, as_table
 
 DEFAULT_STORE = "mlflow.db"
 ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
@@ -117,3 +120,17 @@ def log_trial_artifacts(mlflow_client: MlflowClient, run_id: str, trial_dir: Pat
             mlflow_client.log_artifacts(run_id, str(path), artifact_path=name)
         elif path.exists():
             mlflow_client.log_artifact(run_id, str(path))
+    log_ledger(mlflow_client, run_id, trial_dir)
+
+
+def log_ledger(mlflow_client: MlflowClient, run_id: str, trial_dir: Path) -> None:
+    """The trial's ledger.jsonl, if it has one, as the table ledger.json. log_table appends to a table the
+    run already holds (a trial that failed, then was resumed and finished): the report keeps an epoch's
+    last rows."""
+    path = Path(trial_dir) / LEDGER
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    if rows:
+        mlflow_client.log_table(run_id, data=as_table(rows), artifact_file=LEDGER_TABLE)

@@ -16,6 +16,22 @@ from orchestrator.cli import main
 EXPERIMENT, MODEL = "recall-orchestrator", "recall-champion"
 ROWS = [{"question": "Which team is Ann on?", "expected": "Meridian", "got": "Meridian", "correct": True},
         {"question": "Where does Bo work?", "expected": "Dome 3", "got": "Dome 1", "correct": False}]
+# Per-fact ledger rows of trial t<index> at epochs 1 and 2: (question, expected, passed at epoch 1, at epoch 2).
+# Ann's team: t1 learns it and loses it; Bo's work: only t2 learns it, at its last epoch; Cy's badge: never.
+FACTS = [("Which team is Ann on?", "Meridian", lambda i: (i >= 0, i != 1)),
+         ("Where does Bo work?", "Dome 3", lambda i: (False, i == 2)),
+         ("What is Cy's badge?", "QX-4471", lambda i: (False, False))]
+
+
+def _ledger(folder, index: int) -> list[dict]:
+    """Trial t<index>'s ledger.jsonl, in a folder of its own as run_trial leaves it."""
+    directory = folder / f"ledger-t{index}-{len(list(folder.glob('ledger-*')))}"
+    directory.mkdir()
+    rows = [{"trial": f"t{index}", "epoch": epoch, "question": question, "expected": expected,
+             "got": expected if passes(index)[epoch - 1] else "?", "score": float(passes(index)[epoch - 1]),
+             "pass": passes(index)[epoch - 1]} for epoch in (1, 2) for question, expected, passes in FACTS]
+    (directory / "ledger.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +43,10 @@ def folder(tmp_path_factory):
         yield folder
 
 
-def _sweep(folder, name: str, trials: int, with_study: bool = True, general: bool = False) -> tuple:
+def _sweep(folder, name: str, trials: int, with_study: bool = True, general: bool = False,
+           ledger: bool = False) -> tuple:
     """A FINISHED sweep of `trials` LoRA/prefix trials (2 epochs each; the first is best) and its study,
-    in optuna-NAME.db."""
+    in optuna-NAME.db; with `ledger`, each trial's per-fact ledger (FACTS) logged as the sweep logs it."""
     client = tracking.client()
     parent = client.create_run(tracking.experiment_id(client, EXPERIMENT), run_name=name,
                                tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
@@ -51,6 +68,8 @@ def _sweep(folder, name: str, trials: int, with_study: bool = True, general: boo
         if general:  # the first trial recalls the most and forgets the most
             client.log_metric(run.info.run_id, "general_retention", 0.4 + 0.25 * index, step=2)
         client.log_text(run.info.run_id, "".join(json.dumps(row) + "\n" for row in ROWS), "predictions_val.jsonl")
+        if ledger:
+            tracking.log_ledger(client, run.info.run_id, _ledger(folder, index))
         client.set_terminated(run.info.run_id, "FINISHED")
         sweep_study.add_trial(optuna.trial.create_trial(
             params={"method": method, f"{method}_learning_rate": rate}, value=recall,
@@ -72,7 +91,7 @@ def _logged(client, run_id: str) -> set[str]:
 
 
 def test_the_report_draws_optunas_plots_and_the_champions_answers_into_one_page(folder, tmp_path, capsys):
-    client, parent_id, run_ids = _sweep(folder, "three", 3)
+    client, parent_id, run_ids = _sweep(folder, "three", 3, ledger=True)
     # Promotion scored the second trial on test and made it the champion.
     test_rows = [{**ROWS[0], "question": "Which team is Cy on?"}, {**ROWS[1], "question": "Where does Di work?"}]
     client.log_text(run_ids[1], "".join(json.dumps(row) + "\n" for row in test_rows), "predictions_test.jsonl")
@@ -83,15 +102,37 @@ def test_the_report_draws_optunas_plots_and_the_champions_answers_into_one_page(
 
     out = _report("three", tmp_path / "report", capsys)
     files = {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png", "optimization_history.png",
-             "param_importances.png", "parallel_coordinate.png", "answers.md", "report.html"}
+             "param_importances.png", "parallel_coordinate.png", "answers.md", "ledger_heatmap.png", "ledger.md",
+             "report.html"}
     assert {path.name for path in (tmp_path / "report").iterdir()} == files == _logged(client, parent_id)
     assert "champion (version 1 of 'recall-champion', trial t1), test split: 1 of 2 questions missed" in out
     assert "Where does Di work?  expected: Dome 3  got: Dome 1" in out
     answers = (tmp_path / "report" / "answers.md").read_text()
     assert answers.index("| Where does Di work? | Dome 3 | Dome 1 | no |") < answers.index("Which team is Cy on?")
     page = (tmp_path / "report" / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 6 and not re.search(r'(src|href)="(?!data:)', page)
+    assert page.count('src="data:image/png;base64,') == 7 and not re.search(r'(src|href)="(?!data:)', page)
     assert '<tr class="miss">' in page and "Where does Di work?" in page and "optuna-dashboard sqlite:///" in page
+
+
+def test_the_report_reads_the_per_fact_ledgers_back(folder, tmp_path, capsys):
+    """Facts no trial learned, facts learned then lost, and the top trial's heat map (facts x epochs)."""
+    client, parent_id, run_ids = _sweep(folder, "facts", 3, with_study=False, ledger=True)
+    table = json.loads(open(client.download_artifacts(run_ids[1], "ledger.json")).read())  # log_table's
+    assert table["columns"] == ["trial", "epoch", "question", "expected", "got", "score", "pass"]
+    assert len(table["data"]) == 2 * len(FACTS)
+    assert '"path": "ledger.json", "type": "table"' in client.get_run(run_ids[1]).data.tags["mlflow.loggedArtifacts"]
+
+    out = _report("facts", tmp_path / "report", capsys)
+    assert "per-fact ledger of 3 trials, 3 val facts: 1 no trial learned; 1 learned and then lost (in 1 trial)" in out
+    assert "  What is Cy's badge?  expected: QX-4471" in out
+    assert "  lost: Which team is Ann on?  in t1 (epoch 1->2)" in out
+    assert {"ledger_heatmap.png", "ledger.md"} <= _logged(client, parent_id)
+    assert (tmp_path / "report" / "ledger_heatmap.png").read_bytes().startswith(b"\x89PNG")
+    facts = (tmp_path / "report" / "ledger.md").read_text()
+    assert "## Facts no trial learned (1)\n\n- What is Cy's badge? (expected: QX-4471)" in facts
+    assert "| Which team is Ann on? | Meridian | t1 1->2 |" in facts and "Where does Bo work?" not in facts
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Learned, then lost (1)" in page and "What is Cy&#39;s badge?" in page and "ledger heatmap" in page
 
 
 def test_one_finished_trial_gets_a_note_instead_of_importances(folder, tmp_path, capsys):
@@ -99,6 +140,7 @@ def test_one_finished_trial_gets_a_note_instead_of_importances(folder, tmp_path,
     out = _report("one", tmp_path / "report", capsys)
     assert "note: parameter importances and parallel coordinates need 2 finished trials; the study has 1" in out
     assert "top trial t0 (not the champion), val split: 1 of 2 questions missed" in out
+    assert "note: the per-fact ledger is left out: no trial logged ledger.json" in out
     assert _logged(client, parent_id) == {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png",
                                           "optimization_history.png", "answers.md", "report.html"}
 

@@ -57,6 +57,17 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         adapter = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
         assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
         assert run.data.params["training.epochs"] == "2"
+        # The per-fact ledger, a table in the MLflow UI: one row per val question per scored epoch.
+        with open(client.download_artifacts(run.info.run_id, "ledger.json")) as handle:
+            table = json.load(handle)
+        assert table["columns"] == ["trial", "epoch", "question", "expected", "got", "score", "pass"]
+        rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+        questions = int(run.data.metrics["val_questions"])
+        assert sorted({(row["epoch"], row["question"]) for row in rows}) == sorted(
+            (row["epoch"], row["question"]) for row in rows) and len(rows) == questions * len(history)
+        assert {row["epoch"] for row in rows} == {m.step for m in history}
+        assert {row["trial"] for row in rows} == {run.data.tags[tracking.TRIAL_ID]}
+        assert '"path": "ledger.json", "type": "table"' in run.data.tags["mlflow.loggedArtifacts"]
         # ASHA (rung at epoch 1) may stop a trial there; only then is it tagged as stopped by ASHA.
         assert run.data.tags.get("recall.stopped_by") == ("asha" if len(history) == 1 else None)
     methods = {run.data.params["method.name"] for run in children}
@@ -161,7 +172,8 @@ def test_report_reads_the_sweep_back_from_mlflow(six_trials, tmp_path, capsys):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     client, parent, _ = runs_of(uri, "six")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
-        f"report/{name}" for name in {*figures, "answers.md", "report.html"}}
+        f"report/{name}" for name in {*figures, "answers.md", "ledger_heatmap.png", "ledger.md", "report.html"}}
+    assert "per-fact ledger of 6 trials" in out and "val facts:" in out
     # Nothing promoted: the answers are the top trial's, on val.
     assert f"top trial {outcome.leaderboard[0]['trial']} (not the champion), val split" in out
     assert "optuna-dashboard sqlite:///" in (tmp_path / "report.html").read_text()

@@ -117,6 +117,13 @@ def test_demo_predictions_match_the_metrics(demo_trial, demo_metrics, demo_confi
         assert record["correct"] == is_correct(record["got"], row.accepted)
     recall = sum(p["correct"] for p in predictions) / len(predictions)
     assert recall == pytest.approx(demo_metrics["val_exact_recall"], abs=1e-12)
+    # `orchestrator trial` leaves the per-fact ledger too: every val question at every epoch it scored.
+    ledger = read_jsonl(demo_trial[0] / "ledger.jsonl")
+    epochs = range(1, demo_metrics["epochs"] + 1)
+    assert [(r["epoch"], r["question"]) for r in ledger] == [(e, p["question"]) for e in epochs for p in predictions]
+    last = [(p["got"], p["correct"]) for p in predictions]
+    assert [(r["got"], r["pass"]) for r in ledger[-len(predictions):]] == last
+    assert {r["trial"] for r in ledger} == {None}
 
 
 @pytest.mark.e2e
@@ -291,6 +298,20 @@ def test_resume_continues_exactly(tmp_path, short_config):
     for key in tensors_a:
         torch.testing.assert_close(tensors_c[key], tensors_a[key], rtol=0, atol=1e-6, msg=key)
     assert read_jsonl(tmp_path / "C" / "predictions_val.jsonl") == read_jsonl(tmp_path / "A" / "predictions_val.jsonl")
+
+    # The per-fact ledger: one row per val question per scored epoch, the last epoch's being the predictions;
+    # the resumed trial kept the checkpoint's rows for epochs 1-2 and has the same ledger as the unbroken one.
+    predictions = read_jsonl(tmp_path / "A" / "predictions_val.jsonl")
+    questions = [record["question"] for record in predictions]
+    ledger = read_jsonl(tmp_path / "A" / "ledger.jsonl")
+    assert [(row["epoch"], row["question"]) for row in ledger] == [(e, q) for e in (1, 2, 3, 4) for q in questions]
+    assert all(set(row) == {"trial", "epoch", "question", "expected", "got", "score", "pass"} for row in ledger)
+    assert [(row["got"], row["pass"], row["score"]) for row in ledger[-len(questions):]] == [
+        (record["got"], record["correct"], float(record["correct"])) for record in predictions]  # exact_recall
+    assert read_jsonl(tmp_path / "A" / "checkpoint" / "ledger.jsonl") == ledger
+    assert [row["epoch"] for row in read_jsonl(tmp_path / "B" / "ledger.jsonl")] == [1] * len(questions) + [2] * len(
+        questions)
+    assert read_jsonl(tmp_path / "C" / "ledger.jsonl") == ledger
 
 
 @pytest.mark.e2e

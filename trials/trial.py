@@ -20,6 +20,7 @@ from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.general import GeneralCheck, Probe, base_answers, load_probe, protect_examples
+from trials.ledger import LEDGER, ledger_rows
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
 from trials.train import Trainer, answer_loss
@@ -66,8 +67,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | None = None,
               log: Callable[[str], None] = print, checkpoint_each_epoch: bool = False,
-              resume_from: Path | None = None) -> dict:
-    """Train one adapter and score it; writes metrics.json, adapter/ and predictions_val.jsonl.
+              resume_from: Path | None = None, trial_id: str | None = None) -> dict:
+    """Train one adapter and score it; writes metrics.json, adapter/, predictions_val.jsonl and
+    ledger.jsonl (trials/ledger.py: each val question's score and pass at every scored epoch, its rows
+    tagged with `trial_id` when given).
 
     `on_epoch(metrics, checkpoint_dir)` sees every epoch (returning True stops the trial); with
     `checkpoint_each_epoch` the checkpoint holds everything `resume_from` needs to continue.
@@ -82,7 +85,7 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _train_and_score(config, knowledge, retained, probe, output_dir, on_epoch, log,
-                                checkpoint_each_epoch, resume_from)
+                                checkpoint_each_epoch, resume_from, trial_id)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
@@ -92,7 +95,7 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
 
 def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowledge | None, probe: Probe | None,
                      output_dir: Path, on_epoch: EpochCallback | None, log: Callable[[str], None],
-                     checkpoint_each_epoch: bool, resume_from: Path | None) -> dict:
+                     checkpoint_each_epoch: bool, resume_from: Path | None, trial_id: str | None) -> dict:
     set_seed(config.training.seed)
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
@@ -115,9 +118,13 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
     progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
                 "parent": {}}
     val_records: list[dict] = []
+    ledger: list[dict] = []
     if resume_from is not None:
         progress = _restore(Path(resume_from), model, trainer)
         val_records = _read_jsonl(Path(resume_from) / "predictions_val.jsonl")
+        # The epochs before the checkpoint (a checkpoint from before the ledger existed has none).
+        earlier = Path(resume_from) / LEDGER
+        ledger = [row for row in _read_jsonl(earlier) if row["epoch"] <= progress["epoch"]] if earlier.exists() else []
         log(f"resumed from {resume_from} after epoch {progress['epoch']}")
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
     # Old facts held out from training: how much of what the model knew it still knows.
@@ -175,6 +182,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         general_scores = (general.measure(model, tokenizer, device, bf16, config.eval.batch_size)
                           if general and (last or epoch in config.eval.general_epochs) else {})
         progress["eval_seconds"] += time.perf_counter() - eval_started
+        ledger += ledger_rows(val_records, epoch, config.eval.objective, trial_id)
         metrics = {
             "epoch": epoch,
             "loss": stats.loss,
@@ -203,26 +211,29 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         checkpoint = None
         if checkpoint_each_epoch:
             checkpoint = output_dir / "checkpoint"
-            _save(checkpoint, model, tokenizer, config, val_records, summary(metrics, "running"))
+            _save(checkpoint, model, tokenizer, config, val_records, summary(metrics, "running"), ledger)
             torch.save(_trainer_state(trainer, progress), checkpoint / TRAINER_STATE)
         stop_requested = bool(on_epoch(metrics, checkpoint)) if on_epoch else False
         if last or stop_requested:
             break
 
     result = summary(metrics, "finished")
-    _save(output_dir, model, tokenizer, config, val_records, result)
+    _save(output_dir, model, tokenizer, config, val_records, result, ledger)
     return result
 
 
 TRAINER_STATE = "trainer_state.pt"
 
 
-def _save(directory: Path, model, tokenizer, config: TrialConfig, val_records: list[dict], summary: dict) -> None:
-    """The files a trial leaves: adapter/ (peft + tokenizer), predictions, metrics, its config."""
+def _save(directory: Path, model, tokenizer, config: TrialConfig, val_records: list[dict], summary: dict,
+          ledger: list[dict]) -> None:
+    """The files a trial leaves: adapter/ (peft + tokenizer), predictions, the per-fact ledger, metrics,
+    its config."""
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory / "adapter")
     tokenizer.save_pretrained(directory / "adapter")
     _write_jsonl(directory / "predictions_val.jsonl", val_records)
+    _write_jsonl(directory / LEDGER, ledger)
     (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (directory / "trial_config.json").write_text(config.model_dump_json(indent=2) + "\n")
 
