@@ -150,7 +150,7 @@ def test_the_report_draws_recall_against_general_retention_when_trials_measured_
     out = _report("general", tmp_path / "report", capsys)
     assert "general_vs_recall.png" in _logged(client, parent_id)
     assert "general_vs_recall.png is left out" not in out
-    assert "| val_exact_recall | general_retention |" in out  # the leaderboard's column
+    assert "| val_exact_recall | lift | general_retention |" in out  # the leaderboard's column
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 7
 
