@@ -136,7 +136,7 @@ def test_report_reads_the_sweep_from_the_server(server, team, orchestrator, tmp_
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         f"report/{name}" for name in ("learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png",
                                       "optimization_history.png", "param_importances.png", "parallel_coordinate.png",
-                                      "answers.md", "report.html")}
+                                      "answers.md", "ledger.md", "ledger_heatmap.png", "report.html")}
     # The study sits beside the sweep's results (no SQLite tracking store to sit beside); the champion came
     # from this sweep, and promotion logged its answers on test.
     assert parent.data.tags["recall.optuna_storage"].endswith("/ray_results/optuna.db")
