@@ -10,7 +10,7 @@ import re
 import time
 
 from orchestrator import tracking
-from trials.config import OBJECTIVE_METRICS
+from trials.config import objective_metric
 
 OBJECTIVE_PARAM = "eval.objective"  # a sweep run's param: what it optimised
 # lift: the trial's val figure under the objective minus the base model's (the sweep run's base_val_<metric>).
@@ -54,11 +54,16 @@ def failure_cause(error: str) -> str:
     return lines[-1] if lines else "the trial raised (no error text)"
 
 
+def lift(value: float | None, base: float | None) -> float | None:
+    """A trial's figure over the base model's on the same metric and split; None when either is missing."""
+    return None if value is None or base is None else value - base
+
+
 def leaderboard(client, parent_run_id: str) -> list[dict]:
     """One row per trial run of the sweep, best first by its objective's val metric; failed trials last.
     A sweep with another objective than exact recall has that metric as a column too."""
     parent = client.get_run(parent_run_id)
-    metric = OBJECTIVE_METRICS[parent.data.params.get(OBJECTIVE_PARAM, 'exact_recall')]
+    metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))
     ranked_by = f"val_{metric}"
     base = parent.data.metrics.get(f"base_val_{metric}")  # None for a sweep logged before the base pre-pass
     rows = []
@@ -74,7 +79,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "learning_rate": param_number(params.get("method.learning_rate")),
             "val_exact_recall": metrics.get("val_exact_recall"),
             ranked_by: metrics.get(ranked_by),
-            "lift": None if metrics.get(ranked_by) is None or base is None else metrics[ranked_by] - base,
+            "lift": lift(metrics.get(ranked_by), base),
             # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
             "general_retention": metrics.get("general_retention"),
             "general_drift": metrics.get("general_drift"),

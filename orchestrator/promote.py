@@ -50,7 +50,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from orchestrator import hints, tracking
 from orchestrator.errors import PromotionError
-from orchestrator.leaderboard import OBJECTIVE_PARAM
+from orchestrator.leaderboard import OBJECTIVE_PARAM, lift
+from trials.config import objective_metric
 from trials.methods import LoraMethod
 
 DEFAULT_MODEL_NAME = "recall-champion"
@@ -357,8 +358,6 @@ def set_lifts(rows, parent) -> str:
     """Each row's lift: its test figure under the sweep's eval.objective minus the base model's on the same
     test questions (the sweep run's base_test_<metric>, from its pre-pass); None where either is missing
     (a sweep logged before the pre-pass). Returns the metric's name."""
-    from trials.baseline import lift, objective_metric
-
     metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))
     base = parent.data.metrics.get(f"base_test_{metric}")
     for row in rows:

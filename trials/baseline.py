@@ -11,29 +11,24 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from trials.config import OBJECTIVE_METRICS, TrialConfig
+from trials.config import TrialConfig
 from trials.data import load_knowledge
 from trials.evaluate import generation_budget, score_rows
 from trials.general import _model_identity, base_answers, cached_base_answers, load_probe, write_json_atomically
 from trials.model import load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.model_cache import cache_root
-from trials.recall import ROUGE_L_PASS, TOKEN_F1_PASS, metrics_of
+from trials.ledger import score_and_pass
+from trials.recall import metrics_of
 
 RECIPE = 1  # bump when what is cached (or how it is computed) changes
 SPLITS = ("val", "test")
-# eval.objective -> whether one scored question (a trials.recall record) counts as answered right under it:
-# a question the base model answers right by exact recall, or by the objective's pass, was already known.
-PASSES = {
-    "exact_recall": lambda record: record["correct"],
-    "contains_recall": lambda record: record["contains"],
-    "token_f1": lambda record: record["token_f1"] >= TOKEN_F1_PASS,
-    "rouge_l": lambda record: record["rouge_l_recall"] >= ROUGE_L_PASS,
-}
-
-
 @dataclass
 class BasePass:
-    """The base model's figures (base_report's dict) and its scored answer to every val and test question."""
+    """The base model's figures and its scored answer to every val and test question.
+
+    `report`: base_{val,test}_<metric> on the private questions; base_general_known (check questions the base
+    answers right: what general_retention is a share of), base_general_check (check questions asked) and
+    base_general_recall (share of all probe questions it answers right), when the probe is on."""
 
     report: dict[str, float]
     records: dict[str, list[dict]] = field(default_factory=dict)  # split -> trials.recall.score's records
@@ -45,10 +40,13 @@ class BasePass:
         """The val and test questions the base answers right, by exact recall or under `objective`'s pass:
         each with its split, the expected answer and what the base said."""
         passes = {"exact_recall", objective}
+
+        def right_by(record: dict) -> list[str]:
+            return sorted(name for name in passes if score_and_pass(record, name)[1])
+
         return [{"split": split, "question": record["question"], "expected": record["expected"],
-                 "got": record["got"], "right_by": sorted(name for name in passes if PASSES[name](record))}
-                for split in SPLITS for record in self.records.get(split, [])
-                if any(PASSES[name](record) for name in passes)]
+                 "got": record["got"], "right_by": right_by(record)}
+                for split in SPLITS for record in self.records.get(split, []) if right_by(record)]
 
 
 def _private_path(config: TrialConfig, base_path: str, fingerprint: str, budget: int, bf16: bool):
@@ -94,23 +92,6 @@ def base_pass(config: TrialConfig) -> BasePass:
         report["base_general_check"] = sum(question.split == "check" for question in probe.questions)
         report["base_general_recall"] = answers.known_count(probe) / len(probe.questions)
     return BasePass(report, records)
-
-
-def base_report(config: TrialConfig) -> dict[str, float]:
-    """base_{val,test}_<metric> on the private questions; base_general_known (check questions the base
-    answers right: what general_retention is a share of), base_general_check (check questions asked) and
-    base_general_recall (share of all probe questions it answers right), when the probe is on."""
-    return base_pass(config).report
-
-
-def lift(value: float | None, base: float | None) -> float | None:
-    """A candidate's figure over the base model's on the same metric and split; None when either is missing."""
-    return None if value is None or base is None else value - base
-
-
-def objective_metric(objective: str | None) -> str:
-    """The metric of trials.recall.metrics_of an eval.objective names (exact recall for runs logged before it)."""
-    return OBJECTIVE_METRICS[objective or "exact_recall"]
 
 
 def general_gate(report: dict[str, float], min_known: int) -> str | None:

@@ -21,6 +21,12 @@ EMBEDDED_MODELS = (EMBEDDED_MODEL, SMOLLM2_MODEL)
 # trials by; EvalConfig.objective lists the same keys.
 OBJECTIVE_METRICS = {"exact_recall": "exact_recall", "contains_recall": "contains_recall",
                      "token_f1": "token_f1", "rouge_l": "rouge_l_recall"}
+
+
+def objective_metric(objective: str | None) -> str:
+    """The metric of trials.recall.metrics_of an eval.objective names (exact recall for runs logged before it)."""
+    return OBJECTIVE_METRICS[objective or "exact_recall"]
+
 # The general-knowledge probe written for this project (trials/general.py reads it).
 DEFAULT_PROBE = Path(__file__).resolve().parent.parent / "data" / "general"
 
