@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from orchestrator import hints, study, tracking
@@ -70,20 +71,21 @@ class Answers:
 
 @dataclass
 class Facts:
-    """What the trials' per-fact ledgers say: `ledgers` trial -> its rows (trials/ledger.py), best first."""
+    """What the trials' per-fact ledgers say: `ledgers` trial -> its rows (trials/ledger.py), best first.
+    Each finding is worked out once: the page, the markdown and the console each read them."""
 
     ledgers: dict[str, list[dict]]
     best: str  # the trial of the heat map: the leaderboard's top trial with a ledger
 
-    @property
+    @cached_property
     def expected(self) -> dict[str, str]:
         return {row["question"]: row["expected"] for rows in self.ledgers.values() for row in rows}
 
-    @property
+    @cached_property
     def never_learned(self) -> list[str]:
         return fact_ledger.never_learned(self.ledgers)
 
-    @property
+    @cached_property
     def lost(self) -> dict[str, list[dict]]:
         """question -> the trials that learned and then lost it: {trial, learned, lost, final_pass}."""
         by_question: dict[str, list[dict]] = {}
