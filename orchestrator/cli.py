@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="promote the best candidate even if it does not beat the champion (or the first "
                               "champion's floor) on test")
     promote.add_argument("--min-test-recall", type=float, default=0.0, metavar="X",
-                         help="with no champion yet, the candidate's test recall must be above X and above the "
-                              "sweep's seed-recipe trial's (default: %(default)s)")
+                         help="with no champion yet, the candidate's test score (by the sweep's eval.objective: "
+                              "exact recall by default) must be above X and above the sweep's seed-recipe "
+                              "trial's (default: %(default)s)")
     promote.add_argument("--allow-incomplete", action="store_true",
                          help="promote from a sweep that was stopped before it finished (its run is KILLED)")
     promote.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")

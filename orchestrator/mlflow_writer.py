@@ -28,7 +28,7 @@ from orchestrator.scheduling import rungs
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
 from orchestrator.tracking_writes import WriteQueue
-from trials.config import TrialConfig
+from trials.config import TrialConfig, objective_metric
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "iterations_since_restore", "training_iteration"}
 
@@ -235,8 +235,9 @@ class MlflowTrials(Callback):
         last = trial.last_result or {}
         training = self.base["training"]
         # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
+        judged_by = f"val_{objective_metric(self.base['eval'].get('objective'))}"
         ended_itself = (last.get("epoch", 0) >= training["epochs"]
-                        or last.get("val_exact_recall", 0.0) >= training["stop_at_val_recall"])
+                        or last.get(judged_by, 0.0) >= training["stop_at_val_recall"])
         out_of_time = self.deadline is not None and time.time() >= self.deadline
         stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"
         status = "KILLED" if stopped_by == "time_budget" else "FINISHED"

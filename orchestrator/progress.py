@@ -110,21 +110,23 @@ class SweepProgress(Callback):
     _live: dict[str, SweepProgress] = {}  # sweep name -> the progress of that sweep in this driver
 
     def __init__(self, name: str, num_samples: int, epochs: int, time_budget_s: float | None = None,
-                 verbose: bool = False, console: Console | None = None, clock=time.monotonic):
+                 verbose: bool = False, console: Console | None = None, clock=time.monotonic,
+                 best_by: str = "val_exact_recall"):
         self.name, self.num_samples, self.epochs, self.time_budget_s = name, num_samples, epochs, time_budget_s
+        self.best_by = best_by  # the val metric of the sweep's eval.objective: what "best" means on the line
         self.verbose, self.console, self.clock = verbose, console or sweep_console, clock
         self.started = clock()
         self.last_status = self.started
         self._epochs_trained = 0  # by this driver, since its first trial started: the rate of time_left
         self._training_since: float | None = None
-        self._best: tuple[float, str, int] | None = None  # val recall, trial id, epoch
+        self._best: tuple[float, str, int] | None = None  # best_by's value, trial id, epoch
         self._ended: dict[str, bool] = {}  # trial id -> failed: Tune calls the hooks before it sets the status
         self._tally = Tally(0, 0, 0, num_samples, num_samples * epochs)
         self._output = None
         SweepProgress._live[name] = self
 
     def __reduce__(self):
-        return _restored, (self.name, self.num_samples, self.epochs, self.time_budget_s, self.verbose)
+        return _restored, (self.name, self.num_samples, self.epochs, self.time_budget_s, self.verbose, self.best_by)
 
     @property
     def interactive(self) -> bool:
@@ -144,7 +146,7 @@ class SweepProgress(Callback):
     # -- the numbers ------------------------------------------------------------------------------
 
     def _note(self, trial_id: str, result: dict | None) -> None:
-        recall = (result or {}).get("val_exact_recall")
+        recall = (result or {}).get(self.best_by)
         if recall is not None and (self._best is None or recall > self._best[0]):
             self._best = (recall, trial_id, epochs_of(result))
 
@@ -169,8 +171,8 @@ class SweepProgress(Callback):
     def status(self) -> str:
         now, counts = self.clock(), self._tally
         failed = f" ({counts.failed} failed)" if counts.failed else ""
-        best = (f"best val_exact_recall {self._best[0]:.3f} (trial {self._best[1]}, epoch {self._best[2]})"
-                if self._best else "best val_exact_recall -")
+        best = (f"best {self.best_by} {self._best[0]:.3f} (trial {self._best[1]}, epoch {self._best[2]})"
+                if self._best else f"best {self.best_by} -")
         left = self.time_left(now)
         return (f"{counts.done}/{self.num_samples} trials done{failed}, {counts.running} running, "
                 f"{counts.pending} pending | {best} | {duration(now - self.started)} elapsed, "
@@ -228,6 +230,8 @@ class SweepProgress(Callback):
         self.close()
 
 
-def _restored(name: str, num_samples: int, epochs: int, time_budget_s: float | None, verbose: bool) -> SweepProgress:
+def _restored(name: str, num_samples: int, epochs: int, time_budget_s: float | None, verbose: bool,
+              best_by: str = "val_exact_recall") -> SweepProgress:
     """The progress run_sweep made for this sweep in this driver; a fresh one where there is none."""
-    return SweepProgress._live.get(name) or SweepProgress(name, num_samples, epochs, time_budget_s, verbose)
+    return SweepProgress._live.get(name) or SweepProgress(name, num_samples, epochs, time_budget_s, verbose,
+                                                          best_by=best_by)

@@ -6,18 +6,21 @@
 1. take the sweep's top-k FINISHED trial runs by their last `objective` (what the sweep optimised,
    eval.objective: by default val_exact_recall with a train-recall tie-break, and for an incremental
    sweep below every trial that keeps the retention floor if it broke it), by val_exact_recall where
-   it is missing; the test gate below stays on exact recall whatever the objective;
+   it is missing;
 2. download each one's adapter/ + trial_config.json + metrics.json and score it on the `test`
-   split, which nothing used before (`trials.evaluate`, the trial's own scoring); the score goes
-   back onto the trial's run as metric `test_exact_recall`, its answers as `predictions_test.jsonl`
+   split, which nothing used before (`trials.evaluate`, the trial's own scoring); every test metric
+   goes back onto the trial's run (`test_exact_recall`, `test_rouge_l_recall`, ...), its answers as
+   `predictions_test.jsonl`
    (what `orchestrator report` shows; the sweep driver has finished, so this process is the only
    writer). An adapter holding NaN or inf is skipped, whatever its metrics, and
    the next trial by the objective takes its place;
-3. the best candidate: highest test recall; ties go to higher val recall, then to fewer
-   trainable parameters;
+3. the best candidate: highest test score; ties go to higher val score, then to fewer
+   trainable parameters. "Score" is the metric the sweep optimised (eval.objective, read from the
+   sweep's run: exact recall by default, mean ROUGE-L recall for `rouge_l`), here and in every gate
+   below, so a sweep over sentence answers is judged as it was tuned;
 4. the registered model's current `champion` is scored, through its pyfunc, on the same test
    rows; only a strictly better candidate is promoted, unless `force`. With no champion yet, the
-   candidate must score above a floor: `min_test_recall` (0), and the test recall of the sweep's
+   candidate must score above a floor: `min_test_recall` (0), and the test score of the sweep's
    seed-recipe trial when it has one (SEED_RECIPE), unless `force`;
 5. promotion: the candidate is logged as a pyfunc model (orchestrator.registry_model) in a
    `promotion` run under the sweep's parent run, registered as a new version with its tags, and
@@ -86,11 +89,11 @@ def use_store() -> str:
 
 @dataclass
 class Scored:
-    """A candidate trial run, or the current champion version, with its test recall."""
+    """A candidate trial run, or the current champion version, with its test score."""
 
     role: str  # "candidate" | "champion" | "seed" (the seed-recipe trial, when it is no candidate)
-    test_recall: float
-    val_recall: float | None
+    test_recall: float  # under the sweep's eval.objective (exact recall by default), as every gate compares
+    val_recall: float | None  # the same metric on val
     trainable_parameters: int | None
     run_id: str | None
     trial: str | None
@@ -132,7 +135,7 @@ class Promotion:
     floor: float | None = None  # no champion yet: the test recall a candidate had to beat
     floor_by: str | None = None  # what set the floor: --min-test-recall or the seed-recipe trial
     seed: Scored | None = None  # the sweep's seed-recipe trial, when there was no champion
-    lift_of: str = "exact_recall"  # the metric each row's lift is on (the sweep's eval.objective)
+    lift_of: str = "exact_recall"  # the metric test, val and lift are on (the sweep's eval.objective)
 
     @property
     def best(self) -> Scored:
@@ -208,7 +211,7 @@ def _non_finite(adapter: Path) -> str | None:
     return None
 
 
-def _score_usable(client, run, directory: Path, log) -> Scored | None:
+def _score_usable(client, run, directory: Path, metric: str, log) -> Scored | None:
     """Download and score a trial run; None (logged) when its adapter holds NaN or inf."""
     files = _download(client, run, directory)
     broken = _non_finite(files / "adapter")
@@ -216,11 +219,11 @@ def _score_usable(client, run, directory: Path, log) -> Scored | None:
         log(f"skipped trial {_trial_name(run)} (run {run.info.run_id}): its adapter holds NaN or inf "
             f"({broken}); it cannot be promoted whatever its metrics")
         return None
-    return _score_candidate(client, run, files)
+    return _score_candidate(client, run, files, metric)
 
 
-def _score_candidate(client, run, directory: Path) -> Scored:
-    """Score a downloaded trial run (adapter, config) on the test split, log the score."""
+def _score_candidate(client, run, directory: Path, metric: str) -> Scored:
+    """Score a downloaded trial run (adapter, config) on the test split, log the scores; judged by `metric`."""
     from trials.config import TrialConfig
     from trials.data import load_knowledge
     from trials.evaluate import generation_budget, retained_knowledge, score_adapter
@@ -241,7 +244,6 @@ def _score_candidate(client, run, directory: Path) -> Scored:
     incremental = config.data.retain is not None
     scored = score_adapter(directory / "adapter", config, "test", retained=("test",) if incremental else ())
     scores, answers = scored["test"]
-    recall = scores["exact_recall"]
     # The registered model answers with the budget the candidate was scored with, old facts included.
     retained = retained_knowledge(config) if incremental else None
     budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval, retained)
@@ -252,7 +254,8 @@ def _score_candidate(client, run, directory: Path) -> Scored:
     if incremental:  # not retention_exact_recall: the trial logged that per epoch, on the old val rows
         client.log_metric(run_id, f"test_{RETENTION_METRIC}", retention)
     return Scored(
-        role="candidate", test_recall=recall, val_recall=run.data.metrics[VAL_METRIC],
+        role="candidate", test_recall=scores[metric],
+        val_recall=run.data.metrics.get(f"val_{metric}", run.data.metrics[VAL_METRIC]),
         trainable_parameters=metrics.get("trainable_parameters"), run_id=run_id,
         trial=_trial_name(run), method=config.method.name,
         data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
@@ -278,15 +281,14 @@ def _current_champion(client, model_name: str):
     return client.get_model_version(model_name, str(version)) if version is not None else None
 
 
-def _score_champion(model_version, test_rows, old_test_rows=()) -> Scored:
-    """The champion's test recall (and, for an incremental candidate, its recall on the old facts' test
-    rows: the bar for retention), answered through its registered pyfunc, as it is served."""
+def _score_champion(model_version, test_rows, metric: str, old_test_rows=()) -> Scored:
+    """The champion's test score by `metric` (and, for an incremental candidate, its exact recall on the old
+    facts' test rows: the bar for retention), answered through its registered pyfunc, as it is served."""
     from trials.recall import score
 
     model = mlflow.pyfunc.load_model(f"models:/{model_version.name}/{model_version.version}")
     answers = model.predict([row.question for row in [*test_rows, *old_test_rows]])
     scores = score(test_rows, answers[: len(test_rows)])[0]
-    recall = scores["exact_recall"]
     old_recall = score(old_test_rows, answers[len(test_rows):])[0]["exact_recall"] if old_test_rows else None
     tags = model_version.tags
 
@@ -298,7 +300,7 @@ def _score_champion(model_version, test_rows, old_test_rows=()) -> Scored:
 
     config = tags.get("trial_config")
     return Scored(
-        role="champion", test_recall=recall, val_recall=number(VAL_METRIC, float),
+        role="champion", test_recall=scores[metric], val_recall=number(f"val_{metric}", float),
         trainable_parameters=number("trainable_parameters", int), run_id=tags.get("source_run_id"),
         trial=tags.get("trial"), method=json.loads(config)["method"]["name"] if config else None,
         version=str(model_version.version), data_fingerprint=tags.get("data_fingerprint"), retention_recall=old_recall,
@@ -315,7 +317,7 @@ def _existing_version(client, model_name: str, run_id: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _register(best: Scored, model_name: str, parent, sweep: str, champion: Scored | None):
+def _register(best: Scored, model_name: str, parent, sweep: str, champion: Scored | None, metric: str):
     """Log `best` as a pyfunc model, with the facts it knows (orchestrator.lineage), in a promotion run
     and register it; returns the ModelVersion."""
     from orchestrator.lineage import write_knowledge
@@ -323,8 +325,9 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
     from trials.config import TrialConfig
 
     tags = {
-        TEST_METRIC: f"{best.test_recall:.6g}",
-        VAL_METRIC: f"{best.val_recall:.6g}" if best.val_recall is not None else "",
+        **{f"test_{name}": f"{value:.6g}" for name, value in (best.test_scores or {}).items()},
+        f"val_{metric}": f"{best.val_recall:.6g}" if best.val_recall is not None else "",
+        "objective_metric": metric,
         "source_run_id": best.run_id,
         "sweep": sweep,
         "trial": best.trial or "",
@@ -346,7 +349,7 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
     with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=f"{sweep}-promote-{best.trial}",
                           tags=run_tags):
         mlflow.log_params({"model_name": model_name, "source_run_id": best.run_id})
-        mlflow.log_metric(TEST_METRIC, best.test_recall)
+        mlflow.log_metrics({f"test_{name}": value for name, value in (best.test_scores or {}).items()})
         knowledge = write_knowledge(best.files / KNOWLEDGE, TrialConfig.model_validate_json(best.trial_config))
         info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
                                 max_new_tokens=best.max_new_tokens, knowledge=knowledge)
@@ -379,6 +382,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     parent = _sweep_parent(client, experiment, sweep, allow_incomplete)
     sweep_name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
     runs = _ranked_runs(client, parent)
+    metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))  # what the sweep optimised, judged on test
     log(f"scoring the top {min(top_k, len(runs))} trial(s) of sweep '{sweep_name}' by its objective on the test split")
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         results: dict[str, Scored | None] = {}
@@ -386,7 +390,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         def scored(run) -> Scored | None:
             """A run downloaded and scored once; None when its adapter holds NaN or inf (logged)."""
             if run.info.run_id not in results:
-                results[run.info.run_id] = _score_usable(client, run, Path(tmp, run.info.run_id), log)
+                results[run.info.run_id] = _score_usable(client, run, Path(tmp, run.info.run_id), metric, log)
             return results[run.info.run_id]
 
         candidates = list(itertools.islice(filter(None, map(scored, runs)), top_k))
@@ -399,7 +403,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         old_test_rows = old.split("test") if old else []
 
         current = _current_champion(client, model_name)
-        champion = _score_champion(current, test_rows, old_test_rows) if current is not None else None
+        champion = _score_champion(current, test_rows, metric, old_test_rows) if current is not None else None
         floor = float(parent.data.params.get("sweep.retention_floor", DEFAULT_RETENTION_FLOOR))
         bar = floor * champion.retention_recall if champion and champion.retention_recall is not None else None
         gate = parent.data.tags.get(tracking.GENERAL_GATE, "off: the sweep predates the general probe")
@@ -409,10 +413,10 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         candidates.sort(key=lambda c: (_below_general(c, general_floor),
                                        bar is not None and c.retention_recall < bar, *c.rank_key()))
         best = candidates[0]
-        lift_of = set_lifts([*candidates, *([champion] if champion else [])], parent)
+        set_lifts([*candidates, *([champion] if champion else [])], parent)
         outcome = Promotion(sweep_name, model_name, candidates, champion, promoted=False, reason="",
                             test_questions=len(test_rows), forced=force, retention_bar=bar,
-                            general_floor=general_floor, general_gate=gate, lift_of=lift_of)
+                            general_floor=general_floor, general_gate=gate, lift_of=metric)
         if general_floor is None:
             log(f"general floor not applied: {gate.removeprefix('off: ')}")
         if champion is None:  # the first champion: it must beat the floor, and the seed recipe if the sweep ran it
@@ -424,7 +428,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             outcome.floor, outcome.floor_by = _first_floor(min_test_recall, outcome.seed)
         if champion is not None and champion.run_id == best.run_id:
             best.version = champion.version
-        refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by, general_floor)
+        refusal = _refusal(best, champion, bar, outcome.floor, outcome.floor_by, general_floor, metric)
         if refusal and not force:
             outcome.refused = True
             outcome.version = champion.version if champion else None
@@ -436,7 +440,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         if existing is not None:
             version = existing
         else:
-            version = _register(best, model_name, parent, sweep_name, champion)
+            version = _register(best, model_name, parent, sweep_name, champion, metric)
             winner = _existing_version(client, model_name, best.run_id)
             if str(winner.version) != str(version.version):  # another process registered this run first
                 client.delete_model_version(model_name, version.version)
@@ -455,7 +459,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         if champion is not None and champion.version == outcome.version:
             previous = "; it already was the champion"
         kept = f", old facts {best.retention_recall:.3f}" if best.retention_recall is not None else ""
-        outcome.reason = (f"promoted trial {best.trial} (test {best.test_recall:.3f}{kept}), {how} "
+        outcome.reason = (f"promoted trial {best.trial} ({on_test(metric).removeprefix('on ')} {best.test_recall:.3f}{kept}), {how} "
                           f"{version.version} of '{model_name}', alias '{ALIAS}'{previous}"
                           f"{' (--force)' if force and refusal else ''}")
         return outcome
@@ -494,9 +498,9 @@ def _model_name_problems(name: str) -> list[str]:
 
 
 def _first_floor(min_test_recall: float, seed: Scored | None) -> tuple[float, str]:
-    """The test recall a first champion must beat, and what set it."""
+    """The test score a first champion must beat, and what set it."""
     if seed is not None and seed.test_recall >= min_test_recall:
-        return seed.test_recall, f"the seed-recipe trial {seed.trial}'s test recall"
+        return seed.test_recall, f"the seed-recipe trial {seed.trial}'s test score"
     return min_test_recall, "--min-test-recall"
 
 
@@ -505,12 +509,18 @@ def _below_general(candidate: Scored, general_floor: float | None) -> bool:
             and candidate.general_retention < general_floor)
 
 
+def on_test(metric: str) -> str:
+    """How a test score is named in promotion's messages: plain for exact recall, the default."""
+    return "on test" if metric == "exact_recall" else f"on test by {metric}"
+
+
 def _refusal(best: Scored, champion: Scored | None, bar: float | None, floor: float | None = 0.0,
-             floor_by: str | None = "--min-test-recall", general_floor: float | None = None) -> str | None:
+             floor_by: str | None = "--min-test-recall", general_floor: float | None = None,
+             metric: str = "exact_recall") -> str | None:
     """Why `best` must not replace `champion`, or None: it must keep the base model's general knowledge
     (general retention at least `general_floor`, when the gate is on), beat the champion on test and,
     when it is incremental, keep the old facts (retention at least the floor x the champion's recall on
-    them). With no champion it must score above `floor` (set by `floor_by`) on test."""
+    them). With no champion it must score above `floor` (set by `floor_by`) on test. Scores are by `metric`."""
     if _below_general(best, general_floor):
         return (f"candidate trial {best.trial} keeps {best.general_retention:.3f} of the general questions the base "
                 f"model answered right, below the general floor {general_floor:.3f} (sweep.general_floor): it "
@@ -518,10 +528,10 @@ def _refusal(best: Scored, champion: Scored | None, bar: float | None, floor: fl
     if champion is None:
         if best.test_recall > floor:
             return None
-        return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the floor "
+        return (f"candidate trial {best.trial} scores {best.test_recall:.3f} {on_test(metric)}, not above the floor "
                 f"{floor:.3f} ({floor_by})")
     if best.test_recall <= champion.test_recall:
-        return (f"candidate trial {best.trial} scores {best.test_recall:.3f} on test, not above the champion's "
+        return (f"candidate trial {best.trial} scores {best.test_recall:.3f} {on_test(metric)}, not above the champion's "
                 f"{champion.test_recall:.3f}")
     if bar is not None and best.retention_recall is not None and best.retention_recall < bar:
         return (f"candidate trial {best.trial} forgets: {best.retention_recall:.3f} on the old facts' test "
@@ -540,8 +550,8 @@ def comparison_table(outcome: Promotion):
         bar += f"; no champion yet: test must be above {outcome.floor:.3f}"
     if outcome.general_floor is not None:
         bar += f"; general must stay >= {outcome.general_floor:.3f}"
-    if outcome.lift_of != "exact_recall":  # lift: over the base model, on the metric the sweep optimised
-        bar += f"; lift on test {outcome.lift_of}"
+    if outcome.lift_of != "exact_recall":  # val, test and lift: on the metric the sweep optimised
+        bar += f"; val, test and lift by {outcome.lift_of}"
     table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
                         f"{outcome.test_questions} test questions{bar}")
     for column in ("", "trial", "run", "version", "method", "val", "test", "lift", "old facts", "general", "drift",

@@ -65,7 +65,7 @@ from orchestrator.scheduling import rungs
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
-from trials.config import OBJECTIVE_METRICS, ConfigError, TrialConfig
+from trials.config import OBJECTIVE_METRICS, ConfigError, TrialConfig, objective_metric
 from trials.baseline import BasePass, base_pass, general_gate
 from trials.data import load_knowledge
 
@@ -473,7 +473,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     writer = MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline,
                           config.sweep.tracking_outage_wait_s)
     progress = SweepProgress(name, config.sweep.num_samples, config.training.epochs, config.sweep.time_budget_s,
-                             verbose)
+                             verbose, best_by=f"val_{objective_metric(config.eval.objective)}")
     stop = GracefulStop()
     try:
         connect_ray(address)  # first: Ray's core installs a SIGTERM handler of its own as it starts

@@ -2,7 +2,8 @@
 
 `sweep.warm_start: NAME` takes the best trials of sweep NAME; `auto` those of every earlier FINISHED
 sweep in the same MLflow experiment on the same base model (`model`) and method set
-(`search_space.methods`). Their trial runs are ranked by final val_exact_recall (ties: the sweep's
+(`search_space.methods`). Their trial runs are ranked by their final val figure under THIS sweep's
+eval.objective (val_exact_recall by default, val_rouge_l_recall for `rouge_l`; ties: the earlier sweep's
 `objective`, then the earlier start), FAILED ones left out, each configuration once, and the best
 `sweep.warm_start_top` run first: before the config's own points_to_evaluate (the seed recipe) and
 before TPE's suggestions. A named sweep that is missing, not FINISHED or on another base model or
@@ -38,6 +39,7 @@ from pathlib import Path
 from orchestrator import tracking
 from orchestrator.errors import SweepError
 from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, _named_set, _same, check_points
+from trials.config import objective_metric
 
 AUTO = "auto"
 ORIGIN = "origin"  # the Optuna user attribute and the Tune config key of a trial's origin
@@ -103,7 +105,7 @@ def resolve(config, *, sweep: str | None = None, source: str = "config", client=
     else:
         parents = [_named(client, setting, sweep, experiment, want)]
     chosen = WarmStart(setting, sweeps=[_sweep(run) for run in parents])
-    for earlier, run in _best(client, parents, config.sweep.warm_start_top):
+    for earlier, run in _best(client, parents, config.sweep.warm_start_top, objective_metric(config.eval.objective)):
         trial = f"{earlier}/{run.data.tags.get(tracking.TRIAL_ID, run.info.run_id)}"
         point, problem = _point(run.data.params, config)
         if problem:
@@ -161,14 +163,14 @@ def _model_and_methods(client, parent) -> tuple[str, frozenset] | None:
         return None
 
 
-def _best(client, parents: list, top: int) -> list[tuple[str, object]]:
-    """The `top` best trial runs of these sweeps, (sweep, run), each trained configuration once."""
-    ranked = []
+def _best(client, parents: list, top: int, metric: str = "exact_recall") -> list[tuple[str, object]]:
+    """The `top` best trial runs of these sweeps by val `metric`, (sweep, run), each trained configuration once."""
+    ranked, judged_by = [], f"val_{metric}"
     for parent in parents:
         for run in tracking.trial_runs(client, parent):
             metrics = run.data.metrics
-            if run.info.status != "FAILED" and "val_exact_recall" in metrics:
-                score = (metrics["val_exact_recall"], metrics.get("objective", metrics["val_exact_recall"]))
+            if run.info.status != "FAILED" and judged_by in metrics:
+                score = (metrics[judged_by], metrics.get("objective", metrics[judged_by]))
                 ranked.append((score, -run.info.start_time, _sweep(parent), run))
     ranked.sort(key=lambda row: row[:2], reverse=True)
     seen, best = set(), []

@@ -93,4 +93,4 @@ def test_promotion_rows_show_their_lift_over_the_base_on_the_objective():
     console = Console(width=200, record=True)
     console.print(comparison_table(outcome))
     text = console.export_text()
-    assert "lift" in text and "+0.500" in text and "lift on test rouge_l_recall" in text
+    assert "lift" in text and "+0.500" in text and "val, test and lift by rouge_l_recall" in text

@@ -135,3 +135,15 @@ def test_a_resumed_sweep_gets_this_driver_s_progress_back_from_tune_s_state():
 
 def test_durations_read_as_people_say_them():
     assert [duration(s) for s in (7, 100, 3599, 3725)] == ["7s", "1m40s", "59m59s", "1h02m"]
+
+
+def test_the_best_on_the_line_is_by_the_sweeps_objective():
+    """A sweep by ROUGE-L says which trial is best by ROUGE-L, not by an exact recall it does not optimise."""
+    progress = SweepProgress("rouge", 2, 4, best_by="val_rouge_l_recall", console=Console(file=io.StringIO()),
+                             clock=lambda: 0.0)
+    progress._note("a", {"epoch": 1, "val_exact_recall": 0.5, "val_rouge_l_recall": 0.6})
+    progress._note("b", {"epoch": 1, "val_exact_recall": 0.0, "val_rouge_l_recall": 0.9})
+    assert "best val_rouge_l_recall 0.900 (trial b, epoch 1)" in progress.status()
+    state = pickle.dumps(progress)
+    SweepProgress._live.pop("rouge")  # another driver resuming the sweep: a fresh progress, by the same metric
+    assert pickle.loads(state).best_by == "val_rouge_l_recall"

@@ -111,13 +111,20 @@ class TrainingConfig(Strict):
                                          "to its protect questions and chat prompts) mixed into each epoch, drawn "
                                          "afresh every epoch: self-distillation that keeps what the base knew. "
                                          "0 = off. Needs eval.general.")
+    general_self_questions: int = Field(
+        0, ge=0, le=5000, description="Questions the base model writes itself (trials/general.py self_questions), "
+                                      "with its own replies, added to the protect pool that general_replay "
+                                      "draws from: more and more varied protection than the probe's protect "
+                                      "part alone. Generated once per base model and cached; any too close to a "
+                                      "check question is dropped. 0 = off. Needs general_replay.")
     kl_to_base: float = Field(
         0.0, ge=0.0, description="On the general_replay rows, the weight of the KL divergence to the base model "
                                  "(the same model, adapter disabled). Up to 1 it trades against the "
                                  "cross-entropy on the base's reply: 0 = cross-entropy only, 1 = KL only. Above 1 "
                                  "the KL alone, weighted that many times a new fact's token: a stronger pull "
                                  "back to the base against the optimiser's steps on the new facts.")
-    stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val exact recall reaches this.")
+    stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val reaches this, by "
+                                                                     "eval.objective's metric (exact recall by default).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
 
 
@@ -144,8 +151,10 @@ class EvalConfig(Strict):
         "exact_recall", description="What a sweep optimises and ranks trials by, on val (trials/recall.py): "
                                     "exact_recall (the whole answer, exactly); contains_recall (the answer inside "
                                     "the reply); token_f1 (mean SQuAD token F1); rouge_l (mean ROUGE-L recall), for "
-                                    "answers that are sentences. training.stop_at_val_recall, the sweep's floors "
-                                    "and promotion's test gate stay on exact recall.")
+                                    "answers that are sentences. training.stop_at_val_recall, warm start and "
+                                    "promotion's ranking and gates use it too; the incremental retention floor "
+                                    "and general retention stay on their own pass (exact recall, the answer "
+                                    "mentioned).")
 
     @field_validator("general", mode="before")
     @classmethod
@@ -169,6 +178,9 @@ class TrialConfig(Strict):
     def _replay_needs_the_probe(self):
         if self.training.general_replay > 0 and self.eval.general is None:
             raise ValueError("training.general_replay needs eval.general, the probe whose protect rows it replays")
+        if self.training.general_self_questions and not self.training.general_replay:
+            raise ValueError("training.general_self_questions needs training.general_replay above 0: its rows are "
+                             "replayed with the probe's protect rows")
         return self
 
     @field_validator("init_adapter")
