@@ -17,8 +17,8 @@ from orchestrator.sweep import Floors, objective
 from orchestrator.config import load_experiment
 from trials.config import DEFAULT_PROBE, ConfigError
 from trials.data import DataError
-from trials.general import (GeneralCheck, SelfQuestions, _self_questions_path, base_answers, drift, load_probe,
-                            mentions, protect_examples, self_questions)
+from trials.general import (GeneralCheck, base_answers, drift, load_probe, mentions,
+                            protect_examples)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -80,8 +80,6 @@ def test_the_probe_can_be_turned_off_and_replay_needs_it(tmp_path, repo_root):
     assert load_experiment(demo, ["eval.general=false"]).eval.general is None
     with pytest.raises(ConfigError, match="training.general_replay needs eval.general"):
         load_experiment(demo, ["eval.general=null", "training.general_replay=0.5"])
-    with pytest.raises(ConfigError, match="training.general_self_questions needs training.general_replay"):
-        load_experiment(demo, ["training.general_self_questions=100"])
 
 
 def _tiny(tokenizer_path):
@@ -264,29 +262,3 @@ def test_the_sweep_says_whether_the_general_floor_applies_and_why():
     assert describe_baseline(real, None, 0.85).endswith("General floor on: a trial must keep 85% of them "
                                                         "(sweep.general_floor).")
     assert general_gate({"base_val_exact_recall": 0.0}, 20) == "the general probe is off (eval.general: null)"
-
-
-def test_the_base_models_own_questions_are_cached_and_kept_away_from_check(tmp_path, monkeypatch, tokenizer_path):
-    """training.general_self_questions: sampled once by the bare base and cached (a second call needs no model);
-    one too close to a check question is dropped, so check stays unseen; the rest join the protect rows."""
-    monkeypatch.setenv("RECALL_CACHE", str(tmp_path / "cache"))
-    probe = load_probe(_first_lines_of_the_shipped_probe(tmp_path / "probe", 40, 10))
-    model, tokenizer = _tiny(tokenizer_path)
-    sampled = self_questions(model, tokenizer, probe, 8, tokenizer_path, torch.device("cpu"), False)
-    assert _self_questions_path(tokenizer_path, 8, False).exists()
-    # The random tiny model rarely ends a line with "?": what it kept are whole questions, each answered.
-    assert all(q.endswith("?") and len(q.split()) >= 4 for q in sampled.questions)
-    assert len(sampled.questions) == len(sampled.reply_ids) <= 8
-    assert self_questions(None, tokenizer, probe, 8, tokenizer_path, torch.device("cpu"), False) == sampled
-
-    # What a real base writes, in its cache: a check question word for word, one reworded, and two of its own.
-    check = next(q.question for q in probe.questions if q.split == "check")
-    written = [check, check.replace("What is", "Tell me"), "Which band is widely known for their unique sound?",
-               "How does a human build and maintain a home?"]
-    replies = [tokenizer("An answer.", add_special_tokens=False)["input_ids"]] * 4
-    path = _self_questions_path(tokenizer_path, 4, False)
-    path.write_text(json.dumps({"questions": written, "reply_ids": replies, "dropped": 0}), encoding="utf-8")
-    own = self_questions(None, tokenizer, probe, 4, tokenizer_path, torch.device("cpu"), False)
-    assert own == SelfQuestions(written[2:], replies[2:], 2)
-    base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False)
-    assert len(protect_examples(tokenizer, probe, base, own)) == len(protect_examples(tokenizer, probe, base)) + 2

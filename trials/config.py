@@ -111,12 +111,6 @@ class TrainingConfig(Strict):
                                          "to its protect questions and chat prompts) mixed into each epoch, drawn "
                                          "afresh every epoch: self-distillation that keeps what the base knew. "
                                          "0 = off. Needs eval.general.")
-    general_self_questions: int = Field(
-        0, ge=0, le=5000, description="Questions the base model writes itself (trials/general.py self_questions), "
-                                      "with its own replies, added to the protect pool that general_replay "
-                                      "draws from: more and more varied protection than the probe's protect "
-                                      "part alone. Generated once per base model and cached; any too close to a "
-                                      "check question is dropped. 0 = off. Needs general_replay.")
     kl_to_base: float = Field(
         0.0, ge=0.0, description="On the general_replay rows, the weight of the KL divergence to the base model "
                                  "(the same model, adapter disabled). Up to 1 it trades against the "
@@ -178,9 +172,6 @@ class TrialConfig(Strict):
     def _replay_needs_the_probe(self):
         if self.training.general_replay > 0 and self.eval.general is None:
             raise ValueError("training.general_replay needs eval.general, the probe whose protect rows it replays")
-        if self.training.general_self_questions and not self.training.general_replay:
-            raise ValueError("training.general_self_questions needs training.general_replay above 0: its rows are "
-                             "replayed with the probe's protect rows")
         return self
 
     @field_validator("init_adapter")

@@ -17,15 +17,8 @@ The `protect` part (questions and prompts, with the base model's own replies) ma
 (`training.general_replay`, `training.kl_to_base`: self-distillation that keeps the base's behaviour);
 `check` never is.
 
-`training.general_self_questions` adds questions the base model writes itself (`self_questions`:
-sampled after its chat template opens a user turn, each begun with one of OPENINGS, the Magpie way),
-with its own replies, to the protect pool: as many as asked, in the base's own distribution, with no
-data to write. One too close to a `check` question (ROUGE-L F1 >= DECONTAMINATE_F1 with it) is
-dropped, so `check` stays unseen.
-
 The base model's answers depend only on the base model, the probe and the generation budget, so
-they are computed once and cached by that fingerprint (`base_answers`, `self_questions`), like the
-embedded models.
+they are computed once and cached by that fingerprint (`base_answers`), like the embedded models.
 """
 
 from __future__ import annotations
@@ -41,9 +34,9 @@ from pathlib import Path
 import torch
 
 from trials.data import DataError, _read_text
-from trials.formatting import IGNORE_INDEX, Example, collate, left_padded, prompt_ids, prompt_text
+from trials.formatting import IGNORE_INDEX, Example, collate, prompt_ids
 from trials.model_cache import cache_root
-from trials.recall import generate_token_ids, normalize, rouge_l
+from trials.recall import generate_token_ids, normalize
 
 DEFAULT_PROBE = Path(__file__).resolve().parent.parent / "data" / "general"
 QUESTIONS, CHAT = "questions.jsonl", "chat.jsonl"
@@ -52,11 +45,6 @@ PROBE_SPLITS = ("protect", "check")
 # first line is all that is scored; a chat reply's first 48 tokens carry its style and content.
 ANSWER_TOKENS, CHAT_TOKENS = 24, 48
 RECIPE = 1  # bump when what is cached (or how it is computed) changes
-# training.general_self_questions: how the base model's own questions begin (short factual ones, the
-# kind a taught fact displaces), how long one may be, and how close to a check question is too close.
-OPENINGS = ("What is", "What are", "Who", "Which", "Where", "When", "How many", "How does", "Why", "In which")
-QUESTION_TOKENS, SELF_SEED = 32, 0
-DECONTAMINATE_F1 = 0.6
 
 
 @dataclass(frozen=True)
@@ -220,74 +208,6 @@ def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.d
     return answers
 
 
-@dataclass
-class SelfQuestions:
-    """Questions the base model wrote, its greedy replies (token ids, EOS kept), and how many were dropped
-    as too close to a check question."""
-
-    questions: list[str]
-    reply_ids: list[list[int]]
-    dropped: int
-
-
-def _sample_questions(model, tokenizer, count: int, device, bf16) -> list[str]:
-    """`count` distinct one-line questions sampled from the base model (temperature 1, top-p 0.95), each
-    begun with one of OPENINGS where its chat template (or the plain "Question: " prompt) opens a user turn."""
-    from trials.model import autocast
-
-    marker = "\x00"
-    opening_text = prompt_text(tokenizer, marker).split(marker)[0]
-    questions: dict[str, str] = {}
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(SELF_SEED)
-        for _ in range(4):  # duplicates and unfinished questions are redrawn, a few times
-            wanted = count - len(questions)
-            if wanted <= 0:
-                break
-            per_opening = -(-wanted // len(OPENINGS))
-            for opening in OPENINGS:
-                ids = tokenizer(opening_text + opening, add_special_tokens=False)["input_ids"]
-                if tokenizer.bos_token_id is not None and ids[:1] != [tokenizer.bos_token_id]:
-                    ids = [tokenizer.bos_token_id, *ids]  # as prompt_ids begins every prompt
-                batch = {k: v.to(device) for k, v in left_padded([ids] * per_opening, tokenizer.pad_token_id).items()}
-                with autocast(device, bf16):
-                    output = model.generate(**batch, do_sample=True, temperature=1.0, top_p=0.95,
-                                            max_new_tokens=QUESTION_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                            eos_token_id=tokenizer.eos_token_id)
-                for row in output[:, batch["input_ids"].shape[1]:].tolist():
-                    ended = tokenizer.eos_token_id in row
-                    text = opening + tokenizer.decode(row, skip_special_tokens=True)
-                    line = text.split("\n")[0].strip()
-                    if (ended or "\n" in text) and line.endswith("?") and len(line.split()) >= 4:
-                        questions.setdefault(normalize(line), line)
-    return list(questions.values())[:count]
-
-
-def _self_questions_path(base_path: str, count: int, bf16: bool) -> Path:
-    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), count, OPENINGS, QUESTION_TOKENS, SELF_SEED,
-                                     ANSWER_TOKENS, bf16]).encode()).hexdigest()[:16]
-    return cache_root() / "general" / f"self-{key}.json"
-
-
-def self_questions(model, tokenizer, probe: Probe, count: int, base_path: str, device: torch.device, bf16: bool,
-                   batch_size: int = 64) -> SelfQuestions:
-    """`count` questions the base model writes itself and its own replies to them, from the cache or made now
-    (by `model`, the bare base); those too close to one of the probe's check questions are dropped."""
-    path = _self_questions_path(base_path, count, bf16)
-    if path.exists():
-        written = SelfQuestions(**json.loads(path.read_text(encoding="utf-8")))
-    else:
-        asked = _sample_questions(model, tokenizer, count, device, bf16)
-        _, reply_ids = _generate(model, tokenizer, asked, ANSWER_TOKENS, batch_size, device, bf16)
-        written = SelfQuestions(asked, reply_ids, 0)
-        write_json_atomically(path, asdict(written))
-    # Decontaminated against this probe (the cache is the probe's no matter): check stays unseen.
-    check = [q.question for q in probe.questions if q.split == "check"]
-    kept = [(question, ids) for question, ids in zip(written.questions, written.reply_ids, strict=True)
-            if ids and rouge_l(question, check)[1] < DECONTAMINATE_F1]
-    return SelfQuestions([q for q, _ in kept], [ids for _, ids in kept], len(written.questions) - len(kept))
-
-
 def write_json_atomically(path: Path, obj) -> None:
     """A cache file appears whole or not at all: two sweeps starting at once may both write it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -352,13 +272,10 @@ def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf1
     return total / max(tokens, 1)
 
 
-def protect_examples(tokenizer, probe: Probe, base: BaseAnswers, own: SelfQuestions | None = None) -> list[Example]:
+def protect_examples(tokenizer, probe: Probe, base: BaseAnswers) -> list[Example]:
     """The replay rows of training.general_replay: the base model's own replies to the protect questions
-    and chat prompts (self-distillation: what it said, not the probe's answer), and to the questions it
-    wrote itself (`own`, training.general_self_questions)."""
-    rows = [reply_example(tokenizer, question, ids, distill=True)
-            for question, ids in zip(own.questions, own.reply_ids, strict=True)] if own else []
-    rows += [reply_example(tokenizer, q.question, ids, distill=True)
+    and chat prompts (self-distillation: what it said, not the probe's answer)."""
+    rows = [reply_example(tokenizer, q.question, ids, distill=True)
             for q, ids in zip(probe.questions, base.reply_ids, strict=True) if q.split == "protect" and ids]
     rows += [reply_example(tokenizer, p.prompt, ids, distill=True)
              for p, ids in zip(probe.prompts, base.chat_ids, strict=True) if p.split == "protect" and ids]

@@ -19,7 +19,7 @@ from trials.config import TrialConfig, objective_metric
 from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
-from trials.general import GeneralCheck, Probe, base_answers, load_probe, protect_examples, self_questions
+from trials.general import GeneralCheck, Probe, base_answers, load_probe, protect_examples
 from trials.ledger import LEDGER, ledger_rows
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
@@ -105,12 +105,6 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
     # The base model's replies to the general probe: from the cache, or generated now, before an adapter exists.
     base = base_answers(base_model, tokenizer, probe, base_path, device, bf16, config.eval.batch_size) if probe else None
     general = GeneralCheck(tokenizer, probe, base) if probe else None
-    own = None
-    if probe and config.training.general_self_questions:  # written by the bare base, like its probe replies
-        own = self_questions(base_model, tokenizer, probe, config.training.general_self_questions, base_path,
-                             device, bf16, config.eval.batch_size)
-        log(f"general: {len(own.questions)} questions the base model wrote itself join the protect rows "
-            f"({own.dropped} dropped as too close to a check question)")
     model = attach_method(base_model, config.method, config.training.gradient_checkpointing, config.init_adapter)
     trainable, total = count_parameters(model)
     log(f"{config.method.name}: {trainable:,} trainable of {total:,} parameters on {device}"
@@ -118,7 +112,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
 
     examples = build_examples(tokenizer, knowledge, config)
     replay = [qa_example(tokenizer, row.question, row.answer) for row in retained.split("train")] if retained else []
-    protect = protect_examples(tokenizer, probe, base, own) if probe and config.training.general_replay else []
+    protect = protect_examples(tokenizer, probe, base) if probe and config.training.general_replay else []
     trainer = Trainer(model, examples, config.training, config.method.learning_rate,
                       tokenizer.pad_token_id, device, bf16, replay=replay, general=protect)
     progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
