@@ -311,7 +311,7 @@ def test_first_champion_must_beat_the_seed_recipe_trial(store, trained):
     assert [c.run_id for c in refused.candidates] == [strong_run]
     assert refused.seed.run_id == seed_run and refused.seed.role == "seed"
     assert refused.floor == pytest.approx(strong.test_recall)
-    assert "seed-recipe trial with-seed-t1's test recall" in refused.reason
+    assert "seed-recipe trial with-seed-t1's test score" in refused.reason
 
     assert promote("with-seed", top_k=1, force=True).promoted and versions() == ["1"]
 

@@ -7,7 +7,7 @@ at once, each with the file, the line and the dotted key path, before anything e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -117,6 +117,16 @@ class TrainingConfig(Strict):
                                  "cross-entropy on the base's reply: 0 = cross-entropy only, 1 = KL only. Above 1 "
                                  "the KL alone, weighted that many times a new fact's token: a stronger pull "
                                  "back to the base against the optimiser's steps on the new facts.")
+    adapter_shrink: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        default_factory=list, description="LoRA only. After the last epoch, the trained update is tried scaled "
+                                          "down by each of these factors (its B matrices times the factor: a "
+                                          "step back toward the base model) on val; the smallest whose val "
+                                          "objective is within adapter_shrink_tolerance of the full update's "
+                                          "is kept, saved and measured. A smaller update forgets less of what "
+                                          "the base knew (README, General knowledge). [] = off.")
+    adapter_shrink_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0, description="How far below the full update's val objective a shrunk one may score "
+                                         "and still be kept (training.adapter_shrink).")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val reaches this, by "
                                                                      "eval.objective's metric (exact recall by default).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")

@@ -23,6 +23,7 @@ from trials.general import GeneralCheck, Probe, base_answers, load_probe, protec
 from trials.ledger import LEDGER, ledger_rows
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
+from trials.shrink import choose_shrink
 from trials.train import Trainer, answer_loss
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
@@ -148,7 +149,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         return {
             "status": status,
             **{key: value for key, value in metrics.items()
-               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_"))},
+               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_", "adapter_"))},
             "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
@@ -175,7 +176,17 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         (val_scores, val_records), (train_scores, _), (retention_scores, _) = evaluate(
             val_rows, train_rows if final_epoch else per_epoch_train, retention_rows)
         early = answer_loss(model, val_examples, tokenizer.pad_token_id, device, bf16, config.eval.batch_size)
-        last = final_epoch or val_scores[objective_metric(config.eval.objective)] >= config.training.stop_at_val_recall
+        judged_by = objective_metric(config.eval.objective)
+        last = final_epoch or val_scores[judged_by] >= config.training.stop_at_val_recall
+        shrunk = {}
+        if last and config.training.adapter_shrink:  # a smaller step from the base, if val holds (trials/shrink.py)
+            factor = choose_shrink(model, config.training.adapter_shrink, config.training.adapter_shrink_tolerance,
+                                   val_scores[judged_by], lambda: evaluate(val_rows)[0][0][judged_by], log)
+            shrunk = {"adapter_shrink": factor}
+            if factor != 1.0:  # from here on, what is measured and saved is the shrunk update
+                (val_scores, val_records), (train_scores, _), (retention_scores, _) = evaluate(
+                    val_rows, train_rows if final_epoch else per_epoch_train, retention_rows)
+                early = answer_loss(model, val_examples, tokenizer.pad_token_id, device, bf16, config.eval.batch_size)
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
             (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
         # The probe where early stopping compares trials (a sweep's rungs) and at the end.
@@ -193,6 +204,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
             **({f"retention_{name}": value for name, value in retention_scores.items()} if retention_rows else {}),
             **progress.get("parent", {}),
             **general_scores,
+            **shrunk,
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
             "epoch_tokens_per_second": stats.tokens_per_second,
             "peak_memory_mb": peak_memory_mb(device),
