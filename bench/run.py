@@ -6,6 +6,7 @@
     python -m bench.run --sections smollm2   # only the real-model sections (bench/smollm2.py)
     python -m bench.run --sections incremental   # adding facts later: forgetting (bench/incremental.py)
     python -m bench.run --sections general   # general knowledge kept, SmolLM2 (bench/general.py)
+    python -m bench.run --sections sentences # sentence answers by ROUGE-L, SmolLM2 (bench/sentences.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
@@ -47,6 +48,7 @@ from bench.general import REQUIRED_KEYS as GENERAL_REQUIRED_KEYS
 from bench.goals import tiny_goals_met
 from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
 from bench.seed_recipe import SEED
+from bench.sentences import REQUIRED_KEYS as SENTENCES_REQUIRED_KEYS
 from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_REQUIRED_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -478,6 +480,17 @@ def run_general(bench: Bench) -> dict:
     return general.run(bench.overrides, bench.settings, bench.work, log)
 
 
+def run_sentences(bench: Bench) -> dict:
+    """Sentence answers (bench/sentences.py), on configs/sentences.yaml: swept and promoted by ROUGE-L."""
+    from bench import sentences
+
+    return sentences.run(bench.overrides, bench.settings, bench.work, log)
+
+
+def is_sentences_key(key: str) -> bool:
+    return key.startswith("sentences_")
+
+
 def is_general_key(key: str) -> bool:
     return key.startswith("general_")
 
@@ -492,7 +505,7 @@ def is_incremental_key(key: str) -> bool:
 
 def is_tiny_key(key: str) -> bool:
     # The tiny sections came first, with unprefixed keys: every key no other section claims is theirs.
-    return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key))
+    return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key) or is_sentences_key(key))
 
 
 @dataclass(frozen=True)
@@ -508,6 +521,7 @@ SECTIONS: dict[str, Section] = {
     "smollm2": Section(run_smollm2, SMOLLM2_REQUIRED_KEYS, is_smollm2_key),
     "incremental": Section(run_incremental, INCREMENTAL_REQUIRED_KEYS, is_incremental_key),
     "general": Section(run_general, GENERAL_REQUIRED_KEYS, is_general_key),
+    "sentences": Section(run_sentences, SENTENCES_REQUIRED_KEYS, is_sentences_key),
 }
 
 
