@@ -32,7 +32,7 @@ def test_the_smallest_factor_that_keeps_val_is_kept_and_applied(tokenizer_path):
     full = [w.clone() for w in weights]
     size = lambda: sum(float(w.norm()) for w in lora_b_weights(model)) / sum(float(w.norm()) for w in full)
     # A val score that holds down to 0.6 of the update and drops below it (measured on the model as it is).
-    val = lambda: 0.9 if size() > 0.55 else 0.5
+    val = lambda factor: 0.9 if size() > 0.55 else 0.5
     lines = []
     assert choose_shrink(model, [0.8, 0.4, 0.6], 0.0, 0.9, val, lines.append) == 0.6
     for weight, before in zip(lora_b_weights(model), full):
@@ -43,7 +43,7 @@ def test_the_smallest_factor_that_keeps_val_is_kept_and_applied(tokenizer_path):
 def test_nothing_holding_val_keeps_the_full_update_and_the_tolerance_lets_a_little_go(tokenizer_path):
     model = _lora(tokenizer_path)
     full = [w.clone() for w in lora_b_weights(model)]
-    falls = lambda: 0.85  # every shrunk update scores a little below the full one's 0.9
+    falls = lambda factor: 0.85  # every shrunk update scores a little below the full one's 0.9
     assert choose_shrink(model, [0.8], 0.0, 0.9, falls, lambda _: None) == 1.0
     assert all(torch.equal(w, before) for w, before in zip(lora_b_weights(model), full))
     assert choose_shrink(model, [0.8], 0.05, 0.9, falls, lambda _: None) == 0.8
@@ -54,7 +54,7 @@ def test_a_model_without_lora_is_left_alone(tokenizer_path):
 
     lines = []
     base = load_base_model(tokenizer_path, torch.device("cpu"), False)
-    assert choose_shrink(base, [0.5], 0.0, 1.0, lambda: 1.0, lines.append) == 1.0
+    assert choose_shrink(base, [0.5], 0.0, 1.0, lambda factor: 1.0, lines.append) == 1.0
     assert "not a LoRA adapter" in lines[0]
 
 

@@ -31,8 +31,9 @@ def lora_b_weights(model) -> list[torch.Tensor]:
 
 
 def choose_shrink(model, factors: list[float], tolerance: float, full_score: float,
-                  val_score: Callable[[], float], log: Callable[[str], None]) -> float:
-    """The smallest factor whose val score (`val_score()`, the model as it is now) is at least `full_score` -
+                  val_score: Callable[[float], float], log: Callable[[str], None]) -> float:
+    """The smallest factor whose val score (`val_score(factor)`, of the model as it is now, scaled by that
+    factor: a caller may keep what it scored, for the factor kept) is at least `full_score` -
     `tolerance`, or 1.0; the model is left with its update scaled by it (from a copy of the full one, so 1.0
     restores it exactly). Every factor is tried, largest first: val recall need not fall steadily."""
     weights = lora_b_weights(model)
@@ -49,7 +50,7 @@ def choose_shrink(model, factors: list[float], tolerance: float, full_score: flo
     chosen, tried = 1.0, []
     for factor in sorted(set(factors), reverse=True):
         scale(factor)
-        score = val_score()
+        score = val_score(factor)
         tried.append(f"{factor:g}: {score:.3f}")
         if score >= full_score - tolerance:
             chosen = factor

@@ -180,12 +180,19 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         last = final_epoch or val_scores[judged_by] >= config.training.stop_at_val_recall
         shrunk = {}
         if last and config.training.adapter_shrink:  # a smaller step from the base, if val holds (trials/shrink.py)
+            tried: dict[float, tuple[dict[str, float], list[dict]]] = {}
+
+            def val_at(factor: float) -> float:
+                tried[factor] = evaluate(val_rows)[0]
+                return tried[factor][0][judged_by]
+
             factor = choose_shrink(model, config.training.adapter_shrink, config.training.adapter_shrink_tolerance,
-                                   val_scores[judged_by], lambda: evaluate(val_rows)[0][0][judged_by], log)
+                                   val_scores[judged_by], val_at, log)
             shrunk = {"adapter_shrink": factor}
-            if factor != 1.0:  # from here on, what is measured and saved is the shrunk update
-                (val_scores, val_records), (train_scores, _), (retention_scores, _) = evaluate(
-                    val_rows, train_rows if final_epoch else per_epoch_train, retention_rows)
+            if factor != 1.0:  # from here on, what is measured and saved is the shrunk update (val: as tried)
+                val_scores, val_records = tried[factor]
+                (train_scores, _), (retention_scores, _) = evaluate(
+                    train_rows if final_epoch else per_epoch_train, retention_rows)
                 early = answer_loss(model, val_examples, tokenizer.pad_token_id, device, bf16, config.eval.batch_size)
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
             (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
