@@ -101,11 +101,11 @@ def test_the_base_answers_are_computed_once_and_cached(tmp_path, monkeypatch, to
     # A slice of the shipped probe: the private cache means generating everything again.
     probe = load_probe(_first_lines_of_the_shipped_probe(tmp_path / "probe", 40, 10))
     model, tokenizer = _tiny(tokenizer_path)
-    first = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False)
+    first = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False, 64)
     assert len(first.replies) == len(probe.questions) and len(first.chat_ids) == len(probe.prompts)
     assert list((tmp_path / "cache" / "general").glob("*.json"))
     # A second call reads the cache: no model is needed (None would fail at its first use).
-    assert base_answers(None, tokenizer, probe, tokenizer_path, torch.device("cpu"), False) == first
+    assert base_answers(None, tokenizer, probe, tokenizer_path, torch.device("cpu"), False, 64) == first
     assert sum(first.known) <= 1  # the tiny random model knows next to nothing
 
 
@@ -118,7 +118,7 @@ def test_drift_is_zero_for_a_fresh_adapter_and_grows_as_it_trains(tokenizer_path
 
     model, tokenizer = _tiny(tokenizer_path)
     probe = load_probe(DEFAULT_PROBE)
-    base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False)
+    base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False, 64)
     check = GeneralCheck(tokenizer, probe, base)
     model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
     before = drift(model, check.drift_examples, tokenizer.pad_token_id, torch.device("cpu"), False, 32)
@@ -140,7 +140,7 @@ def test_kl_only_replay_rows_cost_nothing_while_the_adapter_is_the_base(tokenize
     model, tokenizer = _tiny(tokenizer_path)
     probe = load_probe(DEFAULT_PROBE)
     rows = protect_examples(tokenizer, probe, base_answers(model, tokenizer, probe, tokenizer_path,
-                                                           torch.device("cpu"), False))
+                                                           torch.device("cpu"), False, 64))
     assert rows and all(row.distill for row in rows)
     model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
     inputs = collate(rows[:4], tokenizer.pad_token_id)
@@ -161,7 +161,7 @@ def test_a_kl_weight_above_one_scales_the_kl_alone(tokenizer_path):
     model, tokenizer = _tiny(tokenizer_path)
     probe = load_probe(DEFAULT_PROBE)
     rows = protect_examples(tokenizer, probe, base_answers(model, tokenizer, probe, tokenizer_path,
-                                                           torch.device("cpu"), False))[:4]
+                                                           torch.device("cpu"), False, 64))[:4]
     model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
     with torch.no_grad():  # move the adapter off the base, so the KL is not zero
         for name, parameter in model.named_parameters():
@@ -220,7 +220,7 @@ def test_a_users_probe_the_base_knows_is_kept_whole_by_the_base_itself(tmp_path,
     monkeypatch.setenv("RECALL_CACHE", str(tmp_path / "cache"))
     probe = load_probe(self_known_probe(tmp_path / "probe", tokenizer_path))
     model, tokenizer = _tiny(tokenizer_path)
-    base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False)
+    base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False, 64)
     check = GeneralCheck(tokenizer, probe, base)
     assert check.base_known == sum(q.split == "check" for q in probe.questions) > 10
     from trials.methods import LoraMethod
@@ -262,3 +262,21 @@ def test_the_sweep_says_whether_the_general_floor_applies_and_why():
     assert describe_baseline(real, None, 0.85).endswith("General floor on: a trial must keep 85% of them "
                                                         "(sweep.general_floor).")
     assert general_gate({"base_val_exact_recall": 0.0}, 20) == "the general probe is off (eval.general: null)"
+
+
+def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatch, tokenizer_path):
+    """In bf16 a greedy answer moves with its batch's padding: a trial is asked in the base's own batches, so
+    the base model itself (a fresh LoRA, B = 0) keeps all it knew, on both parts of the probe."""
+    from general_support import self_known_probe
+
+    from trials.methods import LoraMethod
+    from trials.model import attach_method
+
+    monkeypatch.setenv("RECALL_CACHE", str(tmp_path / "cache"))
+    probe = load_probe(self_known_probe(tmp_path / "probe", tokenizer_path, questions=120))
+    model, tokenizer = _tiny(tokenizer_path)
+    base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), True, 16)
+    assert base.known_count(probe, "check") > 10 and base.known_count(probe, "protect") > 10
+    fresh = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
+    scores = GeneralCheck(tokenizer, probe, base).measure(fresh, tokenizer, torch.device("cpu"), True, 16)
+    assert scores["general_retention"] == 1.0 and scores["general_protect_retention"] == 1.0

@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from trials.config import TrialConfig
-from trials.shrink import choose_shrink, lora_b_weights
+from trials.shrink import Verdict, choose_shrink, lora_b_weights
 
 
 def _lora(tokenizer_path: str):
@@ -32,9 +32,9 @@ def test_the_smallest_factor_that_keeps_val_is_kept_and_applied(tokenizer_path):
     full = [w.clone() for w in weights]
     size = lambda: sum(float(w.norm()) for w in lora_b_weights(model)) / sum(float(w.norm()) for w in full)
     # A val score that holds down to 0.6 of the update and drops below it (measured on the model as it is).
-    val = lambda factor: 0.9 if size() > 0.55 else 0.5
+    val = lambda factor: Verdict(0.9 if size() > 0.55 else 0.5)
     lines = []
-    assert choose_shrink(model, [0.8, 0.4, 0.6], 0.0, 0.9, val, lines.append) == 0.6
+    assert choose_shrink(model, [0.8, 0.4, 0.6], 0.0, Verdict(0.9), val, lines.append) == 0.6
     for weight, before in zip(lora_b_weights(model), full):
         assert torch.allclose(weight, 0.6 * before, atol=1e-6)
     assert lines == ["adapter_shrink: val at 1: 0.900, 0.8: 0.900, 0.6: 0.900, 0.4: 0.500; kept 0.6"]
@@ -43,10 +43,25 @@ def test_the_smallest_factor_that_keeps_val_is_kept_and_applied(tokenizer_path):
 def test_nothing_holding_val_keeps_the_full_update_and_the_tolerance_lets_a_little_go(tokenizer_path):
     model = _lora(tokenizer_path)
     full = [w.clone() for w in lora_b_weights(model)]
-    falls = lambda factor: 0.85  # every shrunk update scores a little below the full one's 0.9
-    assert choose_shrink(model, [0.8], 0.0, 0.9, falls, lambda _: None) == 1.0
+    falls = lambda factor: Verdict(0.85)  # every shrunk update scores a little below the full one's 0.9
+    assert choose_shrink(model, [0.8], 0.0, Verdict(0.9), falls, lambda _: None) == 1.0
     assert all(torch.equal(w, before) for w, before in zip(lora_b_weights(model), full))
-    assert choose_shrink(model, [0.8], 0.05, 0.9, falls, lambda _: None) == 0.8
+    assert choose_shrink(model, [0.8], 0.05, Verdict(0.9), falls, lambda _: None) == 0.8
+
+
+def test_with_the_probe_the_factor_keeping_the_most_protect_questions_wins(tokenizer_path):
+    """Measured on SmolLM2 (README): judged on val alone the smallest factor won and lost a protect question
+    the full update answered; with the probe, the most protect questions kept decide among val-holding ones."""
+    model = _lora(tokenizer_path)
+    verdicts = {0.9: Verdict(0.98, 83), 0.8: Verdict(0.98, 80), 0.7: Verdict(0.95, 86), 0.6: Verdict(0.98, 83)}
+    lines = []
+    judge = lambda factor: verdicts[factor]
+    # 0.7 drops val; 0.8 keeps fewer than the full update's 82; 0.9 and 0.6 tie on 83: the smaller wins.
+    assert choose_shrink(model, list(verdicts), 0.0, Verdict(0.98, 82), judge, lines.append) == 0.6
+    assert lines == ["adapter_shrink: val at 1: 0.980 (protect 82), 0.9: 0.980 (protect 83), "
+                     "0.8: 0.980 (protect 80), 0.7: 0.950 (protect 86), 0.6: 0.980 (protect 83); kept 0.6"]
+    # A full update no shrunk one matches on the protect questions is kept whole.
+    assert choose_shrink(model, list(verdicts), 0.0, Verdict(0.98, 84), judge, lambda _: None) == 1.0
 
 
 def test_a_model_without_lora_is_left_alone(tokenizer_path):
@@ -54,7 +69,7 @@ def test_a_model_without_lora_is_left_alone(tokenizer_path):
 
     lines = []
     base = load_base_model(tokenizer_path, torch.device("cpu"), False)
-    assert choose_shrink(base, [0.5], 0.0, 1.0, lambda factor: 1.0, lines.append) == 1.0
+    assert choose_shrink(base, [0.5], 0.0, Verdict(1.0), lambda factor: Verdict(1.0), lines.append) == 1.0
     assert "not a LoRA adapter" in lines[0]
 
 

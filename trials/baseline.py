@@ -69,7 +69,7 @@ def base_pass(config: TrialConfig) -> BasePass:
     budget = generation_budget(tokenizer, knowledge, config.eval)
     path = _private_path(config, base_path, knowledge.fingerprint, budget, bf16)
     records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-    answers = cached_base_answers(probe, base_path, bf16) if probe is not None else None
+    answers = cached_base_answers(probe, base_path, bf16, config.eval.batch_size) if probe is not None else None
     model = None
     if records is None or (probe is not None and answers is None):
         model = load_base_model(base_path, device, bf16, config.training.attention)

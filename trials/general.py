@@ -17,8 +17,12 @@ The `protect` part (questions and prompts, with the base model's own replies) ma
 (`training.general_replay`, `training.kl_to_base`: self-distillation that keeps the base's behaviour);
 `check` never is.
 
-The base model's answers depend only on the base model, the probe and the generation budget, so
-they are computed once and cached by that fingerprint (`base_answers`), like the embedded models.
+The base model's answers depend only on the base model, the probe, the generation budget and the
+batches they were generated in, so they are computed once and cached by that fingerprint (`base_answers`),
+like the embedded models. A trial's answers are generated in the very same batches: in bf16 a question's
+greedy answer changes with the padding its batch brings (on SmolLM2, 14 of 342 known/not-known verdicts
+moved between batch 1 and batch 64), so a reference taken in other batches made the base model itself
+"forget" 4 of the 84 check questions it knew (retention 0.952 of the bare base, measured on the CPU).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ PROBE_SPLITS = ("protect", "check")
 # Generation budgets of the base model's replies: a short answer fits in 24 tokens, and a reply's
 # first line is all that is scored; a chat reply's first 48 tokens carry its style and content.
 ANSWER_TOKENS, CHAT_TOKENS = 24, 48
-RECIPE = 1  # bump when what is cached (or how it is computed) changes
+RECIPE = 2  # bump when what is cached (or how it is computed) changes
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class BaseAnswers:
     known: list[bool]
     chat_replies: list[str]
     chat_ids: list[list[int]]
+    batch_size: int  # the questions' generation batches: a trial is asked in the same ones
 
     def known_count(self, probe: Probe, split: str | None = None) -> int:
         return sum(k for k, q in zip(self.known, probe.questions, strict=True) if split in (None, q.split))
@@ -177,25 +182,25 @@ def _generate(model, tokenizer, prompts: list[str], budget: int, batch_size: int
     return [tokenizer.decode(row, skip_special_tokens=True) for row in ids], ids
 
 
-def _answers_path(probe: Probe, base_path: str, bf16: bool) -> Path:
+def _answers_path(probe: Probe, base_path: str, bf16: bool, batch_size: int) -> Path:
     key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), probe.fingerprint, ANSWER_TOKENS,
-                                     CHAT_TOKENS, bf16]).encode()).hexdigest()[:16]
+                                     CHAT_TOKENS, bf16, batch_size]).encode()).hexdigest()[:16]
     return cache_root() / "general" / f"{key}.json"
 
 
-def cached_base_answers(probe: Probe, base_path: str, bf16: bool) -> BaseAnswers | None:
+def cached_base_answers(probe: Probe, base_path: str, bf16: bool, batch_size: int) -> BaseAnswers | None:
     """The base model's cached replies to the probe, or None: lets a caller skip loading the model."""
-    path = _answers_path(probe, base_path, bf16)
+    path = _answers_path(probe, base_path, bf16, batch_size)
     return BaseAnswers(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
 
 
 def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.device, bf16: bool,
-                 batch_size: int = 64) -> BaseAnswers:
+                 batch_size: int) -> BaseAnswers:
     """The base model's replies to the probe, from the cache or generated now (by `model`, which must be
     the bare base, before any adapter) and cached atomically: trials running at once may both generate,
     and either's file is whole."""
-    path = _answers_path(probe, base_path, bf16)
-    cached = cached_base_answers(probe, base_path, bf16)
+    path = _answers_path(probe, base_path, bf16, batch_size)
+    cached = cached_base_answers(probe, base_path, bf16, batch_size)
     if cached is not None:
         return cached
     replies, reply_ids = _generate(model, tokenizer, [q.question for q in probe.questions], ANSWER_TOKENS,
@@ -203,7 +208,7 @@ def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.d
     chat_replies, chat_ids = _generate(model, tokenizer, [p.prompt for p in probe.prompts], CHAT_TOKENS,
                                        batch_size, device, bf16)
     answers = BaseAnswers(replies, reply_ids, [mentions(r, q.accepted) for r, q in zip(replies, probe.questions)],
-                          chat_replies, chat_ids)
+                          chat_replies, chat_ids, batch_size)
     write_json_atomically(path, asdict(answers))
     return answers
 
@@ -225,24 +230,39 @@ def reply_example(tokenizer, prompt: str, reply_ids: list[int], distill: bool = 
 
 
 class GeneralCheck:
-    """What a trial measures of the probe: the base's known `check` questions and its `check` chat replies."""
+    """What a trial measures of the probe: the base's known `check` questions and its `check` chat replies.
+
+    Every probe question is asked again, in the base's batches and order, so a question's padding is the one
+    its base answer had (module docstring); the protect part's verdicts come with it, for `adapter_shrink`."""
 
     def __init__(self, tokenizer, probe: Probe, base: BaseAnswers):
-        self.questions = [q for q, known in zip(probe.questions, base.known, strict=True)
-                          if known and q.split == "check"]
+        self.probe_questions = probe.questions
+        self.known = base.known
+        self.batch_size = base.batch_size
         self.drift_examples = [reply_example(tokenizer, p.prompt, ids)
                                for p, ids in zip(probe.prompts, base.chat_ids, strict=True)
                                if p.split == "check" and ids]
         self.base_known = base.known_count(probe, "check")
 
+    def kept(self, model, tokenizer, device, bf16: bool) -> dict[str, list[bool]]:
+        """{split: for each question of that split the base knew, whether the model still answers it right}."""
+        replies, _ = _generate(model, tokenizer, [q.question for q in self.probe_questions], ANSWER_TOKENS,
+                               self.batch_size, device, bf16)
+        verdicts: dict[str, list[bool]] = {split: [] for split in PROBE_SPLITS}
+        for question, known, reply in zip(self.probe_questions, self.known, replies, strict=True):
+            if known:
+                verdicts[question.split].append(mentions(reply, question.accepted))
+        return verdicts
+
     def measure(self, model, tokenizer, device, bf16: bool, batch_size: int) -> dict[str, float]:
-        """general_retention (over the known check questions, when there are any) and general_drift."""
+        """general_retention (over the known check questions, when there are any), general_protect_retention
+        (the same over the protect part, which training may see) and general_drift."""
         metrics: dict[str, float] = {"general_known": float(self.base_known)}
-        if self.questions:
-            replies, _ = _generate(model, tokenizer, [q.question for q in self.questions], ANSWER_TOKENS,
-                                   batch_size, device, bf16)
-            kept = sum(mentions(reply, q.accepted) for reply, q in zip(replies, self.questions))
-            metrics["general_retention"] = kept / len(self.questions)
+        if any(self.known):
+            for split, kept in self.kept(model, tokenizer, device, bf16).items():
+                if kept:
+                    metrics["general_retention" if split == "check" else f"general_{split}_retention"] = (
+                        sum(kept) / len(kept))
         if self.drift_examples:
             metrics["general_drift"] = drift(model, self.drift_examples, tokenizer.pad_token_id, device, bf16,
                                              batch_size)

@@ -23,7 +23,7 @@ from trials.general import GeneralCheck, Probe, base_answers, load_probe, protec
 from trials.ledger import LEDGER, ledger_rows
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
-from trials.shrink import choose_shrink
+from trials.shrink import Verdict, choose_shrink
 from trials.train import Trainer, answer_loss
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
@@ -179,15 +179,18 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         judged_by = objective_metric(config.eval.objective)
         last = final_epoch or val_scores[judged_by] >= config.training.stop_at_val_recall
         shrunk = {}
-        if last and config.training.adapter_shrink:  # a smaller step from the base, if val holds (trials/shrink.py)
+        if last and config.training.adapter_shrink:  # a smaller step from the base (trials/shrink.py)
             tried: dict[float, tuple[dict[str, float], list[dict]]] = {}
 
-            def val_at(factor: float) -> float:
+            def protect_kept() -> int | None:
+                return sum(general.kept(model, tokenizer, device, bf16)["protect"]) if general else None
+
+            def judge(factor: float) -> Verdict:
                 tried[factor] = evaluate(val_rows)[0]
-                return tried[factor][0][judged_by]
+                return Verdict(tried[factor][0][judged_by], protect_kept())
 
             factor = choose_shrink(model, config.training.adapter_shrink, config.training.adapter_shrink_tolerance,
-                                   val_scores[judged_by], val_at, log)
+                                   Verdict(val_scores[judged_by], protect_kept()), judge, log)
             shrunk = {"adapter_shrink": factor}
             if factor != 1.0:  # from here on, what is measured and saved is the shrunk update (val: as tried)
                 val_scores, val_records = tried[factor]
