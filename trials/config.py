@@ -120,10 +120,12 @@ class TrainingConfig(Strict):
     adapter_shrink: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         default_factory=list, description="LoRA only. After the last epoch, the trained update is tried scaled "
                                           "down by each of these factors (its B matrices times the factor: a "
-                                          "step back toward the base model) on val; the smallest whose val "
-                                          "objective is within adapter_shrink_tolerance of the full update's "
-                                          "is kept, saved and measured. A smaller update forgets less of what "
-                                          "the base knew (README, General knowledge). [] = off.")
+                                          "step back toward the base model). Eligible: val objective within "
+                                          "adapter_shrink_tolerance of the full update's and, with the general "
+                                          "probe on, no fewer of its protect questions the base knew kept; the "
+                                          "eligible factor keeping the most of those (the smallest on a tie) is "
+                                          "kept, saved and measured. A smaller update forgets less of what the "
+                                          "base knew (README, General knowledge). [] = off.")
     adapter_shrink_tolerance: float = Field(
         0.0, ge=0.0, le=1.0, description="How far below the full update's val objective a shrunk one may score "
                                          "and still be kept (training.adapter_shrink).")
