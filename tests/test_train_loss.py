@@ -94,7 +94,10 @@ def test_gradients_match_too(model_and_batches):
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+        # Float32 sums in another order (the kernels differ by CPU: an Intel Xeon missed atol 1e-6): equal to
+        # a small fraction of the largest gradient entry, as in the shared-prefix test above.
+        scale = float(grads[1][name].abs().max())
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 def test_grouping_keeps_qa_pairs_apart_from_passages(model_and_batches):
