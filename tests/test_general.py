@@ -278,5 +278,9 @@ def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatc
     base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), True, 16)
     assert base.known_count(probe, "check") > 10 and base.known_count(probe, "protect") > 10
     fresh = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
-    scores = GeneralCheck(tokenizer, probe, base).measure(fresh, tokenizer, torch.device("cpu"), True, 16)
+    check = GeneralCheck(tokenizer, probe, base)
+    scores = check.measure(fresh, tokenizer, torch.device("cpu"), True, 16)
     assert scores["general_retention"] == 1.0 and scores["general_protect_retention"] == 1.0
+    # Verdicts a caller already has (the shrink's, trials/trial.py) give the same metrics without asking again.
+    verdicts = check.kept(fresh, tokenizer, torch.device("cpu"), True)
+    assert check.measure(fresh, tokenizer, torch.device("cpu"), True, 16, kept=verdicts) == scores

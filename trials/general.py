@@ -254,15 +254,17 @@ class GeneralCheck:
                 verdicts[question.split].append(mentions(reply, question.accepted))
         return verdicts
 
-    def measure(self, model, tokenizer, device, bf16: bool, batch_size: int) -> dict[str, float]:
+    def measure(self, model, tokenizer, device, bf16: bool, batch_size: int,
+                kept: dict[str, list[bool]] | None = None) -> dict[str, float]:
         """general_retention (over the known check questions, when there are any), general_protect_retention
-        (the same over the protect part, which training may see) and general_drift."""
+        (the same over the protect part, which training may see) and general_drift; `kept`: this model's
+        verdicts if a caller already asked (`kept()`), so the probe is not generated twice."""
         metrics: dict[str, float] = {"general_known": float(self.base_known)}
         if any(self.known):
-            for split, kept in self.kept(model, tokenizer, device, bf16).items():
-                if kept:
+            for split, verdicts in (kept or self.kept(model, tokenizer, device, bf16)).items():
+                if verdicts:
                     metrics["general_retention" if split == "check" else f"general_{split}_retention"] = (
-                        sum(kept) / len(kept))
+                        sum(verdicts) / len(verdicts))
         if self.drift_examples:
             metrics["general_drift"] = drift(model, self.drift_examples, tokenizer.pad_token_id, device, bf16,
                                              batch_size)

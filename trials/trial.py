@@ -179,18 +179,22 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         judged_by = objective_metric(config.eval.objective)
         last = final_epoch or val_scores[judged_by] >= config.training.stop_at_val_recall
         shrunk = {}
+        probe_kept: dict[float, dict[str, list[bool]]] = {}  # the probe's verdicts at each factor tried
         if last and config.training.adapter_shrink:  # a smaller step from the base (trials/shrink.py)
             tried: dict[float, tuple[dict[str, float], list[dict]]] = {}
 
-            def protect_kept() -> int | None:
-                return sum(general.kept(model, tokenizer, device, bf16)["protect"]) if general else None
+            def protect_kept(factor: float) -> int | None:
+                if not general:
+                    return None
+                probe_kept[factor] = general.kept(model, tokenizer, device, bf16)
+                return sum(probe_kept[factor]["protect"])
 
             def judge(factor: float) -> Verdict:
                 tried[factor] = evaluate(val_rows)[0]
-                return Verdict(tried[factor][0][judged_by], protect_kept())
+                return Verdict(tried[factor][0][judged_by], protect_kept(factor))
 
             factor = choose_shrink(model, config.training.adapter_shrink, config.training.adapter_shrink_tolerance,
-                                   Verdict(val_scores[judged_by], protect_kept()), judge, log)
+                                   Verdict(val_scores[judged_by], protect_kept(1.0)), judge, log)
             shrunk = {"adapter_shrink": factor}
             if factor != 1.0:  # from here on, what is measured and saved is the shrunk update (val: as tried)
                 val_scores, val_records = tried[factor]
@@ -200,7 +204,8 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
         if last and not final_epoch and len(per_epoch_train) < len(train_rows):
             (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
         # The probe where early stopping compares trials (a sweep's rungs) and at the end.
-        general_scores = (general.measure(model, tokenizer, device, bf16, config.eval.batch_size)
+        general_scores = (general.measure(model, tokenizer, device, bf16, config.eval.batch_size,
+                                          kept=probe_kept.get(shrunk.get("adapter_shrink")))
                           if general and (last or epoch in config.eval.general_epochs) else {})
         progress["eval_seconds"] += time.perf_counter() - eval_started
         ledger += ledger_rows(val_records, epoch, config.eval.objective, trial_id)
