@@ -552,6 +552,7 @@ def run_section(name: str, bench: Bench, command: str) -> tuple[dict, dict]:
         "date": started_at.isoformat(timespec="seconds"), "seconds": time.perf_counter() - started,
         "load_average": {"start": load_before, "end": load_average()}, "command": command,
         "smoke": bench.settings.smoke, "torch_threads": bench.threads,
+        "machine": machine_info(),  # sections of one latest.json may come from different machines
     }
     return figures, record | ({"error": error} if error else {})
 
