@@ -265,8 +265,8 @@ def test_the_sweep_says_whether_the_general_floor_applies_and_why():
 
 
 def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatch, tokenizer_path):
-    """In bf16 a greedy answer moves with its batch's padding: a trial is asked in the base's own batches, so
-    the base model itself (a fresh LoRA, B = 0) keeps all it knew, on both parts of the probe."""
+    """In bf16 a greedy answer moves with its batch's padding: a trial is asked in the base's own (second
+    pass) batches, so the base model itself (a fresh LoRA, B = 0) keeps all it knew, on both parts."""
     from general_support import self_known_probe
 
     from trials.methods import LoraMethod
@@ -277,6 +277,11 @@ def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatc
     model, tokenizer = _tiny(tokenizer_path)
     base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), True, 16)
     assert base.known_count(probe, "check") > 10 and base.known_count(probe, "protect") > 10
+    # Asked again: only what the first pass got right, each split apart; known = right both times.
+    for split, indices in base.asked.items():
+        assert all(probe.questions[i].split == split and mentions(base.replies[i], probe.questions[i].accepted)
+                   for i in indices)
+    assert {i for i, known in enumerate(base.known) if known} <= {i for indices in base.asked.values() for i in indices}
     fresh = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
     check = GeneralCheck(tokenizer, probe, base)
     scores = check.measure(fresh, tokenizer, torch.device("cpu"), True, 16)
@@ -284,3 +289,7 @@ def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatc
     # Verdicts a caller already has (the shrink's, trials/trial.py) give the same metrics without asking again.
     verdicts = check.kept(fresh, tokenizer, torch.device("cpu"), True)
     assert check.measure(fresh, tokenizer, torch.device("cpu"), True, 16, kept=verdicts) == scores
+    # The shrink's verdicts are on the protect part alone: the check part is asked then.
+    protect = check.kept(fresh, tokenizer, torch.device("cpu"), True, splits=("protect",))
+    assert list(protect) == ["protect"]
+    assert check.measure(fresh, tokenizer, torch.device("cpu"), True, 16, kept=protect) == scores

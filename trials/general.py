@@ -19,10 +19,14 @@ The `protect` part (questions and prompts, with the base model's own replies) ma
 
 The base model's answers depend only on the base model, the probe, the generation budget and the
 batches they were generated in, so they are computed once and cached by that fingerprint (`base_answers`),
-like the embedded models. A trial's answers are generated in the very same batches: in bf16 a question's
-greedy answer changes with the padding its batch brings (on SmolLM2, 14 of 342 known/not-known verdicts
-moved between batch 1 and batch 64), so a reference taken in other batches made the base model itself
-"forget" 4 of the 84 check questions it knew (retention 0.952 of the bare base, measured on the CPU).
+like the embedded models. In bf16 a question's greedy answer changes with the padding its batch brings (on
+SmolLM2, 14 of 342 known/not-known verdicts moved between batch 1 and batch 64), so a reference taken in
+other batches than a trial's made the base model itself "forget" 4 of the 84 check questions it knew
+(retention 0.952 of the bare base, measured on the CPU). So the base answers twice: every question, to find
+those it may know, then those again, each split in its own batches; `known` are the questions right both
+times, and a trial is asked exactly the second pass's batches. The bare base keeps all it knew by
+construction, and a trial asks about half the probe (on SmolLM2 ~190 of 342 questions) instead of all of
+it; `adapter_shrink` asks the protect part alone for each factor it tries.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ PROBE_SPLITS = ("protect", "check")
 # Generation budgets of the base model's replies: a short answer fits in 24 tokens, and a reply's
 # first line is all that is scored; a chat reply's first 48 tokens carry its style and content.
 ANSWER_TOKENS, CHAT_TOKENS = 24, 48
-RECIPE = 2  # bump when what is cached (or how it is computed) changes
+RECIPE = 3  # bump when what is cached (or how it is computed) changes
 
 
 @dataclass(frozen=True)
@@ -158,14 +162,17 @@ def mentions(reply: str, accepted: tuple[str, ...]) -> bool:
 
 @dataclass
 class BaseAnswers:
-    """The base model's replies to the probe, in probe order: text and token ids (EOS kept when it ended)."""
+    """The base model's replies to the probe, in probe order: text and token ids (EOS kept when it ended);
+    `asked`: per split, the questions it answered right the first time (probe indices, in order), asked
+    again in batches of `batch_size`: the batches a trial is asked in; `known`: right both times."""
 
     replies: list[str]
     reply_ids: list[list[int]]
     known: list[bool]
     chat_replies: list[str]
     chat_ids: list[list[int]]
-    batch_size: int  # the questions' generation batches: a trial is asked in the same ones
+    batch_size: int
+    asked: dict[str, list[int]]
 
     def known_count(self, probe: Probe, split: str | None = None) -> int:
         return sum(k for k, q in zip(self.known, probe.questions, strict=True) if split in (None, q.split))
@@ -207,10 +214,24 @@ def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.d
                                    batch_size, device, bf16)
     chat_replies, chat_ids = _generate(model, tokenizer, [p.prompt for p in probe.prompts], CHAT_TOKENS,
                                        batch_size, device, bf16)
-    answers = BaseAnswers(replies, reply_ids, [mentions(r, q.accepted) for r, q in zip(replies, probe.questions)],
-                          chat_replies, chat_ids, batch_size)
+    asked = {split: [i for i, (q, reply) in enumerate(zip(probe.questions, replies, strict=True))
+                     if q.split == split and mentions(reply, q.accepted)] for split in PROBE_SPLITS}
+    known = [False] * len(probe.questions)
+    for split, indices in asked.items():  # the second pass, in the batches a trial will be asked in
+        for index, right in zip(indices, _right(model, tokenizer, probe.questions, indices, batch_size, device, bf16),
+                                strict=True):
+            known[index] = right
+    answers = BaseAnswers(replies, reply_ids, known, chat_replies, chat_ids, batch_size, asked)
     write_json_atomically(path, asdict(answers))
     return answers
+
+
+def _right(model, tokenizer, questions: list[ProbeQuestion], indices: list[int], batch_size: int, device,
+           bf16: bool) -> list[bool]:
+    """Whether each of those questions, asked in batches in this order, is answered right."""
+    replies, _ = _generate(model, tokenizer, [questions[i].question for i in indices], ANSWER_TOKENS, batch_size,
+                           device, bf16)
+    return [mentions(reply, questions[i].accepted) for i, reply in zip(indices, replies, strict=True)]
 
 
 def write_json_atomically(path: Path, obj) -> None:
@@ -232,36 +253,41 @@ def reply_example(tokenizer, prompt: str, reply_ids: list[int], distill: bool = 
 class GeneralCheck:
     """What a trial measures of the probe: the base's known `check` questions and its `check` chat replies.
 
-    Every probe question is asked again, in the base's batches and order, so a question's padding is the one
-    its base answer had (module docstring); the protect part's verdicts come with it, for `adapter_shrink`."""
+    A split's questions are asked in the base's second-pass batches and order, so a question's padding is the
+    one its base answer had (module docstring)."""
 
     def __init__(self, tokenizer, probe: Probe, base: BaseAnswers):
         self.probe_questions = probe.questions
         self.known = base.known
+        self.asked = base.asked
         self.batch_size = base.batch_size
         self.drift_examples = [reply_example(tokenizer, p.prompt, ids)
                                for p, ids in zip(probe.prompts, base.chat_ids, strict=True)
                                if p.split == "check" and ids]
         self.base_known = base.known_count(probe, "check")
 
-    def kept(self, model, tokenizer, device, bf16: bool) -> dict[str, list[bool]]:
+    def kept(self, model, tokenizer, device, bf16: bool,
+             splits: tuple[str, ...] = PROBE_SPLITS) -> dict[str, list[bool]]:
         """{split: for each question of that split the base knew, whether the model still answers it right}."""
-        replies, _ = _generate(model, tokenizer, [q.question for q in self.probe_questions], ANSWER_TOKENS,
-                               self.batch_size, device, bf16)
-        verdicts: dict[str, list[bool]] = {split: [] for split in PROBE_SPLITS}
-        for question, known, reply in zip(self.probe_questions, self.known, replies, strict=True):
-            if known:
-                verdicts[question.split].append(mentions(reply, question.accepted))
+        verdicts = {}
+        for split in splits:
+            indices = self.asked[split]
+            right = _right(model, tokenizer, self.probe_questions, indices, self.batch_size, device, bf16)
+            verdicts[split] = [r for index, r in zip(indices, right, strict=True) if self.known[index]]
         return verdicts
 
     def measure(self, model, tokenizer, device, bf16: bool, batch_size: int,
                 kept: dict[str, list[bool]] | None = None) -> dict[str, float]:
         """general_retention (over the known check questions, when there are any), general_protect_retention
         (the same over the protect part, which training may see) and general_drift; `kept`: this model's
-        verdicts if a caller already asked (`kept()`), so the probe is not generated twice."""
+        verdicts on the splits a caller already asked (`kept()`), so those are not generated twice."""
         metrics: dict[str, float] = {"general_known": float(self.base_known)}
         if any(self.known):
-            for split, verdicts in (kept or self.kept(model, tokenizer, device, bf16)).items():
+            verdicts_of = dict(kept or {})
+            missing = tuple(split for split in PROBE_SPLITS if split not in verdicts_of)
+            if missing:
+                verdicts_of |= self.kept(model, tokenizer, device, bf16, missing)
+            for split, verdicts in verdicts_of.items():
                 if verdicts:
                     metrics["general_retention" if split == "check" else f"general_{split}_retention"] = (
                         sum(verdicts) / len(verdicts))

@@ -186,7 +186,7 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
             def protect_kept(factor: float) -> int | None:
                 if not general:
                     return None
-                probe_kept[factor] = general.kept(model, tokenizer, device, bf16)
+                probe_kept[factor] = general.kept(model, tokenizer, device, bf16, splits=("protect",))
                 return sum(probe_kept[factor]["protect"])
 
             def judge(factor: float) -> Verdict:
