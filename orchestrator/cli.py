@@ -1,4 +1,6 @@
-"""`orchestrator trial|sweep|promote|ask|demo|ui|report|server`: the command line."""
+"""Sweeps that teach an open chat LLM private facts: Ray Tune runs the trials, Optuna searches LoRA and
+prefix-tuning, every trial is an MLflow child run of its sweep, and the winner on a locked test split becomes
+the registry model's `champion`."""
 
 from __future__ import annotations
 
@@ -24,10 +26,31 @@ MODEL_NAME, EXPERIMENT = "recall-champion", "recall-orchestrator"
 NOTHING_PROMOTED = 3
 
 
+# The evening-to-morning flow, shown under `orchestrator --help`.
+WORKFLOW = """a sweep, from a config to a champion:
+  orchestrator sweep configs/demo.yaml --name first   # trials as MLflow child runs of the sweep's run
+  orchestrator ui                                     # compare them in the MLflow UI
+  orchestrator report --sweep first                   # leaderboard, plots and one HTML page
+  orchestrator promote --sweep first                  # test the top trials; the best becomes @champion
+  orchestrator ask "Which team is Piet Lindqvist on?" # ask the champion
+`orchestrator COMMAND --help` describes each command and shows its defaults."""
+
+
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default after its help, except where there is nothing to show (a flag, None, an empty
+    list) or the help already says it in words."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default in (None, [], argparse.SUPPRESS) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="YAML config, e.g. configs/demo.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted path; value parsed as YAML); repeatable")
+                        help="override a config key (dotted path; value parsed as YAML), e.g. --set training.epochs=4; "
+                             "repeatable")
 
 
 def cmd_trial(args) -> int:
@@ -247,15 +270,22 @@ def cmd_server(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__, epilog=WORKFLOW,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = commands.add_parser
 
-    trial = commands.add_parser("trial", help="run one trial without Ray")
+    def command(name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand whose --help starts with what it is for and shows every default."""
+        return add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          formatter_class=_HelpWithDefaults, **kwargs)
+
+    trial = command("trial", help="run one trial without Ray")
     _add_config_args(trial)
     trial.add_argument("--output-dir", type=Path, default=Path("runs/trial"), help="where results are written")
     trial.set_defaults(func=cmd_trial)
 
-    sweep = commands.add_parser("sweep", help="run a Ray Tune sweep; every trial is an MLflow child run")
+    sweep = command("sweep", help="run a Ray Tune sweep; every trial is an MLflow child run")
     _add_config_args(sweep)
     sweep.add_argument("--name", help="sweep name (MLflow parent run, Ray experiment); default: a timestamp")
     sweep.add_argument("--resume", action="store_true", help="continue a sweep whose driver was stopped")
@@ -271,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a line per trial per epoch (loss, val recall) above the progress line")
     sweep.set_defaults(func=cmd_sweep)
 
-    promote = commands.add_parser("promote", help="register a sweep's best adapter (judged on the test split) "
+    promote = command("promote", help="register a sweep's best adapter (judged on the test split) "
                                                   "as the registry model's champion",
                                   epilog=f"exit status: 0 promoted (also when a promote running at the same time "
                                          f"registered the same trial first), {NOTHING_PROMOTED} nothing promoted "
@@ -286,18 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--min-test-recall", type=float, default=0.0, metavar="X",
                          help="with no champion yet, the candidate's test score (by the sweep's eval.objective: "
                               "exact recall by default) must be above X and above the sweep's seed-recipe "
-                              "trial's (default: %(default)s)")
+                              "trial's")
     promote.add_argument("--allow-incomplete", action="store_true",
                          help="promote from a sweep that was stopped before it finished (its run is KILLED)")
     promote.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
     promote.set_defaults(func=cmd_promote)
 
-    ask = commands.add_parser("ask", help="answer a question with a registered model (default: the champion)")
+    ask = command("ask", help="answer a question with a registered model (default: the champion)")
     ask.add_argument("question", type=_question, help="the question, quoted")
-    ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI (default: %(default)s)")
+    ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI")
     ask.set_defaults(func=cmd_ask)
 
-    demo = commands.add_parser("demo", help="sweep, promote the best, ask the champion a question")
+    demo = command("demo", help="sweep, promote the best, ask the champion a question")
     _add_config_args(demo)
     demo.add_argument("--name", help="sweep name (default: demo-<timestamp>)")
     demo.add_argument("--incremental", action="store_true",
@@ -305,27 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
                            "incremental sweep from it, promote, and ask about both batches")
     demo.set_defaults(func=cmd_demo)
 
-    report = commands.add_parser("report", help="a sweep's leaderboard, plots (Optuna's too), the champion's "
+    report = command("report", help="a sweep's leaderboard, plots (Optuna's too), the champion's "
                                               "answers and one HTML page, read back from MLflow and the study")
     report.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     report.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
     report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the files go")
     report.set_defaults(func=cmd_report)
 
-    ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store sweeps write to")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--host", default="127.0.0.1")
+    ui = command("ui", help="start the MLflow UI on the tracking store sweeps write to")
+    ui.add_argument("--port", type=int, default=5000, help="port the UI listens on")
+    ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on; 0.0.0.0 opens it to the "
+                                                         "network (no authentication)")
     ui.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment whose trials the printed link shows")
     ui.add_argument("--no-browser", dest="browser", action="store_false",
                     help="only print the link (a browser is opened only on a desktop anyway)")
     ui.set_defaults(func=cmd_ui)
 
-    server = commands.add_parser("server", help="a team's MLflow tracking server: PostgreSQL backend, "
+    server = command("server", help="a team's MLflow tracking server: PostgreSQL backend, "
                                                 "artifacts served through it (infra/README.md)")
     server.add_argument("--data-dir", type=Path, default=Path("mlflow-server"),
-                        help="PostgreSQL data (pgdata/) and artifacts (artifacts/); default: %(default)s")
+                        help="PostgreSQL data (pgdata/) and artifacts (artifacts/)")
     server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens it to the network (no authentication)")
-    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--port", type=int, default=5000, help="port the tracking server listens on")
     server.add_argument("--backend-store-uri", metavar="postgresql+psycopg2://...",
                         help="an existing database instead of the private PostgreSQL in DATA_DIR/pgdata")
     server.add_argument("--allowed-hosts", metavar="HOST:PORT,...",
