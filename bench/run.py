@@ -85,8 +85,10 @@ SMOKE = Settings(
                "eval.max_train_questions=4"],
     throughput_epochs=1, throughput_rounds=1, incremental_samples=2, smoke=True, sampler_seeds=1,
     early_stopping_arms=("noasha", "asha"),
-    # A twentieth of the general probe's protect rows (~12): the replay path, in proportion to 4 people's questions.
-    smollm2_overrides=["training.epochs=1", "training.batch_size=4", "training.general_replay=0.05"],
+    # A twentieth of the general probe's protect rows (~12): the replay path, in proportion to 4 people's
+    # questions. No shrink: each factor asks the probe again, minutes a trial (tests/test_shrink.py runs it).
+    smollm2_overrides=["training.epochs=1", "training.batch_size=4", "training.general_replay=0.05",
+                       "training.adapter_shrink=[]"],
 )
 
 

@@ -80,15 +80,20 @@ def test_a_factor_outside_zero_to_one_is_a_config_error(factors):
 
 
 @pytest.mark.e2e
-def test_a_trial_saves_and_reports_its_shrunk_update(tmp_path, demo_qa):
-    """What a trial saves is what it measured: its adapter, re-scored, gives its val predictions."""
+def test_a_trial_saves_and_reports_its_shrunk_update(tmp_path, demo_qa, tokenizer_path):
+    """What a trial saves is what it measured: its adapter, re-scored, gives its val predictions. With a
+    probe the tiny model knows, each factor is judged on the protect questions it keeps, and the general
+    metrics are the kept factor's."""
+    from general_support import self_known_probe
+
     from trials.evaluate import score_adapter
     from trials.trial import run_trial
 
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(demo_qa.read_text(encoding="utf-8").splitlines(keepends=True)[:60]), encoding="utf-8")
+    probe = self_known_probe(tmp_path / "probe", tokenizer_path)
     config = TrialConfig.model_validate({
-        "data": {"qa": str(qa)}, "eval": {"max_new_tokens": 8},
+        "data": {"qa": str(qa)}, "eval": {"max_new_tokens": 8, "general": str(probe)},
         "method": {"name": "lora", "r": 16, "alpha": 32, "learning_rate": 3e-3,
                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
         "training": {"epochs": 6, "batch_size": 4, "include_documents": False,
@@ -97,7 +102,10 @@ def test_a_trial_saves_and_reports_its_shrunk_update(tmp_path, demo_qa):
     lines = []
     summary = run_trial(config, tmp_path / "out", log=lines.append)
     assert summary["adapter_shrink"] in (1.0, 0.9, 0.7)
-    assert any(line.startswith("adapter_shrink: val at 1: ") for line in lines)
+    (shrink_line,) = [line for line in lines if line.startswith("adapter_shrink: val at 1: ")]
+    assert "(protect " in shrink_line
+    assert summary["general_known"] > 5 and 0.0 <= summary["general_retention"] <= 1.0
+    assert 0.0 <= summary["general_protect_retention"] <= 1.0
     saved = [json.loads(line) for line in (tmp_path / "out" / "predictions_val.jsonl").read_text().splitlines()]
     scores, records = score_adapter(tmp_path / "out" / "adapter", config, "val")["val"]
     assert [r["got"] for r in records] == [r["got"] for r in saved]
