@@ -224,18 +224,19 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from orchestrator.server import mlflow_server_env
     from orchestrator.tracking import tracking_uri
 
     uri = tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(args.port),
-               "--host", args.host]
+               "--host", args.host, "--workers", str(args.workers)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}")
     empty = _empty_store(uri)
     if empty:
         print(empty)
     _show_trials(uri, f"http://{args.host}:{args.port}", args.experiment, args.browser)
     sys.stdout.flush()  # exec replaces this process: what print buffered would be lost
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, mlflow_server_env())  # one worker, no job runner: see --workers
 
 
 def _show_trials(uri: str, base_url: str, experiment: str, browser: bool) -> None:
@@ -346,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port the UI listens on")
     ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on; 0.0.0.0 opens it to the "
                                                          "network (no authentication)")
+    ui.add_argument("--workers", type=int, default=1,
+                    help="the UI server's worker processes (mlflow ui --workers, whose own default is 4): one "
+                         "starts fast and stays small on a laptop; more serve several users at once")
     ui.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment whose trials the printed link shows")
     ui.add_argument("--no-browser", dest="browser", action="store_false",
                     help="only print the link (a browser is opened only on a desktop anyway)")

@@ -180,7 +180,7 @@ def start_ui(capsys, monkeypatch, uri: str) -> tuple[str, list[str]]:
     import orchestrator.cli
 
     started = []
-    monkeypatch.setattr(orchestrator.cli.os, "execv", lambda path, argv: started.extend(argv))
+    monkeypatch.setattr(orchestrator.cli.os, "execve", lambda path, argv, env: started.extend(argv))
     _, out, _ = run_cli(capsys, monkeypatch, uri, "ui", "--port", "5099")
     return out, started
 

@@ -11,11 +11,24 @@ import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 
 from orchestrator import tracking
 
 pytestmark = pytest.mark.e2e
+
+
+def _session_commands(session: int) -> list[str]:
+    """The command lines of the processes in that session (a process leader's pid)."""
+    lines = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session:
+                lines.append(" ".join(process.cmdline()))
+        except (OSError, psutil.Error):  # gone meanwhile
+            pass
+    return lines
 
 
 def _free_port() -> int:
@@ -45,6 +58,10 @@ def test_ui_serves_the_tracking_store(tmp_path):
                 time.sleep(1)
         assert body is not None, "the MLflow UI did not come up"
         assert [run["info"]["run_name"] for run in body["runs"]] == ["visible-in-the-ui"]
+        # Small on a laptop: one uvicorn worker, no MLflow job runner (it would add 8 processes, ~1 GB).
+        session = _session_commands(ui.pid)
+        assert not [line for line in session if "huey" in line or "_job_runner" in line], session
+        assert any("uvicorn" in line and "--workers 1" in line for line in session), session
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
