@@ -274,12 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__, epilog=WORKFLOW,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser = commands.add_parser
 
     def command(name: str, help: str, **kwargs) -> argparse.ArgumentParser:
         """A subcommand whose --help starts with what it is for and shows every default."""
-        return add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                          formatter_class=_HelpWithDefaults, **kwargs)
+        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                   formatter_class=_HelpWithDefaults, **kwargs)
 
     trial = command("trial", help="run one trial without Ray")
     _add_config_args(trial)
@@ -303,11 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     promote = command("promote", help="register a sweep's best adapter (judged on the test split) "
-                                                  "as the registry model's champion",
-                                  epilog=f"exit status: 0 promoted (also when a promote running at the same time "
-                                         f"registered the same trial first), {NOTHING_PROMOTED} nothing promoted "
-                                         "(the candidate did not beat the champion, or the first champion's floor), "
-                                         "2 an error")
+                                      "as the registry model's champion",
+                      epilog=f"exit status: 0 promoted (also when a promote running at the same time "
+                             f"registered the same trial first), {NOTHING_PROMOTED} nothing promoted "
+                             "(the candidate did not beat the champion, or the first champion's floor), "
+                             "2 an error")
     promote.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     promote.add_argument("--top-k", type=int, default=3, help="how many trials, best val recall first, to score on test")
     promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
@@ -337,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     report = command("report", help="a sweep's leaderboard, plots (Optuna's too), the champion's "
-                                              "answers and one HTML page, read back from MLflow and the study")
+                                    "answers and one HTML page, read back from MLflow and the study")
     report.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     report.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
     report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the files go")
@@ -356,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=cmd_ui)
 
     server = command("server", help="a team's MLflow tracking server: PostgreSQL backend, "
-                                                "artifacts served through it (infra/README.md)")
+                                    "artifacts served through it (infra/README.md)")
     server.add_argument("--data-dir", type=Path, default=Path("mlflow-server"),
                         help="PostgreSQL data (pgdata/) and artifacts (artifacts/)")
     server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 opens it to the network (no authentication)")

@@ -217,10 +217,10 @@ def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.d
     asked = {split: [i for i, (q, reply) in enumerate(zip(probe.questions, replies, strict=True))
                      if q.split == split and mentions(reply, q.accepted)] for split in PROBE_SPLITS}
     known = [False] * len(probe.questions)
-    for split, indices in asked.items():  # the second pass, in the batches a trial will be asked in
-        for index, right in zip(indices, _right(model, tokenizer, probe.questions, indices, batch_size, device, bf16),
-                                strict=True):
-            known[index] = right
+    for indices in asked.values():  # the second pass, in the batches a trial will be asked in
+        right = _right(model, tokenizer, probe.questions, indices, batch_size, device, bf16)
+        for index, is_right in zip(indices, right, strict=True):
+            known[index] = is_right
     answers = BaseAnswers(replies, reply_ids, known, chat_replies, chat_ids, batch_size, asked)
     write_json_atomically(path, asdict(answers))
     return answers
