@@ -28,7 +28,8 @@ from bench.goals import general_goals_met
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
 GENERAL_SAMPLES = 2
-PLAIN = ["training.general_replay=0", "training.kl_to_base=0", "training.adapter_shrink=[]", "sweep.general_floor=0"]
+PLAIN = ["training.general_replay=0", "training.kl_to_base=0", "training.general_first_token_weight=1",
+         "training.adapter_shrink=[]", "sweep.general_floor=0"]
 QUESTIONS = ("What is the capital of France?", "How many legs does a spider have?",
              "What is the chemical symbol for gold?", "Who wrote Romeo and Juliet?")
 REQUIRED_KEYS = (
@@ -126,6 +127,7 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
         "general_champion_test_recall": champion.test_recall,
         "general_champion_general_retention": champion.general_retention,
         "general_protection": {"general_replay": ours.training.general_replay, "kl_to_base": ours.training.kl_to_base,
+                               "general_first_token_weight": ours.training.general_first_token_weight,
                                "adapter_shrink": ours.training.adapter_shrink,
                                "general_floor": ours.sweep.general_floor},
         "general_champion": {"trial": champion.trial, "promoted": outcome.promoted, "reason": outcome.reason,

@@ -177,6 +177,30 @@ def test_a_kl_weight_above_one_scales_the_kl_alone(tokenizer_path):
                                                                                                   rel=1e-4)
 
 
+
+def test_the_first_token_weight_counts_each_replay_reply_s_first_token_that_many_times(tokenizer_path):
+    from trials.formatting import collate
+    from trials.methods import LoraMethod
+    from trials.model import attach_method
+    from trials.train import distilled_loss, labelled_logits
+
+    model, tokenizer = _tiny(tokenizer_path)
+    probe = load_probe(DEFAULT_PROBE)
+    rows = protect_examples(tokenizer, probe, base_answers(model, tokenizer, probe, tokenizer_path,
+                                                           torch.device("cpu"), False, 64))[:4]
+    model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
+    inputs = collate(rows, tokenizer.pad_token_id)
+    labels = inputs.pop("labels")
+    logits, targets = labelled_logits(model, inputs, labels)
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                                           ignore_index=-100)
+    first_of_each = [float(ce[row][targets[row] != -100][0]) for row in range(len(rows))]
+    distill = torch.tensor([True, True, False, False])  # the first-token weight is for replay rows only
+    plain, tokens = distilled_loss(model, inputs, labels, distill, kl_weight=0.0)
+    weighted, same_tokens = distilled_loss(model, inputs, labels, distill, kl_weight=0.0, first_token_weight=5.0)
+    assert same_tokens == tokens  # the mean stays over the real target tokens
+    assert float(weighted) - float(plain) == pytest.approx(4 * sum(first_of_each[:2]), rel=1e-4)
+
 def _metrics(val: float, general: float | None, known: int = 40) -> dict:
     metrics = {"val_exact_recall": val, "train_exact_recall": 1.0, "val_questions": 60, "general_known": known}
     return metrics if general is None else {**metrics, "general_retention": general}

@@ -117,6 +117,12 @@ class TrainingConfig(Strict):
                                  "cross-entropy on the base's reply: 0 = cross-entropy only, 1 = KL only. Above 1 "
                                  "the KL alone, weighted that many times a new fact's token: a stronger pull "
                                  "back to the base against the optimiser's steps on the new facts.")
+    general_first_token_weight: float = Field(
+        1.0, ge=1.0, description="On the general_replay rows, how many times the reply's first token counts. "
+                                 "The first token decides a reply's form: a fine-tuned model's lost answers "
+                                 "mostly open differently ('To find half of 10, ...' for 'Half of 10 is 5'), "
+                                 "and its KL to the base is twice the later tokens' (README, General "
+                                 "knowledge). 1 = every token alike.")
     adapter_shrink: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         default_factory=list, description="LoRA only. After the last epoch, the trained update is tried scaled "
                                           "down by each of these factors (its B matrices times the factor: a "

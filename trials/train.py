@@ -122,19 +122,26 @@ def kl_per_token(logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tenso
 
 
 def distilled_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, distill: torch.Tensor,
-                   kl_weight: float, share_prefix: bool = False) -> tuple[torch.Tensor, int]:
+                   kl_weight: float, share_prefix: bool = False,
+                   first_token_weight: float = 1.0) -> tuple[torch.Tensor, int]:
     """batch_loss for a batch holding general-knowledge replay rows (`distill`, one bool a row): on those
     rows each token's loss is max(0, 1 - kl_weight) x the cross-entropy on the base model's own reply +
     kl_weight x KL(base || model) over the whole vocabulary, the base's logits coming from the same
-    model with its adapter disabled (no second copy); other rows keep the plain cross-entropy."""
+    model with its adapter disabled (no second copy), the reply's first token weighted
+    `first_token_weight` times; other rows keep the plain cross-entropy."""
     logits, targets = labelled_logits(model, inputs, labels, share_prefix)
-    with torch.no_grad(), model.disable_adapter():
-        base_logits, _ = labelled_logits(model, inputs, labels, share_prefix)
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
                                            ignore_index=IGNORE_INDEX)
-    mixed = max(0.0, 1 - kl_weight) * ce + kl_weight * kl_per_token(logits, base_logits)
-    per_token = torch.where(distill.to(ce.device)[:, None], mixed, ce)
+    mixed = max(0.0, 1 - kl_weight) * ce
+    if kl_weight > 0:
+        with torch.no_grad(), model.disable_adapter():
+            base_logits, _ = labelled_logits(model, inputs, labels, share_prefix)
+        mixed = mixed + kl_weight * kl_per_token(logits, base_logits)
     mask = targets != IGNORE_INDEX
+    if first_token_weight != 1.0:
+        first = mask & (mask.cumsum(dim=1) == 1)
+        mixed = mixed * torch.where(first, first_token_weight, 1.0)
+    per_token = torch.where(distill.to(ce.device)[:, None], mixed, ce)
     return per_token[mask].sum(), int(mask.sum())
 
 
@@ -236,9 +243,11 @@ class Trainer:
             labels = inputs.pop("labels")
             distill = torch.tensor([example.distill for example in batch])
             with autocast(self.device, self.bf16):
-                if self.training.kl_to_base > 0 and bool(distill.any()):
+                if bool(distill.any()) and (self.training.kl_to_base > 0
+                                            or self.training.general_first_token_weight != 1.0):
                     loss_total, targets = distilled_loss(self.model, inputs, labels, distill,
-                                                         self.training.kl_to_base, self.share_prefix)
+                                                         self.training.kl_to_base, self.share_prefix,
+                                                         self.training.general_first_token_weight)
                 else:
                     loss_total, targets = self.loss_fn(self.model, inputs, labels, self.share_prefix)
             # Mean over answer/passage tokens of this micro-batch; the epoch loss reported is
