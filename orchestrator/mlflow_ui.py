@@ -33,42 +33,51 @@ def _column(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"  # the runs table's own spelling of a column
 
 
-# What people compare trials by, in this order: recall, the knobs searched, why a trial stopped, which
-# became a registered model, and each run's description (orchestrator.mlflow_writer writes them, and
-# the run names, to be read here). MLflow's defaults (Source, Dataset) say nothing about a trial.
-RUN_NAME = _column("attributes", "Run Name")
+# What people compare trials by, in this order: each run's description (the sweep's names its best trial and
+# val recall, a trial's how it ended), recall, the registered model a trial became, the knobs searched, why a
+# trial stopped (orchestrator.mlflow_writer writes them, and the run names, to be read here). MLflow's
+# defaults (Source, Dataset) say nothing about a trial. All fit a 1920-pixel window: the table does not
+# render columns far out of view.
+RUN_NAME, DESCRIPTION = _column("attributes", "Run Name"), _column("attributes", "Description")
 COLUMNS = [
+    DESCRIPTION,
     _column("metrics", "val_exact_recall"),
     _column("metrics", "general_retention"),  # what it kept of the base model's general knowledge
+    _column("metrics", "test_exact_recall"),  # the trials `orchestrator promote` scored on the test split
+    _column("attributes", "Models"),
     _column("params", "method.r"),
+    _column("params", "method.alpha"),
     _column("params", "method.learning_rate"),
-    _column("metrics", "val_contains_recall"),
     _column("metrics", "train_exact_recall"),
     _column("tags", "recall.method_shape"),
     _column("tags", "recall.stopped_by"),
-    _column("attributes", "Models"),
-    _column("attributes", "Description"),
 ]
 
-
-# The charts first in view, comparing the trials: val recall per epoch, and what knobs led to it
-# (prefix-tuning has no r: a parallel-coordinates chart leaves out a run missing one of its axes).
+# The charts first in view, comparing the trials: val recall per epoch, and what knobs led to it: every
+# trial by method and learning rate, then the LoRA trials by rank, alpha, dropout and learning rate (a
+# parallel-coordinates chart leaves out a run missing one of its axes, and prefix-tuning has no rank).
 # MLflow adds a chart of each other metric after these.
 SECTION = "recall"
+OUTCOMES = ["val_exact_recall", "objective"]
 CHARTS = [
     {"uuid": "val-recall-per-epoch", "type": "LINE", "metricKey": "val_exact_recall", "xAxisKey": "step",
      "lineSmoothness": 0, "useGlobalLineSmoothing": False, "scaleType": "linear", "xAxisScaleType": "linear"},
     {"uuid": "val-recall-by-knobs", "type": "PARALLEL", "selectedParams": ["method.name", "method.learning_rate"],
-     "selectedMetrics": ["val_exact_recall"]},
+     "selectedMetrics": OUTCOMES},
+    {"uuid": "val-recall-by-lora-knobs", "type": "PARALLEL",
+     "selectedParams": ["method.r", "method.alpha", "method.dropout", "method.learning_rate"],
+     "selectedMetrics": OUTCOMES},
 ]
 
 
 def view_state() -> dict:
     """The shared view: the UI's search settings (newest first, which keeps trials nested under their
-    sweep) and its table and chart settings: COLUMNS, a run name column wide enough for a trial's name,
+    sweep) and its table and chart settings: COLUMNS, run name and description columns wide enough for a
+    trial's name and the sweep's best recall,
     CHARTS first, every unfolded trial in the charts (MLflow's default charts the first 10 rows)."""
     return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
-            "selectedColumns": COLUMNS, "columnOrder": [RUN_NAME, *COLUMNS], "columnWidths": {RUN_NAME: 300},
+            "selectedColumns": COLUMNS, "columnOrder": [RUN_NAME, *COLUMNS],
+            "columnWidths": {RUN_NAME: 300, DESCRIPTION: 340},
             "runsHiddenMode": "SHOW_ALL",
             "compareRunSections": [{"uuid": SECTION, "name": "Model metrics", "display": True, "isReordered": True}],
             "compareRunCharts": [{**chart, "metricSectionId": SECTION, "isGenerated": False, "deleted": False,

@@ -191,7 +191,7 @@ class MlflowTrials(Callback):
         run_id = self._runs[trial_id]
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
-                tracking.log_trial_artifacts(self.client, run_id, Path(directory))
+                tracking.log_trial_artifacts(self.client, run_id, Path(directory), finished=status == "FINISHED")
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status)
@@ -314,14 +314,15 @@ def sweep_note(config, name: str) -> str:
 
 
 def sweep_result(board: list[dict]) -> str:
-    """The paragraph above the plan once the sweep ends: its best trial."""
+    """The paragraph above the plan once the sweep ends: its best trial, recall first (the runs table's
+    Description column shows the first ~50 characters)."""
     scored = [row for row in board if row["val_exact_recall"] is not None]
     if not scored:
         return "No trial reported a val recall."
     best = scored[0]  # the leaderboard is best first
     trials = f"{len(board)} trial{'s' if len(board) > 1 else ''}"
-    return (f"Best of {trials}: {best['method']} {best['shape']} lr={_short(best['learning_rate'])} "
-            f"(trial {best['trial']}), val_exact_recall {best['val_exact_recall']:.3f}; all in leaderboard.md.")
+    return (f"Best of {trials}: val_exact_recall {best['val_exact_recall']:.3f}, trial {best['trial']} "
+            f"({best['method']} {best['shape']} lr={_short(best['learning_rate'])}); all in leaderboard.md.")
 
 
 def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resume: bool, config) -> str:

@@ -22,9 +22,10 @@
    rows; only a strictly better candidate is promoted, unless `force`. With no champion yet, the
    candidate must score above a floor: `min_test_recall` (0), and the test score of the sweep's
    seed-recipe trial when it has one (SEED_RECIPE), unless `force`;
-5. promotion: the candidate is logged as a pyfunc model (orchestrator.registry_model) in a
-   `promotion` run under the sweep's parent run, registered as a new version with its tags, and
-   only then does the `champion` alias move: a failed registration leaves the alias where it was.
+5. promotion: the candidate is logged as a pyfunc model (orchestrator.registry_model) of its own
+   trial run (the registry's source run, so the MLflow UI shows the version on the trial that won),
+   registered as a new version with its tags (the promotion's record: test scores, sweep, lineage),
+   and only then does the `champion` alias move: a failed registration leaves the alias where it was.
    A run that already has a version (tag source_run_id) gets no second one: the alias is pointed
    at the existing version.
 
@@ -65,7 +66,6 @@ OBJECTIVE = "objective"  # = orchestrator.sweep.METRIC, named here so promotion 
 # Incremental promotions: the candidate's and the champion's recall on the old facts' test rows.
 RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall"
 DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
-PROMOTION_ROLE = "promotion"
 DEFAULT_RETENTION_FLOOR = 0.95  # = SweepConfig.retention_floor's default, for sweeps logged before it
 # General knowledge kept (trials/general.py): what the trial logged at its last epoch, judged against
 # sweep.general_floor when the sweep's run says the gate is on (the base knew enough to keep).
@@ -318,8 +318,9 @@ def _existing_version(client, model_name: str, run_id: str):
 
 
 def _register(best: Scored, model_name: str, parent, sweep: str, champion: Scored | None, metric: str):
-    """Log `best` as a pyfunc model, with the facts it knows (orchestrator.lineage), in a promotion run
-    and register it; returns the ModelVersion."""
+    """Log `best` as a pyfunc model of its trial run, with the facts it knows (orchestrator.lineage), and
+    register it; returns the ModelVersion. No run of its own: a promotion run would pose as a trial in the
+    sweep's nesting and charts, and hold the registry's link instead of the trial."""
     from orchestrator.lineage import write_knowledge
     from orchestrator.registry_model import KNOWLEDGE, log_recall_model
     from trials.config import TrialConfig
@@ -344,17 +345,12 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
                      or (champion.version if champion else "") or ""})
         if champion is not None and champion.retention_recall is not None:
             tags[PARENT_METRIC] = f"{champion.retention_recall:.6g}"
-    run_tags = {tracking.PARENT: parent.info.run_id, tracking.ROLE: PROMOTION_ROLE, tracking.SWEEP: sweep,
-                "recall.source_run_id": best.run_id}
-    with mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=f"{sweep}-promote-{best.trial}",
-                          tags=run_tags):
-        mlflow.log_params({"model_name": model_name, "source_run_id": best.run_id})
-        mlflow.log_metrics({f"test_{name}": value for name, value in (best.test_scores or {}).items()})
-        knowledge = write_knowledge(best.files / KNOWLEDGE, TrialConfig.model_validate_json(best.trial_config))
-        info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
-                                max_new_tokens=best.max_new_tokens, knowledge=knowledge)
-        # An exception here (or above) ends the run as FAILED and leaves the alias untouched.
-        return mlflow.register_model(info.model_uri, model_name, tags=tags)
+    knowledge = write_knowledge(best.files / KNOWLEDGE, TrialConfig.model_validate_json(best.trial_config))
+    mlflow.set_experiment(experiment_id=parent.info.experiment_id)  # where a logged model without a run goes
+    info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
+                            max_new_tokens=best.max_new_tokens, knowledge=knowledge, run_id=best.run_id)
+    # An exception here leaves the logged model unregistered and the alias untouched.
+    return mlflow.register_model(info.model_uri, model_name, tags=tags)
 
 
 def set_lifts(rows, parent) -> str:

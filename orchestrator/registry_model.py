@@ -87,8 +87,9 @@ def _pip_requirements() -> list[str]:
 
 
 def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_tokens: int, name: str = "model",
-                     knowledge: Path | None = None):
-    """Log a trained adapter as a pyfunc model in the active run; returns mlflow's ModelInfo.
+                     knowledge: Path | None = None, run_id: str | None = None):
+    """Log a trained adapter as a pyfunc model of `run_id` (the trial run that trained it; None: the
+    active run), without reopening that run; returns mlflow's ModelInfo.
 
     `max_new_tokens` is fixed here (the trial's generation budget, from its data), so answering
     needs no data files.
@@ -102,8 +103,13 @@ def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_toke
         artifacts[KNOWLEDGE] = str(knowledge)
     if config.model == EMBEDDED_MODEL:  # built here, on no hub: bundle it
         artifacts[BASE_MODEL] = resolve_model(config.model)
-    return mlflow.pyfunc.log_model(
+    # pyfunc.log_model is Model.log for the active run; Model.log takes the run as an argument, so a
+    # finished trial run gets its model (and the registry's source link) with its status and times untouched.
+    return mlflow.models.Model.log(
+        artifact_path=None,  # positional in its signature, deprecated for `name`
         name=name,
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
         python_model=str(Path(__file__).with_name("registry_model_code.py")),  # models-from-code: no pickle
         artifacts=artifacts,
         model_config={"max_new_tokens": int(max_new_tokens), "batch_size": config.eval.batch_size},

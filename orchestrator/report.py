@@ -38,7 +38,7 @@ from pathlib import Path
 
 from orchestrator import hints, study, tracking
 from orchestrator.errors import SweepError
-from orchestrator.leaderboard import format_leaderboard, leaderboard
+from orchestrator.leaderboard import REPORT_COLUMNS, format_leaderboard, leaderboard
 from trials import ledger as fact_ledger
 
 VAL_METRIC = "val_exact_recall"
@@ -288,32 +288,72 @@ def _study_figures(parent, out_dir: Path) -> tuple[list[Path], list[str]]:
         if file_name == "param_importances.png":  # PED-ANOVA warns when its estimate is weak (a method tried once)
             notes += [f"{file_name}: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
         axes.figure.set_size_inches(*size)
+        if file_name == "optimization_history.png":
+            _label_by_trial_id(axes, sweep_study)
+        elif file_name == "parallel_coordinate.png":
+            _legible(axes, sweep_study)
         paths.append(_save(axes.figure, out_dir / file_name))
     return paths, list(dict.fromkeys(notes))
 
 
-def _champion_run_id(client, sweep: str, trial_run_ids: set[str]) -> tuple[str, str] | None:
-    """(trial run id, "version V of MODEL") of a registered champion that came from this sweep, or None."""
+def _label_by_trial_id(axes, sweep_study) -> None:
+    """The history's x-axis in the trial ids the leaderboard, the console and MLflow show, not Optuna's numbers."""
+    ids = {trial.number: trial.user_attrs.get(study.TUNE_TRIAL_ID, str(trial.number))
+           for trial in sweep_study.get_trials(deepcopy=False)}
+    numbers = sorted(ids)[:: max(1, -(-len(ids) // 40))]  # at most 40 labels: one in n of a long sweep
+    axes.set_xticks(numbers)
+    axes.set_xticklabels([ids[number] for number in numbers], rotation=60, ha="right", fontsize=8)
+    axes.set_xlabel("trial")
+
+
+def _legible(axes, sweep_study) -> None:
+    """Optuna's parallel coordinates, readable: its colour map runs to near-white at low objectives (invisible
+    on the white figure), and long parameter names run into each other or are cut ("prefix_num_virtua...").
+    Each name is given whole, on two lines: the method, then its knob."""
+    for collection in axes.collections:
+        collection.set_cmap("viridis")
+    names = {name for trial in sweep_study.get_trials(deepcopy=False) for name in trial.params}
+
+    def whole(label: str) -> str:
+        cut = label.removesuffix("...")
+        matches = [name for name in names if name.startswith(cut)] if label.endswith("...") else []
+        return (matches[0] if len(matches) == 1 else label).replace("_", "\n", 1)
+
+    labels = [whole(label.get_text()) for label in axes.get_xticklabels()]
+    axes.set_xticks(axes.get_xticks())
+    axes.set_xticklabels(labels, fontsize=9)
+    for extra_axis in axes.figure.axes:
+        extra_axis.tick_params(labelsize=8)
+    axes.figure.subplots_adjust(bottom=0.18, left=0.05, right=0.92)
+
+
+def mark_champion(client, sweep: str, board: list[dict]) -> str | None:
+    """Set each row's `champion` (the registered version, on the trial that is its model's `champion`
+    now, when it came from this sweep; else None); returns that trial's run id, or None."""
+    by_run = {row["run_id"]: row for row in board}
+    for row in board:
+        row["champion"] = None
     versions = client.search_model_versions(f"tags.sweep = {tracking.quoted(sweep)}")
     for version in sorted(versions, key=lambda v: -int(v.version)):
         source = version.tags.get("source_run_id")
         aliases = client.get_registered_model(version.name).aliases or {}
-        if source in trial_run_ids and str(aliases.get(ALIAS)) == str(version.version):
-            return source, f"version {version.version} of '{version.name}'"
+        if source in by_run and str(aliases.get(ALIAS)) == str(version.version):
+            by_run[source]["champion"] = f"version {version.version} of '{version.name}'"
+            return source
     return None
 
 
-def _answers(client, sweep: str, board: list[dict]) -> Answers | None:
-    """The champion's answers when it came from this sweep, else the top trial's; test when promotion
-    scored it, else val. None when no trial finished."""
+def _answers(client, board: list[dict], champion: str | None) -> Answers | None:
+    """The champion's answers when it came from this sweep (`champion`: its run id), else the top trial's;
+    test when promotion scored it, else val. None when no trial finished."""
     finished = [row for row in board if row["status"] != "FAILED" and row["val_exact_recall"] is not None]
     if not finished:
         return None
     by_run = {row["run_id"]: row for row in finished}
-    champion = _champion_run_id(client, sweep, set(by_run))
-    run_id = champion[0] if champion else finished[0]["run_id"]
-    trial = by_run[run_id]["trial"]
-    whose = f"champion ({champion[1]}, trial {trial})" if champion else f"top trial {trial} (not the champion)"
+    run_id = champion if champion in by_run else finished[0]["run_id"]
+    row = by_run[run_id]
+    whose = (f"champion ({row['champion']}, trial {row['trial']})" if run_id == champion
+             else f"top trial {row['trial']} (not the champion)")
     names = {artifact.path for artifact in client.list_artifacts(run_id)}
     split, name = ("test", TEST_PREDICTIONS) if TEST_PREDICTIONS in names else ("val", "predictions_val.jsonl")
     with open(client.download_artifacts(run_id, name), encoding="utf-8") as handle:
@@ -347,7 +387,7 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
                      "or the base model knows none of its check questions)")
     else:
         figures.append(general)
-    answers = _answers(client, name, board)
+    answers = _answers(client, board, mark_champion(client, name, board))
     facts = _facts(client, board)  # best first, failed trials last: the heat map's trial is the top one
     paths = [*figures, *study_figures]
     if facts is None:
@@ -369,7 +409,7 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
 
 
 def _text(title: str, board: list[dict], answers: Answers | None, notes: list[str], facts: Facts | None = None) -> str:
-    lines = [title, format_leaderboard(board)]
+    lines = [title, format_leaderboard(board, REPORT_COLUMNS)]
     if facts is not None:
         lines.append(facts.summary() + ("; no trial learned:" if facts.never_learned else ""))
         lines += [f"  {question}  expected: {facts.expected[question]}" for question in facts.never_learned]

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from orchestrator import study, tracking
-from orchestrator.leaderboard import LEADERBOARD_COLUMNS
+from orchestrator.leaderboard import REPORT_COLUMNS, leaderboard_columns
 
 CAPTIONS = {
     "learning_curves.png": "Val exact recall per epoch of every trial (short lines were stopped early), and the "
@@ -31,6 +31,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 tr.miss td { background: #fff1f0; }
+tr.champion td { background: #f0f7ff; font-weight: 600; }
 img { max-width: 100%; border: 1px solid #eee; }
 code { background: #f5f5f5; padding: 0 0.2em; }
 .note { color: #8a5a00; }
@@ -42,7 +43,7 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 {% for note in notes %}<p class="note">Note: {{ note }}</p>{% endfor %}
 <h2>Leaderboard</h2>
 <table><tr>{% for column in columns %}<th>{{ column }}</th>{% endfor %}</tr>
-{% for row in board %}<tr>{% for column in columns %}<td>{{ cell(row[column]) }}</td>{% endfor %}</tr>{% endfor %}
+{% for row in board %}<tr{% if row.champion %} class="champion"{% endif %}>{% for column in columns %}<td>{{ cell(row[column]) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 {% for figure in figures %}<h2>{{ figure.name }}</h2><p>{{ figure.caption }}</p>
 <img alt="{{ figure.name }}" src="data:image/png;base64,{{ figure.data }}">
@@ -86,7 +87,7 @@ def render(title: str, board: list[dict], paths: list[Path], answers, notes: lis
                for path in paths if path.suffix == ".png"]
     template = jinja2.Environment(autoescape=True).from_string(TEMPLATE)
     return template.render(
-        title=title, board=board, columns=LEADERBOARD_COLUMNS, cell=_cell, figures=figures, answers=answers,
+        title=title, board=board, columns=leaderboard_columns(board, REPORT_COLUMNS), cell=_cell, figures=figures, answers=answers,
         facts=facts, notes=notes, run_id=parent.info.run_id, tracking_uri=tracking.tracking_uri(),
         study_name=parent.data.tags.get(study.STUDY_TAG), storage=parent.data.tags.get(study.STORAGE_TAG),
         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

@@ -52,7 +52,8 @@ NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page
 # What the experiment holds, for the MLflow 3 UI: training runs compared as a table, not GenAI traces.
 EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_development"
 # Files of a trial directory that become artifacts (the optimiser state does not).
-TRIAL_ARTIFACTS = ("adapter", "predictions_val.jsonl", "metrics.json", "trial_config.json")
+PREDICTIONS, PREDICTIONS_TABLE = "predictions_val.jsonl", "predictions_val.json"
+TRIAL_ARTIFACTS = ("adapter", PREDICTIONS, "metrics.json", "trial_config.json")
 
 
 def tracking_uri() -> str:
@@ -113,7 +114,10 @@ def trial_runs(mlflow_client: MlflowClient, parent_run) -> list:
     return mlflow_client.search_runs([parent_run.info.experiment_id], query, max_results=10_000)
 
 
-def log_trial_artifacts(mlflow_client: MlflowClient, run_id: str, trial_dir: Path) -> None:
+def log_trial_artifacts(mlflow_client: MlflowClient, run_id: str, trial_dir: Path, finished: bool = True) -> None:
+    """A trial's files onto its run; once it `finished`, its val answers as the table PREDICTIONS_TABLE too
+    (the run page shows a table as one, a .jsonl as raw lines). Not before: log_table appends, and a failed
+    trial resumed would hold its answers twice."""
     for name in TRIAL_ARTIFACTS:
         path = Path(trial_dir) / name
         if path.is_dir():
@@ -121,6 +125,16 @@ def log_trial_artifacts(mlflow_client: MlflowClient, run_id: str, trial_dir: Pat
         elif path.exists():
             mlflow_client.log_artifact(run_id, str(path))
     log_ledger(mlflow_client, run_id, trial_dir)
+    predictions = Path(trial_dir) / PREDICTIONS
+    if finished and predictions.exists():
+        rows = _jsonl(predictions)
+        if rows:
+            mlflow_client.log_table(run_id, data=as_table(rows), artifact_file=PREDICTIONS_TABLE)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def log_ledger(mlflow_client: MlflowClient, run_id: str, trial_dir: Path) -> None:
@@ -130,7 +144,6 @@ def log_ledger(mlflow_client: MlflowClient, run_id: str, trial_dir: Path) -> Non
     path = Path(trial_dir) / LEDGER
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
+    rows = _jsonl(path)
     if rows:
         mlflow_client.log_table(run_id, data=as_table(rows), artifact_file=LEDGER_TABLE)

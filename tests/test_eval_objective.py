@@ -95,7 +95,7 @@ def test_promotion_and_the_leaderboard_rank_by_the_sweeps_objective(logged_sweep
     # Each row's lift is on the objective's metric: its val ROUGE-L recall minus the base model's.
     assert [row["lift"] for row in board] == [pytest.approx(row["val_rouge_l_recall"] - 0.25) for row in board]
     text = format_leaderboard(board)
-    assert "| val_exact_recall | val_rouge_l_recall | lift | general_retention |" in text
+    assert "| val_exact_recall | val_rouge_l_recall | lift | test_exact_recall | general_retention |" in text
     assert "| paraphrase | FINISHED | - | - | - | 0 | 1 | +0.75 |" in text
 
 
@@ -104,7 +104,7 @@ def test_a_sweep_without_the_param_ranks_by_exact_recall_as_before(logged_sweep)
     assert [tracking_trial(run) for run in _ranked_runs(client, parent)] == ["exact", "paraphrase"]
     board = leaderboard(client, parent.info.run_id)
     assert [row["trial"] for row in board] == ["exact", "paraphrase"]
-    assert "| val_exact_recall | lift | general_retention |" in format_leaderboard(board)  # no extra column
+    assert "| val_exact_recall | lift | test_exact_recall | general_retention |" in format_leaderboard(board)  # no extra column
     assert [row["lift"] for row in board] == [None, None]  # nor a base pre-pass to lift from
 
 

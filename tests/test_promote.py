@@ -217,11 +217,10 @@ def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
     import mlflow
 
     from orchestrator import tracking
-    from orchestrator.promote import PROMOTION_ROLE
 
     strong, weak = trained
     log_sweep("old", [(weak, weak.metrics["val_exact_recall"])])
-    log_sweep("new", [(strong, strong.metrics["val_exact_recall"])])
+    [new_run] = log_sweep("new", [(strong, strong.metrics["val_exact_recall"])])
     assert promote("old", force=True).promoted and champion_version() == "1"  # forced: weak is below the floor
 
     def registry_down(*args, **kwargs):  # called after the model has been logged
@@ -234,13 +233,21 @@ def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
     assert versions() == ["1"] and champion_version() == "1"
     client = tracking.client()
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    failed = client.search_runs([experiment], f"tags.`recall.role` = '{PROMOTION_ROLE}' and tags.`recall.sweep` = 'new'")
-    assert [run.info.status for run in failed] == ["FAILED"]
-    assert client.search_logged_models([experiment]), "the model was logged before registration failed"
+    logged = client.search_logged_models([experiment])
+    assert len(logged) == 2, "the model was logged before registration failed"
+    # On the trial's own run, which stays as it was: no promotion run poses as a trial.
+    trial_run = client.get_run(logged[0].source_run_id)
+    assert trial_run.data.tags[tracking.ROLE] == "trial" and trial_run.info.status == "FINISHED"
+    assert {run.data.tags.get(tracking.ROLE) for run in client.search_runs([experiment])} == {"sweep", "trial"}
 
     monkeypatch.setattr(mlflow, "register_model", register_model)  # back up: the promotion goes through
+    ended = client.get_run(new_run).info.end_time
     assert promote("new").promoted
     assert versions() == ["1", "2"] and champion_version() == "2"
+    # The registry's source is the trial that won (the MLflow UI lists the version on its row), and its run
+    # keeps its status and end time.
+    assert tracking.client().get_model_version(MODEL, "2").run_id == new_run
+    assert client.get_run(new_run).info.end_time == ended and client.get_run(new_run).info.status == "FINISHED"
 
 
 def test_a_candidate_whose_adapter_holds_nan_is_skipped(store, trained, tmp_path):

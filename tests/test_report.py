@@ -99,6 +99,8 @@ def test_the_report_draws_optunas_plots_and_the_champions_answers_into_one_page(
     version = client.create_model_version(MODEL, f"runs:/{run_ids[1]}/model", run_ids[1],
                                           tags={"sweep": "three", "source_run_id": run_ids[1]})
     client.set_registered_model_alias(MODEL, "champion", version.version)
+    for run_id, test in zip(run_ids, (0.25, 0.5), strict=False):  # promotion's --top-k 2 scored t0 and t1
+        client.log_metric(run_id, "test_exact_recall", test)
 
     out = _report("three", tmp_path / "report", capsys)
     files = {"learning_curves.png", "learning_rate.png", "recall_by_trial_epochs.png", "optimization_history.png",
@@ -112,6 +114,35 @@ def test_the_report_draws_optunas_plots_and_the_champions_answers_into_one_page(
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 7 and not re.search(r'(src|href)="(?!data:)', page)
     assert '<tr class="miss">' in page and "Where does Di work?" in page and "make dashboard OPTUNA_STORAGE=sqlite:///" in page
+    # The leaderboard: promotion's test recall beside val, and the champion marked on its trial's row.
+    header, _, t0, t1, t2 = out.splitlines()[1:6]
+    assert header.startswith("| trial | champion | status |") and "| test_exact_recall |" in header
+    assert t0.startswith("| t0 | - |") and "| 0.25 |" in t0
+    assert t1.startswith("| t1 | version 1 of 'recall-champion' |") and "| 0.5 |" in t1
+    assert t2.startswith("| t2 | - |")
+    assert re.search(r'<tr class="champion"><td>t1</td><td>version 1 of &#39;recall-champion&#39;</td>', page)
+
+
+def test_optunas_plots_name_the_trials_and_the_knobs_whole(folder):
+    """The history's x-axis in trial ids (not Optuna's numbers); parallel coordinates without cut names."""
+    from optuna.visualization import matplotlib as plots
+
+    from orchestrator.report import _label_by_trial_id, _legible
+
+    client, parent_id, _ = _sweep(folder, "named", 3)
+    tags = client.get_run(parent_id).data.tags
+    sweep_study = optuna.load_study(study_name=tags[study.STUDY_TAG], storage=tags[study.STORAGE_TAG])
+    history = plots.plot_optimization_history(sweep_study, target_name="objective")
+    _label_by_trial_id(history, sweep_study)
+    assert [label.get_text() for label in history.get_xticklabels()] == ["t0", "t1", "t2"]
+    sweep_study.add_trial(optuna.trial.create_trial(
+        params={"method": "prefix", "prefix_num_virtual_tokens": 16}, value=0.1,
+        distributions={"method": CategoricalDistribution(["lora", "prefix"]),
+                       "prefix_num_virtual_tokens": CategoricalDistribution([8, 16])}))
+    coordinates = plots.plot_parallel_coordinate(sweep_study, target_name="objective")
+    assert "prefix_num_virtua..." in [label.get_text() for label in coordinates.get_xticklabels()]  # Optuna's cut
+    _legible(coordinates, sweep_study)
+    assert "prefix\nnum_virtual_tokens" in [label.get_text() for label in coordinates.get_xticklabels()]
 
 
 def test_the_report_reads_the_per_fact_ledgers_back(folder, tmp_path, capsys):
@@ -150,7 +181,7 @@ def test_the_report_draws_recall_against_general_retention_when_trials_measured_
     out = _report("general", tmp_path / "report", capsys)
     assert "general_vs_recall.png" in _logged(client, parent_id)
     assert "general_vs_recall.png is left out" not in out
-    assert "| val_exact_recall | lift | general_retention |" in out  # the leaderboard's column
+    assert "| val_exact_recall | lift | test_exact_recall | general_retention |" in out  # the leaderboard's column
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 7
 

@@ -54,7 +54,7 @@ def test_the_sweep_run_says_what_it_searched_and_once_closed_its_best_trial(tmp_
     for _ in range(2):  # closed again by a resumed sweep: one result paragraph, the plan kept
         close_sweep_run(client, parent)
         assert client.get_run(parent).data.tags[tracking.NOTE] == (
-            f"Best of 1 trial: lora r=32 lr=0.003 (trial t1), val_exact_recall 0.250; all in leaderboard.md."
+            f"Best of 1 trial: val_exact_recall 0.250, trial t1 (lora r=32 lr=0.003); all in leaderboard.md."
             f"{RESULT_END}{plan}")
 
 

@@ -6,7 +6,7 @@ What a new user must find there: the sweep's run with its trials nested under it
 val_exact_recall among the columns shown by default, a trial's adapter and val predictions among its
 artifacts, and the registered model's `champion` alias. The screenshots it takes of the runs table and
 of the chart comparing the trials are the README's (docs/runs-table.png, docs/compare-chart.png):
-`pytest tests/test_ui_browser.py --basetemp=DIR` leaves them in DIR/screenshots0/.
+`make screenshots` copies them there (from `pytest tests/test_ui_browser.py --basetemp=DIR`: DIR/screenshots0/).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from playwright.sync_api import expect, sync_playwright
 from service_support import free_port, wait_for_http, without_mlflow_uris
 from sweep_support import LEARNS, fast_config, module_store, runs_of
 
-from orchestrator.mlflow_ui import COLUMNS, RUN_NAME
+from orchestrator.leaderboard import leaderboard
+from orchestrator.mlflow_ui import COLUMNS, DESCRIPTION, RUN_NAME
 from orchestrator.server import stop_process_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.service]
 
 SWEEP, MODEL = "night", "recall-champion"
-VAL_RECALL, DESCRIPTION = "metrics.`val_exact_recall`", "attributes.`Description`"
-GENERAL = "metrics.`general_retention`"
+VAL_RECALL = "metrics.`val_exact_recall`"
+GENERAL, MODELS = "metrics.`general_retention`", "attributes.`Models`"
 CHROMIUM = shutil.which("chromium")
 
 
@@ -45,7 +46,10 @@ def promoted(tmp_path_factory, tokenizer_path):
     tmp_path = tmp_path_factory.mktemp("ui-store")
     probe = self_known_probe(tmp_path / "probe", tokenizer_path)
     with module_store(tmp_path) as uri:
-        run_sweep(fast_config(tmp_path, *LEARNS, "sweep.num_samples=4", f"eval.general={probe}"), SWEEP)
+        # No general floor: the tiny trials forget all of that probe, and the floor would tie every objective at
+        # -1, so the champion (promotion's top trial by the objective) would be any trial, not the one that won.
+        run_sweep(fast_config(tmp_path, *LEARNS, "sweep.num_samples=4", f"eval.general={probe}",
+                              "sweep.general_floor=0"), SWEEP)
         # The UI needs an alias to show, not the promotion gate's verdict (tests/test_promote.py's).
         promote(SWEEP, top_k=1, force=True, log=lambda line: None)
     return uri
@@ -132,14 +136,26 @@ def test_the_printed_link_lands_on_the_trials_nested_under_their_sweep(promoted,
         for column, metric, within in ((VAL_RECALL, "val_exact_recall", 1e-6), (GENERAL, "general_retention", 5e-3)):
             shown = _cell(page, run.info.run_id, column).inner_text()
             assert float(shown) == pytest.approx(run.data.metrics[metric], abs=within), (run.info.run_name, shown)
-    # The sweep's row says what it found without a click.
-    expect(_cell(page, parent.info.run_id, DESCRIPTION)).to_contain_text(f"Best of {len(trials)} trials")
+    # The sweep's row says what it found without a click: the best trial's val recall.
+    best = leaderboard(client, parent.info.run_id)[0]["val_exact_recall"]  # first by the sweep's objective
+    expect(_cell(page, parent.info.run_id, DESCRIPTION)).to_contain_text(
+        re.compile(rf"^Best of {len(trials)} trials: val_exact_recall {best:.3f}, trial "))
+    # The champion's registered model is listed on the trial that won, not on a run of its own.
+    champion = client.get_model_version_by_alias(MODEL, "champion").run_id
+    assert champion == leaderboard(client, parent.info.run_id)[0]["run_id"]
+    expect(_cell(page, champion, MODELS)).to_contain_text(MODEL)
+    for run in trials:
+        if run.info.run_id != champion:
+            expect(_cell(page, run.info.run_id, MODELS)).not_to_contain_text(MODEL)
     page.screenshot(path=screenshots / "runs-table.png")
 
     page.locator("label:has(input[value='CHART'])").click()  # the charts of the same, unfolded rows
     cards = page.get_by_test_id("experiment-view-compare-runs-card")
     expect(cards.first).to_contain_text("val_exact_recall")  # the view's charts come first
     expect(cards.nth(1)).to_contain_text("Parallel Coordinates")
+    # The LoRA knobs against recall: rank and alpha among the axes.
+    for axis in ("method.r", "method.alpha", "method.dropout", "method.learning_rate", "val_exact_recall"):
+        expect(cards.nth(2)).to_contain_text(axis)
     epochs = sum(len(client.get_metric_history(run.info.run_id, "val_exact_recall")) for run in trials)
     expect(cards.first.locator("g.trace .point").nth(epochs - 1)).to_be_attached()  # a point per trial and epoch
     page.wait_for_timeout(1000)  # the charts animate in
@@ -154,6 +170,10 @@ def test_a_trial_keeps_its_adapter_and_predictions_as_artifacts(promoted, link, 
     _cell(page, best.info.run_id, RUN_NAME).get_by_role("link", name=best.info.run_name).click()
     page.get_by_role("tab", name="Artifacts").click()
     expect(page.get_by_text("predictions_val.jsonl", exact=True)).to_be_visible(timeout=30_000)
+    # Its val answers as a table, one column per field, not raw JSON lines.
+    page.get_by_text("predictions_val.json", exact=True).click()
+    expect(page.get_by_role("columnheader", name="question")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("columnheader", name="expected")).to_be_visible()
     page.get_by_text("adapter", exact=True).click()
     expect(page.get_by_text("adapter_model.safetensors", exact=True)).to_be_visible()
 
