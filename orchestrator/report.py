@@ -356,9 +356,7 @@ def _answers(client, board: list[dict], champion: str | None) -> Answers | None:
              else f"top trial {row['trial']} (not the champion)")
     names = {artifact.path for artifact in client.list_artifacts(run_id)}
     split, name = ("test", TEST_PREDICTIONS) if TEST_PREDICTIONS in names else ("val", "predictions_val.jsonl")
-    with open(client.download_artifacts(run_id, name), encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    return Answers(whose, split, records)
+    return Answers(whose, split, fact_ledger.read_jsonl(Path(client.download_artifacts(run_id, name))))
 
 
 def _full_epochs(runs) -> int:

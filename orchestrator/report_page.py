@@ -87,7 +87,7 @@ def render(title: str, board: list[dict], paths: list[Path], answers, notes: lis
                for path in paths if path.suffix == ".png"]
     template = jinja2.Environment(autoescape=True).from_string(TEMPLATE)
     return template.render(
-        title=title, board=board, columns=leaderboard_columns(board, REPORT_COLUMNS), cell=_cell, figures=figures, answers=answers,
-        facts=facts, notes=notes, run_id=parent.info.run_id, tracking_uri=tracking.tracking_uri(),
+        title=title, board=board, columns=leaderboard_columns(board, REPORT_COLUMNS), cell=_cell, figures=figures,
+        answers=answers, facts=facts, notes=notes, run_id=parent.info.run_id, tracking_uri=tracking.tracking_uri(),
         study_name=parent.data.tags.get(study.STUDY_TAG), storage=parent.data.tags.get(study.STORAGE_TAG),
         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

@@ -25,14 +25,14 @@ they report to Ray Tune, and the Tune driver, a single process, writes every run
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import SweepError
-from trials.ledger import LEDGER, LEDGER_TABLE, as_table
+from trials.ledger import COLUMNS as LEDGER_COLUMNS
+from trials.ledger import LEDGER, LEDGER_TABLE, as_table, read_jsonl
 
 DEFAULT_STORE = "mlflow.db"
 ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
@@ -125,25 +125,24 @@ def log_trial_artifacts(mlflow_client: MlflowClient, run_id: str, trial_dir: Pat
         elif path.exists():
             mlflow_client.log_artifact(run_id, str(path))
     log_ledger(mlflow_client, run_id, trial_dir)
-    predictions = Path(trial_dir) / PREDICTIONS
-    if finished and predictions.exists():
-        rows = _jsonl(predictions)
-        if rows:
-            mlflow_client.log_table(run_id, data=as_table(rows), artifact_file=PREDICTIONS_TABLE)
+    if finished:
+        _log_jsonl_table(mlflow_client, run_id, Path(trial_dir) / PREDICTIONS, PREDICTIONS_TABLE)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _log_jsonl_table(mlflow_client: MlflowClient, run_id: str, path: Path, artifact_file: str,
+                     columns: tuple[str, ...] | None = None) -> None:
+    """A JSON-lines file, if there and not empty, as an MLflow table: `columns`, else every field its records
+    hold, in the order they first appear."""
+    if not path.exists():
+        return
+    rows = read_jsonl(path)
+    if rows:
+        columns = columns or tuple(dict.fromkeys(key for row in rows for key in row))
+        mlflow_client.log_table(run_id, data=as_table(rows, columns), artifact_file=artifact_file)
 
 
 def log_ledger(mlflow_client: MlflowClient, run_id: str, trial_dir: Path) -> None:
     """The trial's ledger.jsonl, if it has one, as the table ledger.json. log_table appends to a table the
     run already holds (a trial that failed, then was resumed and finished): the report keeps an epoch's
     last rows."""
-    path = Path(trial_dir) / LEDGER
-    if not path.exists():
-        return
-    rows = _jsonl(path)
-    if rows:
-        mlflow_client.log_table(run_id, data=as_table(rows), artifact_file=LEDGER_TABLE)
+    _log_jsonl_table(mlflow_client, run_id, Path(trial_dir) / LEDGER, LEDGER_TABLE, LEDGER_COLUMNS)

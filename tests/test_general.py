@@ -131,11 +131,12 @@ def test_drift_is_zero_for_a_fresh_adapter_and_grows_as_it_trains(tokenizer_path
     assert drift(model, check.drift_examples, tokenizer.pad_token_id, torch.device("cpu"), False, 32) > 0.01
 
 
-def test_kl_only_replay_rows_cost_nothing_while_the_adapter_is_the_base(tokenizer_path):
+def _replay_batch(tokenizer_path) -> tuple:
+    """(LoRA model, inputs, labels) of a batch of the first 4 replay rows (the probe's protect part, the tiny
+    base's own replies); the adapter starts as the base (B = 0)."""
     from trials.formatting import collate
     from trials.methods import LoraMethod
     from trials.model import attach_method
-    from trials.train import batch_loss, distilled_loss
 
     model, tokenizer = _tiny(tokenizer_path)
     probe = load_probe(DEFAULT_PROBE)
@@ -144,7 +145,13 @@ def test_kl_only_replay_rows_cost_nothing_while_the_adapter_is_the_base(tokenize
     assert rows and all(row.distill for row in rows)
     model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
     inputs = collate(rows[:4], tokenizer.pad_token_id)
-    labels = inputs.pop("labels")
+    return model, inputs, inputs.pop("labels")
+
+
+def test_kl_only_replay_rows_cost_nothing_while_the_adapter_is_the_base(tokenizer_path):
+    from trials.train import batch_loss, distilled_loss
+
+    model, inputs, labels = _replay_batch(tokenizer_path)
     distill = torch.tensor([True] * 4)
     kl_only, tokens = distilled_loss(model, inputs, labels, distill, kl_weight=1.0)
     assert tokens > 0 and float(kl_only) == pytest.approx(0.0, abs=1e-3)
@@ -153,23 +160,14 @@ def test_kl_only_replay_rows_cost_nothing_while_the_adapter_is_the_base(tokenize
 
 
 def test_a_kl_weight_above_one_scales_the_kl_alone(tokenizer_path):
-    from trials.formatting import collate
-    from trials.methods import LoraMethod
-    from trials.model import attach_method
     from trials.train import distilled_loss
 
-    model, tokenizer = _tiny(tokenizer_path)
-    probe = load_probe(DEFAULT_PROBE)
-    rows = protect_examples(tokenizer, probe, base_answers(model, tokenizer, probe, tokenizer_path,
-                                                           torch.device("cpu"), False, 64))[:4]
-    model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
+    model, inputs, labels = _replay_batch(tokenizer_path)
     with torch.no_grad():  # move the adapter off the base, so the KL is not zero
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.05)
-    inputs = collate(rows, tokenizer.pad_token_id)
-    labels = inputs.pop("labels")
-    distill = torch.tensor([True] * len(rows))
+    distill = torch.tensor([True] * len(labels))
     kl_only = float(distilled_loss(model, inputs, labels, distill, kl_weight=1.0)[0])
     assert kl_only > 0.01
     # No cross-entropy term comes back above 1: four times the KL, nothing else.
@@ -177,24 +175,15 @@ def test_a_kl_weight_above_one_scales_the_kl_alone(tokenizer_path):
                                                                                                   rel=1e-4)
 
 
-
 def test_the_first_token_weight_counts_each_replay_reply_s_first_token_that_many_times(tokenizer_path):
-    from trials.formatting import collate
-    from trials.methods import LoraMethod
-    from trials.model import attach_method
+    from trials.formatting import IGNORE_INDEX
     from trials.train import distilled_loss, labelled_logits
 
-    model, tokenizer = _tiny(tokenizer_path)
-    probe = load_probe(DEFAULT_PROBE)
-    rows = protect_examples(tokenizer, probe, base_answers(model, tokenizer, probe, tokenizer_path,
-                                                           torch.device("cpu"), False, 64))[:4]
-    model = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)
-    inputs = collate(rows, tokenizer.pad_token_id)
-    labels = inputs.pop("labels")
+    model, inputs, labels = _replay_batch(tokenizer_path)
     logits, targets = labelled_logits(model, inputs, labels)
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
-                                           ignore_index=-100)
-    first_of_each = [float(ce[row][targets[row] != -100][0]) for row in range(len(rows))]
+                                           ignore_index=IGNORE_INDEX)
+    first_of_each = [float(ce[row][targets[row] != IGNORE_INDEX][0]) for row in range(len(labels))]
     distill = torch.tensor([True, True, False, False])  # the first-token weight is for replay rows only
     plain, tokens = distilled_loss(model, inputs, labels, distill, kl_weight=0.0)
     weighted, same_tokens = distilled_loss(model, inputs, labels, distill, kl_weight=0.0, first_token_weight=5.0)

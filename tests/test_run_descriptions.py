@@ -120,3 +120,25 @@ def test_the_leaderboard_shows_the_cause_and_the_run_keeps_rays_whole_text(tmp_p
     [row] = leaderboard(client, parent)
     assert row["error"].startswith("worker process died (pid 4242)")  # not the text's tail, cut mid-word
     assert client.get_run(trial.info.run_id).data.tags["recall.error"] == WORKER_DIED
+
+
+def test_a_finished_trials_val_answers_become_a_table_of_their_own_fields(tmp_path):
+    import json
+
+    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracking.experiment_id(client, "recall-orchestrator")
+    records = [{"question": "Which team is Ann on?", "expected": "Meridian", "got": "Meridian", "correct": True},
+               {"question": "Where does Bo work?", "expected": "Dome 3", "got": "Dome 1", "correct": False}]
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    (trial_dir / tracking.PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    failed = client.create_run(experiment).info.run_id
+    tracking.log_trial_artifacts(client, failed, trial_dir, finished=False)  # a resumed trial would log it twice
+    assert tracking.PREDICTIONS_TABLE not in {a.path for a in client.list_artifacts(failed)}
+    finished = client.create_run(experiment).info.run_id
+    tracking.log_trial_artifacts(client, finished, trial_dir)
+    with open(client.download_artifacts(finished, tracking.PREDICTIONS_TABLE)) as handle:
+        table = json.load(handle)
+    assert table["columns"] == ["question", "expected", "got", "correct"]
+    assert [dict(zip(table["columns"], row)) for row in table["data"]] == records
+    assert '"type": "table"' in client.get_run(finished).data.tags["mlflow.loggedArtifacts"]

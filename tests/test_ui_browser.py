@@ -174,6 +174,7 @@ def test_a_trial_keeps_its_adapter_and_predictions_as_artifacts(promoted, link, 
     page.get_by_text("predictions_val.json", exact=True).click()
     expect(page.get_by_role("columnheader", name="question")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("columnheader", name="expected")).to_be_visible()
+    expect(page.get_by_role("columnheader", name="correct")).to_be_visible()  # the records' own fields
     page.get_by_text("adapter", exact=True).click()
     expect(page.get_by_text("adapter_model.safetensors", exact=True)).to_be_visible()
 

@@ -15,8 +15,10 @@ Importable without torch (the report reads ledgers back with these functions).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 LEDGER = "ledger.jsonl"  # in the trial's output dir and its checkpoints
 LEDGER_TABLE = "ledger.json"  # on the trial's MLflow run (log_table)
@@ -48,9 +50,15 @@ def ledger_rows(records: Sequence[dict], epoch: int, objective: str, trial: str 
     return rows
 
 
-def as_table(rows: Sequence[dict]) -> dict[str, list]:
-    """Rows as columns, what MlflowClient.log_table takes."""
-    return {column: [row.get(column) for row in rows] for column in COLUMNS}
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file a trial writes (ledger.jsonl, predictions_val.jsonl)."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def as_table(rows: Sequence[dict], columns: Sequence[str] = COLUMNS) -> dict[str, list]:
+    """Rows as columns, what MlflowClient.log_table takes: the ledger's COLUMNS, or those given."""
+    return {column: [row.get(column) for row in rows] for column in columns}
 
 
 def from_table(table: dict) -> list[dict]:

@@ -20,7 +20,7 @@ from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.general import GeneralCheck, Probe, base_answers, load_probe, protect_examples
-from trials.ledger import LEDGER, ledger_rows
+from trials.ledger import LEDGER, ledger_rows, read_jsonl
 from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
 from trials.recall import metrics_of
 from trials.shrink import Verdict, choose_shrink
@@ -59,11 +59,6 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | None = None,
@@ -122,10 +117,10 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
     ledger: list[dict] = []
     if resume_from is not None:
         progress = _restore(Path(resume_from), model, trainer)
-        val_records = _read_jsonl(Path(resume_from) / "predictions_val.jsonl")
+        val_records = read_jsonl(Path(resume_from) / "predictions_val.jsonl")
         # The epochs before the checkpoint (a checkpoint from before the ledger existed has none).
         earlier = Path(resume_from) / LEDGER
-        ledger = [row for row in _read_jsonl(earlier) if row["epoch"] <= progress["epoch"]] if earlier.exists() else []
+        ledger = [row for row in read_jsonl(earlier) if row["epoch"] <= progress["epoch"]] if earlier.exists() else []
         log(f"resumed from {resume_from} after epoch {progress['epoch']}")
     train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
     # Old facts held out from training: how much of what the model knew it still knows.
