@@ -11,8 +11,14 @@ trials, each met here:
 - The runs table's default columns are Source, Models and Dataset: no recall, no knob. A view the UI
   can share (an experiment tag `mlflow.sharedViewState.KEY`, opened by the link's `viewStateShareKey`)
   sets the columns people compare, and puts the charts of val recall first.
-- Trials are nested under their sweep's run, collapsed: a shared view cannot expand them (MLflow leaves
-  expanded rows out of it), nor can a link. One click on the sweep's `+` does, and the browser keeps it.
+- Trials are nested under their sweep's run, collapsed (a shared view cannot expand a run: MLflow leaves
+  expanded, pinned and hidden rows out of it), newest first (nesting holds only when sorted by start
+  time), and the sweep's run is a series in every chart. The view instead shows the trials alone, grouped
+  by their `recall.sweep` tag (a group starts open, and grouping is part of a shared view), sorted by the
+  objective, which keeps the groups: the best trial is the first row under its sweep's.
+- MLflow colours a run by hashing its id into a palette, so trials can share a colour; a run's
+  `mlflow.runColor` tag, which the UI's colour picker writes, overrides that (orchestrator.mlflow_writer
+  sets one per trial).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import sys
 import time
 import urllib.request
 import webbrowser
+
+from orchestrator import tracking
 
 VIEW_KEY, VIEW_NAME = "recall-trials", "Trials by recall"
 SHARED_VIEW = "mlflow.sharedViewState."  # + the key: the UI's name for a shared view's experiment tag
@@ -70,18 +78,41 @@ CHARTS = [
 ]
 
 
+# The trials only (the sweep's own run would be a series in every chart), grouped by their sweep: the
+# group's row shows each column's best over its trials (aggregate "max"), and sorting keeps the groups,
+# where nesting under the sweep's run holds only when sorted by start time. Grouping, unlike unfolding a
+# run, is part of a shared view, and a group starts open.
+TRIALS_ONLY = f"tags.`{tracking.ROLE}` = 'trial'"
+BY_SWEEP = {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": tracking.SWEEP}]}
+OBJECTIVE = _column("metrics", "objective")
+
+
 def view_state() -> dict:
-    """The shared view: the UI's search settings (newest first, which keeps trials nested under their
-    sweep) and its table and chart settings: COLUMNS, run name and description columns wide enough for a
-    trial's name and the sweep's best recall,
-    CHARTS first, every unfolded trial in the charts (MLflow's default charts the first 10 rows)."""
-    return {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+    """The shared view: the UI's search settings (trials, best by the objective first, grouped by sweep)
+    and its table and chart settings: COLUMNS, run name and description columns wide enough for a trial's
+    name and how it ended, CHARTS first, every trial in the charts as its own series (MLflow's default
+    charts the first 10 rows, or a group as one aggregated series)."""
+    return {"searchFilter": TRIALS_ONLY, "orderByKey": OBJECTIVE, "orderByAsc": False,
             "selectedColumns": COLUMNS, "columnOrder": [RUN_NAME, *COLUMNS],
             "columnWidths": {RUN_NAME: 300, DESCRIPTION: 340},
-            "runsHiddenMode": "SHOW_ALL",
+            "runsHiddenMode": "SHOW_ALL", "groupBy": BY_SWEEP, "useGroupedValuesInCharts": False,
             "compareRunSections": [{"uuid": SECTION, "name": "Model metrics", "display": True, "isReordered": True}],
             "compareRunCharts": [{**chart, "metricSectionId": SECTION, "isGenerated": False, "deleted": False,
                                   "runsCountToCompare": 100} for chart in CHARTS]}
+
+
+RUN_COLOUR = "mlflow.runColor"  # the run's colour in the UI's table and charts, which its colour picker sets
+
+
+def trial_colour(index: int) -> str:
+    """The `index`-th trial's colour in its sweep: matplotlib's tab20, its ten strong colours first, then
+    their light twins, so neighbouring trials never share one. MLflow's own pick hashes the run id into
+    its palette, and two of four trials can land on one colour."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    palette = colormaps["tab20"].colors
+    return to_hex(palette[(2 * index) % 20 + (index // 10) % 2])
 
 
 def publish_view(client, experiment_id: str) -> None:

@@ -23,6 +23,7 @@ from rich.markup import escape
 from orchestrator import tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import OBJECTIVE_PARAM, failure_cause, format_leaderboard, leaderboard
+from orchestrator.mlflow_ui import RUN_COLOUR, trial_colour
 from orchestrator.progress import sweep_console as console  # under the live progress line
 from orchestrator.scheduling import rungs
 from orchestrator.search_space import SearchSpace, trial_config_for
@@ -164,10 +165,12 @@ class MlflowTrials(Callback):
                  f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial_id)}")
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
         if not existing:
+            # The next colour in the sweep's palette: the trials it already has are numbered from 0.
+            colour = trial_colour(len(tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id))))
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(config, trial_id),
                 tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial", tracking.SWEEP: self.sweep,
-                      tracking.TRIAL_ID: trial_id, tracking.NOTE: trial_note(config, self.sweep),
+                      tracking.TRIAL_ID: trial_id, tracking.NOTE: trial_note(config, self.sweep), RUN_COLOUR: colour,
                       **({tracking.ORIGIN: origin} if origin else {})})
             self._runs[trial_id] = run.info.run_id
         elif existing[0].info.status == "FINISHED":

@@ -2,7 +2,7 @@
 Chromium (Debian's package, which the Makefile installs; Playwright's own browser download is not
 used) driven by Playwright, from the link the command prints.
 
-What a new user must find there: the sweep's run with its trials nested under it, each trial's
+What a new user must find there: the sweep's trials grouped under its name, best first, each trial's
 val_exact_recall among the columns shown by default, a trial's adapter and val predictions among its
 artifacts, and the registered model's `champion` alias. The screenshots it takes of the runs table and
 of the chart comparing the trials are the README's (docs/runs-table.png, docs/compare-chart.png):
@@ -24,7 +24,8 @@ from service_support import free_port, wait_for_http, without_mlflow_uris
 from sweep_support import LEARNS, fast_config, module_store, runs_of
 
 from orchestrator.leaderboard import leaderboard
-from orchestrator.mlflow_ui import COLUMNS, DESCRIPTION, RUN_NAME
+from orchestrator import tracking
+from orchestrator.mlflow_ui import COLUMNS, RUN_COLOUR, RUN_NAME
 from orchestrator.server import stop_process_group
 
 pytestmark = [pytest.mark.e2e, pytest.mark.service]
@@ -108,50 +109,57 @@ def page(browser):
     context.close()
 
 
-def _cell(page, run_id: str, column: str):
-    """A cell of the runs table (AG Grid keys rows by run id, columns as MLflow's COLUMNS spell them)."""
-    return page.locator(f".ag-row[row-id='{run_id}'] [col-id='{column}']")
+def _cell(page, row_id: str, column: str):
+    """A cell of the runs table. AG Grid keys a row by MLflow's row id, which for a run in a group ends with
+    its run id; columns as MLflow's COLUMNS spell them."""
+    return page.locator(f".ag-row[row-id$='{row_id}'] [col-id='{column}']")
 
 
-def _unfold(page, parent_id: str) -> None:
-    _cell(page, parent_id, RUN_NAME).locator("button").first.click()
+def _row_ids(page) -> list[str]:
+    """The table's row ids, top to bottom (the grid renders its rows in any order, each with its index)."""
+    rows = page.locator(".ag-center-cols-container .ag-row")
+    return [row_id for _, row_id in sorted((int(row.get_attribute("row-index")), row.get_attribute("row-id"))
+                                           for row in rows.all())]
 
 
-def test_the_printed_link_lands_on_the_trials_nested_under_their_sweep(promoted, link, page, screenshots):
+def test_the_printed_link_lands_on_the_trials_grouped_by_their_sweep_best_first(promoted, link, page, screenshots):
     client, parent, trials = runs_of(promoted, SWEEP)
+    board = leaderboard(client, parent.info.run_id)  # first by the sweep's objective
     page.goto(link)
-    parent_row = _cell(page, parent.info.run_id, RUN_NAME)
-    expect(parent_row).to_contain_text(SWEEP, timeout=60_000)
+    group = f"tag.{tracking.SWEEP}.{SWEEP}"  # MLflow's id of the group of runs tagged recall.sweep=night
+    expect(_cell(page, group, RUN_NAME)).to_contain_text(f"Group: {SWEEP}", timeout=60_000)
     assert re.search(rf"#/experiments/{parent.info.experiment_id}/runs\?", page.url), page.url  # not GenAI's overview
     # The columns people compare are there before anyone picks columns.
     for column in COLUMNS:
         expect(page.locator(f".ag-header-cell[col-id='{column}']")).to_have_count(1)
-    # Nested: the trials are rows only once their sweep's row is unfolded.
-    for run in trials:
-        expect(_cell(page, run.info.run_id, RUN_NAME)).to_have_count(0)
-    _unfold(page, parent.info.run_id)
+    # The sweep's trials, and only they, open under its group, the best by the objective first.
     for run in trials:
         expect(_cell(page, run.info.run_id, RUN_NAME).get_by_role("link")).to_have_text(run.info.run_name)
         # (The UI may round a long fraction such as 7/19 to a few digits.)
         for column, metric, within in ((VAL_RECALL, "val_exact_recall", 1e-6), (GENERAL, "general_retention", 5e-3)):
             shown = _cell(page, run.info.run_id, column).inner_text()
             assert float(shown) == pytest.approx(run.data.metrics[metric], abs=within), (run.info.run_name, shown)
-    # The sweep's row says what it found without a click: the best trial's val recall.
-    best = leaderboard(client, parent.info.run_id)[0]["val_exact_recall"]  # first by the sweep's objective
-    expect(_cell(page, parent.info.run_id, DESCRIPTION)).to_contain_text(
-        re.compile(rf"^Best of {len(trials)} trials: val_exact_recall {best:.3f}, trial "))
+    assert _row_ids(page) == [group, *(f"{group}.{row['run_id']}" for row in board)]
+    # The sweep's row says what it found without a click: its best val recall.
+    shown = _cell(page, group, VAL_RECALL).inner_text()
+    assert float(shown.split()[0]) == pytest.approx(max(row["val_exact_recall"] for row in board)), shown
     # The champion's registered model is listed on the trial that won, not on a run of its own.
     champion = client.get_model_version_by_alias(MODEL, "champion").run_id
-    assert champion == leaderboard(client, parent.info.run_id)[0]["run_id"]
+    assert champion == board[0]["run_id"]
     expect(_cell(page, champion, MODELS)).to_contain_text(MODEL)
     for run in trials:
         if run.info.run_id != champion:
             expect(_cell(page, run.info.run_id, MODELS)).not_to_contain_text(MODEL)
+    # Each trial its own colour (the one its run's tag names) in the table and the charts.
+    assert len({run.data.tags[RUN_COLOUR] for run in trials}) == len(trials)
     page.screenshot(path=screenshots / "runs-table.png")
 
-    page.locator("label:has(input[value='CHART'])").click()  # the charts of the same, unfolded rows
+    page.locator("label:has(input[value='CHART'])").click()  # the charts of the same rows
     cards = page.get_by_test_id("experiment-view-compare-runs-card")
     expect(cards.first).to_contain_text("val_exact_recall")  # the view's charts come first
+    # Its legend names the trials and nothing else: no sweep run, no group.
+    legend = re.findall(r"^(.+) \(val_exact_recall\)$", cards.first.inner_text(), re.MULTILINE)
+    assert sorted(legend) == sorted(run.info.run_name for run in trials), legend
     expect(cards.nth(1)).to_contain_text("Parallel Coordinates")
     # The LoRA knobs against recall: rank and alpha among the axes.
     for axis in ("method.r", "method.alpha", "method.dropout", "method.learning_rate", "val_exact_recall"):
@@ -163,10 +171,9 @@ def test_the_printed_link_lands_on_the_trials_nested_under_their_sweep(promoted,
 
 
 def test_a_trial_keeps_its_adapter_and_predictions_as_artifacts(promoted, link, page):
-    _, parent, trials = runs_of(promoted, SWEEP)
+    _, _, trials = runs_of(promoted, SWEEP)
     best = max(trials, key=lambda run: run.data.metrics["val_exact_recall"])
     page.goto(link)
-    _unfold(page, parent.info.run_id)
     _cell(page, best.info.run_id, RUN_NAME).get_by_role("link", name=best.info.run_name).click()
     page.get_by_role("tab", name="Artifacts").click()
     expect(page.get_by_text("predictions_val.jsonl", exact=True)).to_be_visible(timeout=30_000)
