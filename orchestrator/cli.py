@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from orchestrator.errors import PromotionError, SweepError
@@ -113,20 +114,50 @@ def cmd_promote(args) -> int:
     return NOTHING_PROMOTED if outcome.refused else 0
 
 
-def cmd_ask(args) -> int:
+def _load_registered(model_uri: str):
+    """The registered model, loaded, with how long that took on stderr (stdout is for answers); None when
+    it cannot load, with why on stderr."""
     import mlflow
 
     from orchestrator.promote import use_store
 
     _quiet_loading()
     use_store()
+    started = time.perf_counter()
     try:
-        model = mlflow.pyfunc.load_model(args.model)
+        model = mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as error:
-        print(f"error: {_unloadable(args.model, error.message)}", file=sys.stderr)
+        print(f"error: {_unloadable(model_uri, error.message)}", file=sys.stderr)
+        return None
+    print(f"loaded {model_uri} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return model
+
+
+def cmd_ask(args) -> int:
+    model = _load_registered(args.model)
+    if model is None:
         return 2
     print(model.predict([args.question])[0])
     return 0
+
+
+def cmd_chat(args) -> int:
+    """One load, then a question per line from stdin (a terminal or a pipe) until it ends; blank lines ask
+    nothing. The prompt goes to stderr, and only at a terminal, so piped answers are one line each."""
+    model = _load_registered(args.model)
+    if model is None:
+        return 2
+    at_terminal = sys.stdin.isatty()
+    if at_terminal:
+        print("a question per line; Ctrl-D ends", file=sys.stderr)
+    while True:
+        if at_terminal:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if line.strip():
+            print(model.predict([line.strip()])[0], flush=True)
 
 
 def _question(text: str) -> str:
@@ -327,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI")
     ask.set_defaults(func=cmd_ask)
 
+    chat = command("chat", help="load a registered model once, then answer a question per line of input",
+                   epilog="from a file or a pipe, an answer per line: orchestrator chat < questions.txt")
+    chat.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI")
+    chat.set_defaults(func=cmd_chat)
+
     demo = command("demo", help="sweep, promote the best, ask the champion a question")
     _add_config_args(demo)
     demo.add_argument("--name", help="sweep name (default: demo-<timestamp>)")
@@ -372,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that read or write the tracking store: a server that is down fails them in seconds, naming
 # the URI, instead of after MLflow's minutes of retries (`sweep` and `demo` check it themselves,
 # after the data, which is cheaper to get wrong).
-NEEDS_TRACKING = ("promote", "ask", "report", "ui")
+NEEDS_TRACKING = ("promote", "ask", "chat", "report", "ui")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ each test can arrange which trials a sweep holds without running Ray.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import socket
@@ -511,6 +512,20 @@ def test_orchestrator_ask_prints_the_learned_answer(champion, orchestrator):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == learned["got"]
     assert normalize(result.stdout) == normalize(learned["expected"])
+    assert re.search(rf"^loaded models:/{MODEL}@champion in \d+\.\d s$", result.stderr, re.MULTILINE), result.stderr
+
+
+def test_orchestrator_chat_answers_question_after_question_from_one_load(champion, orchestrator):
+    uri, strong = champion
+    records = strong.val_predictions[:3]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
+    questions = "".join(f"{record['question']}\n\n" for record in records)  # blank lines ask nothing
+    result = subprocess.run(orchestrator("chat"), input=questions, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "".join(f"{record['got']}\n" for record in records)
+    loads = [line for line in result.stderr.splitlines() if line.startswith("loaded ")]
+    assert len(loads) == 1 and re.fullmatch(rf"loaded models:/{MODEL}@champion in \d+\.\d s", loads[0]), result.stderr
 
 
 def test_cli_defaults_match_promote():
