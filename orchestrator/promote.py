@@ -350,7 +350,31 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
     info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
                             max_new_tokens=best.max_new_tokens, knowledge=knowledge, run_id=best.run_id)
     # An exception here leaves the logged model unregistered and the alias untouched.
-    return mlflow.register_model(info.model_uri, model_name, tags=tags)
+    version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+    description = version_description(tags, TrialConfig.model_validate_json(best.trial_config), sweep)
+    return tracking.client().update_model_version(model_name, version.version, description=description)
+
+
+def version_description(tags: dict[str, str], config, sweep: str) -> str:
+    """The registered version's description (markdown, the registry page's first text): what it learned
+    and how it scored, from the tags it is registered with; the tags stay the machine-readable copy."""
+    from trials.data import load_knowledge
+
+    knowledge = load_knowledge(config.data)
+    metric = tags["objective_metric"]
+    counts = ", ".join(f"{len(knowledge.split(split))} {split}" for split in ("train", "val", "test"))
+    lines = [f"Trial {tags['trial'] or tags['source_run_id']} of sweep `{sweep}`: {config.method.name} "
+             f"({config.method.shape()}) on `{config.model}`.",
+             "",
+             f"- Learned: {counts} questions, data fingerprint `{tags['data_fingerprint']}`.",
+             f"- Test {metric}: {tags.get(f'test_{metric}', '-')} (val {tags.get(f'val_{metric}') or '-'})."]
+    if GENERAL_RETENTION in tags:
+        lines.append(f"- General knowledge: keeps {tags[GENERAL_RETENTION]} of the base model's right answers "
+                     f"(drift {tags.get(GENERAL_DRIFT, '-')}).")
+    if RETENTION_METRIC in tags:
+        lines.append(f"- Earlier facts: exact recall {tags[RETENTION_METRIC]} on their test questions (data "
+                     f"`{tags['retained_data_fingerprint']}`), parent version {tags['parent_version'] or '-'}.")
+    return "\n".join(lines)
 
 
 def set_lifts(rows, parent) -> str:

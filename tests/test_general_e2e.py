@@ -72,3 +72,5 @@ def test_the_forced_version_carries_its_general_figures(forgetful):
     version = client.get_model_version(forced.model_name, forced.version)
     assert float(version.tags["general_retention"]) == pytest.approx(forced.best.general_retention, abs=1e-6)
     assert float(version.tags["general_drift"]) > 0
+    assert (f"- General knowledge: keeps {version.tags['general_retention']} of the base model's right answers "
+            f"(drift {version.tags['general_drift']}).") in version.description

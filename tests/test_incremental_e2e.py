@@ -80,6 +80,8 @@ def test_promotion_judges_new_facts_and_retention_and_records_the_lineage(two_ro
     assert float(tags["retention_exact_recall"]) == pytest.approx(outcome.best.retention_recall, abs=1e-6)
     assert float(tags["parent_exact_recall"]) == pytest.approx(champion.retention_recall, abs=1e-6)
     assert tags["data_fingerprint"] != tags["retained_data_fingerprint"] != ""
+    assert (f"- Earlier facts: exact recall {tags['retention_exact_recall']} on their test questions (data "
+            f"`{tags['retained_data_fingerprint']}`), parent version 1.") in version.description
 
     # Its knowledge: both batches, so a third round keeps all of it.
     import mlflow

@@ -12,8 +12,8 @@ each test can arrange which trials a sweep holds without running Ray.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -169,6 +169,14 @@ def test_promotion_picks_by_test_not_val(store, trained):
     data = strong.config.data
     assert tags["data_fingerprint"] == strong.metrics["data_fingerprint"] == fingerprint([*data.documents, data.qa])
     assert json.loads(tags["trial_config"]) == json.loads(strong.config.model_dump_json())
+    # The registry page's description says the same for people: what it learned and how it scored.
+    from trials.data import load_knowledge
+
+    rows = load_knowledge(strong.config.data)
+    assert version.description.startswith(f"Trial {tags['trial']} of sweep `disagree`: lora (")
+    assert (f"- Learned: {len(rows.split('train'))} train, {len(rows.split('val'))} val, {len(rows.split('test'))} "
+            f"test questions, data fingerprint `{tags['data_fingerprint']}`.") in version.description
+    assert f"- Test exact_recall: {tags['test_exact_recall']} (val {tags['val_exact_recall']})." in version.description
     # The test scores went back onto every candidate's run.
     for run_id, trial in ((strong_run, strong), (weak_run, weak)):
         assert client.get_run(run_id).data.metrics["test_exact_recall"] == pytest.approx(trial.test_recall)
