@@ -254,6 +254,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from orchestrator import config_reference
+
+    if args.explain is None:
+        print(config_reference.render(), end="")
+        return 0
+    try:
+        print(config_reference.explain(args.explain))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_ui(args) -> int:
     from orchestrator.server import mlflow_server_env
     from orchestrator.tracking import tracking_uri
@@ -377,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
     report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the files go")
     report.set_defaults(func=cmd_report)
+
+    config = command("config", help="the config reference: every key's type, default, bounds and meaning "
+                                    "(docs/config.md), or one key's")
+    config.add_argument("--explain", metavar="KEY", help="one dotted key, as --set takes it, e.g. training.epochs "
+                                                         "(default: print the whole reference)")
+    config.set_defaults(func=cmd_config)
 
     ui = command("ui", help="start the MLflow UI on the tracking store sweeps write to")
     ui.add_argument("--port", type=int, default=5000, help="port the UI listens on")
