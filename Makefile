@@ -35,8 +35,9 @@ demo-real: install
 test: install
 	$(PY) -m pytest
 
+# The unit tier: no sweep, no service, no real model, nothing over a minute (pyproject.toml's markers).
 test-fast: install
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not slow and not service and not cluster and not real_model"
 
 # The fault matrix (README "make chaos"): the scenarios in chaos/, then the tests of tests/ that already
 # replay a fault, by node id (they run in `make test` too; chaos/ does not). One PASSED/FAILED line per

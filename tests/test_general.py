@@ -226,6 +226,7 @@ def test_the_pareto_front_keeps_the_points_nothing_beats_on_both():
     assert pareto_front(points) == [(0.2, 0.9), (0.9, 0.6), (1.0, 0.2)]
 
 
+@pytest.mark.slow  # generates every probe answer with the tiny model: 40-115 s on 2 cores
 def test_a_users_probe_the_base_knows_is_kept_whole_by_the_base_itself(tmp_path, monkeypatch, tokenizer_path):
     """A user's own probe directory: the base model knows its check questions, and keeps all of them."""
     from general_support import self_known_probe
@@ -277,6 +278,7 @@ def test_the_sweep_says_whether_the_general_floor_applies_and_why():
     assert general_gate({"base_val_exact_recall": 0.0}, 20) == "the general probe is off (eval.general: null)"
 
 
+@pytest.mark.slow  # generates every probe answer with the tiny model: 40-115 s on 2 cores
 def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatch, tokenizer_path):
     """In bf16 a greedy answer moves with its batch's padding: a trial is asked in the base's own (second
     pass) batches, so the base model itself (a fresh LoRA, B = 0) keeps all it knew, on both parts."""
