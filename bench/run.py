@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import mfu
 from bench.general import REQUIRED_KEYS as GENERAL_REQUIRED_KEYS
 from bench.goals import tiny_goals_met
 from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
@@ -57,7 +58,7 @@ DEFAULT_OUT = REPO / "bench" / "results"
 DEFAULT_MARKDOWN = REPO / "bench" / "RESULTS.md"
 
 TINY_REQUIRED_KEYS = (
-    "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
+    "tiny_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
     "recall_best_val", "recall_best_test", "recall_seed_val", "recall_seed_test",
     "overhead_fraction", "per_trial_overhead_s",
     "asha_trial_epochs", "noasha_trial_epochs", "asha_best_val", "noasha_best_val",
@@ -418,11 +419,17 @@ def sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict, 
 
 def run_tiny(bench: Bench) -> dict:
     """Sections 1-4 on the embedded tiny model (configs/demo.yaml unless --config)."""
+    import torch
+
     experiment, settings, work = bench.experiment, bench.settings, bench.work
     timings: dict[str, float] = {}
     speed = timed(timings, "throughput", measure_throughput, experiment, settings, work)
     log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
         f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
+    utilisation = timed(timings, "mfu", mfu.measure, experiment.trial_config(), speed["tokens_per_s_ours"],
+                        speed["throughput_setup"]["bf16"], torch.device(speed["throughput_setup"]["device"]))
+    log(f"MFU {utilisation['mfu']:.4f}: {utilisation['flops_per_token'] / 1e6:.1f} MFLOP a token, peak bf16 "
+        f"{utilisation['peak_gflops']['bf16']:,.0f} GFLOP/s, fp32 {utilisation['peak_gflops']['fp32']:,.0f}")
     ray_init_seconds, early, asha, flat = sweeps(bench, timings)
     best = timed(timings, "score_best", score_best, asha, work)
     seed = timed(timings, "seed_equal_compute", seed_at_equal_compute, experiment, asha["trial_epochs"], work)
@@ -432,6 +439,11 @@ def run_tiny(bench: Bench) -> dict:
         "throughput_ratio_vs_seed": speed["throughput_ratio_vs_seed"],
         "tokens_per_s_ours": speed["tokens_per_s_ours"],
         "tokens_per_s_seed": speed["tokens_per_s_seed"],
+        "tiny_mfu": utilisation["mfu"],
+        "tiny_flops_per_token": utilisation["flops_per_token"],
+        "peak_bf16_gflops": utilisation["peak_gflops"]["bf16"],
+        "peak_fp32_gflops": utilisation["peak_gflops"]["fp32"],
+        "peak_gflops": utilisation["peak_gflops"],
         "recall_best_val": asha["best_val"],
         "recall_best_test": best["test"],
         "recall_seed_val": seed["val"],
