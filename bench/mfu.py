@@ -58,12 +58,12 @@ def peaks(hidden: int, intermediate: int, tokens: int, device) -> dict[str, floa
 
 
 def training_flops_per_token(model, examples) -> float:
-    """FLOPs per real token of one training step of `model` (a peft model) on `examples` (trials.data
-    Example: num_tokens, prompt_tokens), counted as the module docstring says."""
+    """FLOPs per real token of one training step of `model` (a peft model) on `examples`
+    (trials.formatting.Example: num_tokens, prompt_tokens), counted as the module docstring says."""
     import torch
 
     output = model.get_output_embeddings()
-    body = labelled = 0.0
+    body = 0.0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module is not output:
             body += module.weight.numel() * (6 if module.weight.requires_grad else 4)

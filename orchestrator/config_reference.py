@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import json
 import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -70,7 +69,7 @@ def _type_name(annotation) -> str:
         name = " or ".join(_type_name(arg) for arg in args)
     elif annotation is Path:
         name = "path"
-    elif annotation is typing.Any:
+    elif annotation is Any:
         name = "any"
     elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
         name = "section"
