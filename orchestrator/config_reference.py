@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO / "docs" / "config.md"
 BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "at least"))
 
 
@@ -87,6 +88,8 @@ def _default(field) -> str:
         value = field.default
     if isinstance(value, BaseModel):
         return ""
+    if isinstance(value, Path) and value.is_relative_to(REPO):  # the same text in every checkout
+        value = value.relative_to(REPO)
     return json.dumps(value, default=str)
 
 

@@ -157,15 +157,17 @@ def test_the_printed_link_lands_on_the_trials_grouped_by_their_sweep_best_first(
     page.locator("label:has(input[value='CHART'])").click()  # the charts of the same rows
     cards = page.get_by_test_id("experiment-view-compare-runs-card")
     expect(cards.first).to_contain_text("val_exact_recall")  # the view's charts come first
-    # Its legend names the trials and nothing else: no sweep run, no group.
-    legend = re.findall(r"^(.+) \(val_exact_recall\)$", cards.first.inner_text(), re.MULTILINE)
-    assert sorted(legend) == sorted(run.info.run_name for run in trials), legend
     expect(cards.nth(1)).to_contain_text("Parallel Coordinates")
     # The LoRA knobs against recall: rank and alpha among the axes.
     for axis in ("method.r", "method.alpha", "method.dropout", "method.learning_rate", "val_exact_recall"):
         expect(cards.nth(2)).to_contain_text(axis)
     epochs = sum(len(client.get_metric_history(run.info.run_id, "val_exact_recall")) for run in trials)
     expect(cards.first.locator("g.trace .point").nth(epochs - 1)).to_be_attached()  # a point per trial and epoch
+    # Its legend names the trials and nothing else: no sweep run, no group (drawn after the points).
+    for run in trials:
+        expect(cards.first).to_contain_text(f"{run.info.run_name} (val_exact_recall)")
+    legend = re.findall(r"^(.+) \(val_exact_recall\)$", cards.first.inner_text(), re.MULTILINE)
+    assert sorted(legend) == sorted(run.info.run_name for run in trials), legend
     page.wait_for_timeout(1000)  # the charts animate in
     page.screenshot(path=screenshots / "compare-chart.png")
 
