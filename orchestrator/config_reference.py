@@ -160,9 +160,10 @@ def render() -> str:
 def explain(key: str) -> str:
     """One key's entry as text (every variant's, for a key several methods share); ValueError naming the
     closest keys when there is none."""
-    found = [entry for entry in entries() if entry.key == key]
+    every = entries()
+    found = [entry for entry in every if entry.key == key]
     if not found:
-        keys = sorted({entry.key for entry in entries()})
+        keys = sorted({entry.key for entry in every})
         within = [k for k in keys if k.startswith(f"{key}.")]
         if within:  # a section: its keys
             raise ValueError(f"{key!r} is a section; its keys: {', '.join(within)}")

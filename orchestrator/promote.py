@@ -317,9 +317,11 @@ def _existing_version(client, model_name: str, run_id: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _register(best: Scored, model_name: str, parent, sweep: str, champion: Scored | None, metric: str):
+def _register(best: Scored, model_name: str, parent, sweep: str, champion: Scored | None, metric: str,
+              data):
     """Log `best` as a pyfunc model of its trial run, with the facts it knows (orchestrator.lineage), and
-    register it; returns the ModelVersion. No run of its own: a promotion run would pose as a trial in the
+    register it, described with `data` (the sweep's Knowledge, as promotion loaded it); returns the
+    ModelVersion. No run of its own: a promotion run would pose as a trial in the
     sweep's nesting and charts, and hold the registry's link instead of the trial."""
     from orchestrator.lineage import write_knowledge
     from orchestrator.registry_model import KNOWLEDGE, log_recall_model
@@ -345,24 +347,23 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
                      or (champion.version if champion else "") or ""})
         if champion is not None and champion.retention_recall is not None:
             tags[PARENT_METRIC] = f"{champion.retention_recall:.6g}"
-    knowledge = write_knowledge(best.files / KNOWLEDGE, TrialConfig.model_validate_json(best.trial_config))
+    config = TrialConfig.model_validate_json(best.trial_config)
+    knowledge = write_knowledge(best.files / KNOWLEDGE, config)
     mlflow.set_experiment(experiment_id=parent.info.experiment_id)  # where a logged model without a run goes
     info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
                             max_new_tokens=best.max_new_tokens, knowledge=knowledge, run_id=best.run_id)
     # An exception here leaves the logged model unregistered and the alias untouched.
     version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-    description = version_description(tags, TrialConfig.model_validate_json(best.trial_config), sweep)
+    description = version_description(tags, config, sweep, data)
     return tracking.client().update_model_version(model_name, version.version, description=description)
 
 
-def version_description(tags: dict[str, str], config, sweep: str) -> str:
+def version_description(tags: dict[str, str], config, sweep: str, data) -> str:
     """The registered version's description (markdown, the registry page's first text): what it learned
-    and how it scored, from the tags it is registered with; the tags stay the machine-readable copy."""
-    from trials.data import load_knowledge
-
-    knowledge = load_knowledge(config.data)
+    (`data`: the Knowledge it trained on) and how it scored, from the tags it is registered with; the
+    tags stay the machine-readable copy."""
     metric = tags["objective_metric"]
-    counts = ", ".join(f"{len(knowledge.split(split))} {split}" for split in ("train", "val", "test"))
+    counts = ", ".join(f"{len(data.split(split))} {split}" for split in ("train", "val", "test"))
     lines = [f"Trial {tags['trial'] or tags['source_run_id']} of sweep `{sweep}`: {config.method.name} "
              f"({config.method.shape()}) on `{config.model}`.",
              "",
@@ -418,7 +419,8 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
             raise PromotionError(f"sweep '{sweep_name}': every FINISHED trial's adapter holds NaN or inf: "
                                  "nothing to promote")
         config = TrialConfig.model_validate_json(candidates[0].trial_config)
-        test_rows = load_knowledge(config.data).split("test")
+        knowledge = load_knowledge(config.data)
+        test_rows = knowledge.split("test")
         old = retained_knowledge(config)
         old_test_rows = old.split("test") if old else []
 
@@ -460,7 +462,7 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
         if existing is not None:
             version = existing
         else:
-            version = _register(best, model_name, parent, sweep_name, champion, metric)
+            version = _register(best, model_name, parent, sweep_name, champion, metric, knowledge)
             winner = _existing_version(client, model_name, best.run_id)
             if str(winner.version) != str(version.version):  # another process registered this run first
                 client.delete_model_version(model_name, version.version)
