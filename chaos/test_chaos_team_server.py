@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.service, pytest.mark.slow]
 
 SWEEP = "chaos"
 OUTAGE_S = 40
-LORA = "method: lora, lora_alpha_ratio: 2, lora_dropout: 0.0"
+LORA = "method: lora, lora_alpha: 16, lora_dropout: 0.0"
 EPOCHS = 20  # the learner trains through the whole outage (about 2.5 s an epoch on 2 cores)
 POINTS = {  # the order the trials start in (one at a time, in the order of points_to_evaluate), and the point
     "victim": (0, f"{{{LORA}, lora_r: 8, lora_learning_rate: 0.001, lora_target_modules: qv}}"),

@@ -25,7 +25,7 @@ FAST = [
 # FAST, plus what a promotion needs: a trial that recalls test questions (a first champion must
 # score above 0). The demo's own trial (LoRA r=32 on all linear layers, lr 3e-3) runs first, for 5 epochs.
 LEARNS = [*FAST, "training.epochs=5",
-          "search_space.points_to_evaluate=[{method: lora, lora_r: 32, lora_alpha_ratio: 2, "
+          "search_space.points_to_evaluate=[{method: lora, lora_r: 32, lora_alpha: 64, "
           "lora_learning_rate: 0.003, lora_dropout: 0.0, lora_target_modules: all_linear}]"]
 PREFIX_POINT = "{method: prefix, prefix_num_virtual_tokens: 8, prefix_prefix_projection: false, prefix_learning_rate: 0.01}"
 IA3_POINT = "{method: ia3, ia3_learning_rate: 0.01}"

@@ -21,8 +21,8 @@ def test_the_space_narrows_to_the_adapter_and_searches_replay():
     adapter = LoraMethod(r=32, alpha=64, target_modules=list(reversed(ALL_LINEAR)), dropout=0.0)
     space, notes = config.search_space.narrowed_to(adapter)
     assert space.methods == ["lora"] and space.prefix is None
-    assert (space.lora.r, space.lora.alpha_ratio, space.lora.target_modules) == (
-        [32], [2.0], {"all_linear": list(reversed(ALL_LINEAR))})
+    assert (space.lora.r, space.lora.alpha, space.lora.target_modules) == (
+        [32], [64.0], {"all_linear": list(reversed(ALL_LINEAR))})
     assert space.lora.learning_rate == config.search_space.lora.learning_rate  # still searched
     assert space.replay_fraction == Range(low=0.0, high=1.0)
     # demo.yaml's seed point (r=8 on q/v) is not this adapter: dropped, and said so.

@@ -16,7 +16,7 @@ from sweep_support import REPO, fast_config, module_store, runs_of
 pytestmark = pytest.mark.e2e
 
 BATCH2 = REPO / "data" / "demo-batch2"
-DEMO_TRIAL = ("method: lora, lora_r: 32, lora_alpha_ratio: 2, lora_learning_rate: 3.0e-3, lora_dropout: 0.0, "
+DEMO_TRIAL = ("method: lora, lora_r: 32, lora_alpha: 64, lora_learning_rate: 3.0e-3, lora_dropout: 0.0, "
               "lora_target_modules: all_linear")
 SHORT = ["training.epochs=4", "sweep.num_samples=2", "sweep.asha.enabled=false"]
 

@@ -42,7 +42,7 @@ def test_the_sweep_run_says_what_it_searched_and_once_closed_its_best_trial(tmp_
     parent = open_sweep_run(client, experiment, "recall-orchestrator", "bar", False, config)
     plan = client.get_run(parent).data.tags[tracking.NOTE]
     assert plan.startswith("Sweep `bar`: 8 trials on `embedded:tiny-llama`, up to 20 epochs each")
-    assert "- lora: learning_rate 0.001–0.01 · r 8, 16, 32 · alpha_ratio 1, 2, 4" in plan
+    assert "- lora: learning_rate 0.001–0.01 · r 8, 16, 32 · alpha 16, 32, 64" in plan
     assert "- prefix: learning_rate 0.001–0.03 · num_virtual_tokens 8, 16, 32" in plan
 
     trial = client.create_run(experiment, run_name="lora r=32 lr=0.003 · t1", tags={

@@ -6,8 +6,9 @@ import optuna
 import pytest
 
 from orchestrator.config import load_experiment
+from orchestrator.mlflow_writer import trial_params
 from orchestrator.search_space import DefineByRun, check_points, method_from_params, trial_config_for
-from sweep_support import DEMO
+from sweep_support import DEMO, REPO
 from trials.config import ConfigError
 from trials.methods import LoraMethod, PrefixMethod
 
@@ -43,10 +44,24 @@ def test_suggestions_stay_inside_the_configured_ranges():
         if p["method"] == "lora":
             method = method_from_params(p, space)
             assert method.r in space.lora.r
-            assert method.alpha / method.r in space.lora.alpha_ratio
+            assert method.alpha in space.lora.alpha
             assert space.lora.learning_rate.low <= method.learning_rate <= space.lora.learning_rate.high
             assert space.lora.dropout.low <= method.dropout <= space.lora.dropout.high
             assert method.target_modules in space.lora.target_modules.values()
+
+
+@pytest.mark.parametrize("shipped", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_a_shipped_config_gives_alpha_one_name_and_one_scale(shipped):
+    """Optuna's `lora_alpha`, MLflow's `method.alpha` and the value peft trains with are the same number:
+    the shipped configs search alpha values, not alpha_ratio (README "Alpha")."""
+    config = load_experiment(shipped)
+    if config.search_space.lora is None:
+        pytest.skip(f"{shipped.name} searches no LoRA")
+    for point in [p for p in _suggestions(config.search_space, n=12) if p["method"] == "lora"]:
+        assert "lora_alpha_ratio" not in point
+        trial = trial_config_for(config.trial_config(), point, config.search_space)
+        assert trial.method.alpha == point["lora_alpha"]
+        assert float(trial_params(trial)["method.alpha"]) == point["lora_alpha"]
 
 
 def test_seeded_sampler_is_reproducible():
@@ -65,14 +80,14 @@ def test_seed_recipe_point_becomes_the_seed_recipe_trial():
 
 @pytest.mark.parametrize(("point", "message"), [
     ("{method: dora}", "method: 'dora' not in ('lora', 'prefix')"),
-    ("{method: lora, lora_r: 8}", "'lora_alpha_ratio' is not found"),
-    ("{method: lora, lora_r: 7, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
+    ("{method: lora, lora_r: 8}", "'lora_alpha' is not found"),
+    ("{method: lora, lora_r: 7, lora_alpha: 16, lora_learning_rate: 0.001, lora_dropout: 0.0, "
      "lora_target_modules: qv}", "lora_r: '7' not in (8, 16, 32)"),
-    ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
+    ("{method: lora, lora_r: 8, lora_alpha: 16, lora_learning_rate: 0.001, lora_dropout: 0.0, "
      "lora_target_modules: everything}", "lora_target_modules: 'everything' not in"),
-    ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 0.0, "
+    ("{method: lora, lora_r: 8, lora_alpha: 16, lora_learning_rate: 0.001, lora_dropout: 0.0, "
      "lora_target_modules: qv, lora_rank: 8}", "unknown ['lora_rank']"),
-    ("{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.001, lora_dropout: 1.5, "
+    ("{method: lora, lora_r: 8, lora_alpha: 16, lora_learning_rate: 0.001, lora_dropout: 1.5, "
      "lora_target_modules: qv}", "dropout: Input should be less than 1"),
 ])
 def test_bad_points_to_evaluate_are_reported(point, message):

@@ -12,9 +12,9 @@ from sweep_support import IA3_POINT, PREFIX_POINT, fast_config, runs_of, store, 
 
 pytestmark = pytest.mark.e2e
 
-SEED_POINT = ("{method: lora, lora_r: 8, lora_alpha_ratio: 4, lora_learning_rate: 1.0e-6, lora_dropout: 0.0, "
+SEED_POINT = ("{method: lora, lora_r: 8, lora_alpha: 32, lora_learning_rate: 1.0e-6, lora_dropout: 0.0, "
               "lora_target_modules: qv}")
-LEARNING_POINT = ("{method: lora, lora_r: 32, lora_alpha_ratio: 2, lora_learning_rate: 0.003, lora_dropout: 0.0, "
+LEARNING_POINT = ("{method: lora, lora_r: 32, lora_alpha: 64, lora_learning_rate: 0.003, lora_dropout: 0.0, "
                   "lora_target_modules: all_linear}")
 
 
@@ -104,9 +104,9 @@ def test_a_trial_that_raises_ends_failed_while_the_others_finish(local_ray, tmp_
         tmp_path, "sweep.num_samples=3", "search_space.methods=[lora]",
         "search_space.lora.target_modules={qv: [q_proj, v_proj], broken: [no_such_proj]}",
         "search_space.points_to_evaluate=["
-        "{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.003, lora_dropout: 0.0, "
+        "{method: lora, lora_r: 8, lora_alpha: 16, lora_learning_rate: 0.003, lora_dropout: 0.0, "
         "lora_target_modules: broken}, "
-        "{method: lora, lora_r: 8, lora_alpha_ratio: 2, lora_learning_rate: 0.003, lora_dropout: 0.0, "
+        "{method: lora, lora_r: 8, lora_alpha: 16, lora_learning_rate: 0.003, lora_dropout: 0.0, "
         "lora_target_modules: qv}]",
     )
     outcome = run_sweep(config, "broken")

@@ -76,8 +76,8 @@ def _team_and_city(path: Path) -> Path:
 # recall 0.594 vs 0.656): the first recalls one answer more word for word, the second more of every answer.
 # The test asserts the disagreement before it compares the rankings, so a change in training that ends it
 # fails there, saying so, rather than passing for the wrong reason.
-EXACTER = "{method: lora, lora_r: 16, lora_alpha_ratio: 2, lora_learning_rate: 0.002, lora_dropout: 0.0, lora_target_modules: all_linear}"
-CLOSER = "{method: lora, lora_r: 32, lora_alpha_ratio: 4, lora_learning_rate: 0.003, lora_dropout: 0.0, lora_target_modules: qv}"
+EXACTER = "{method: lora, lora_r: 16, lora_alpha: 32, lora_learning_rate: 0.002, lora_dropout: 0.0, lora_target_modules: all_linear}"
+CLOSER = "{method: lora, lora_r: 32, lora_alpha: 128, lora_learning_rate: 0.003, lora_dropout: 0.0, lora_target_modules: qv}"
 
 
 def test_the_objective_switch_changes_which_trial_ranks_first(tmp_path, monkeypatch):
@@ -86,7 +86,7 @@ def test_the_objective_switch_changes_which_trial_ranks_first(tmp_path, monkeypa
     uri = store(tmp_path, monkeypatch)
     qa = _team_and_city(tmp_path / "team_and_city.jsonl")
     common = [f"data.qa={qa}", "data.documents=[]", "training.epochs=6", "sweep.num_samples=2",
-              "sweep.asha.enabled=false", "search_space.methods=[lora]",
+              "sweep.asha.enabled=false", "search_space.methods=[lora]", "search_space.lora.alpha=[32, 128]",
               f"search_space.points_to_evaluate=[{EXACTER}, {CLOSER}]"]
     with sweep_ray():
         boards = {objective: run_sweep(fast_config(tmp_path, *common, f"eval.objective={objective}"),

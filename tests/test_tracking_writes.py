@@ -22,7 +22,7 @@ from sweep_support import fast_config
 
 pytestmark = pytest.mark.service
 
-POINT = {"method": "lora", "lora_r": 8, "lora_alpha_ratio": 2, "lora_learning_rate": 3e-3, "lora_dropout": 0.0,
+POINT = {"method": "lora", "lora_r": 8, "lora_alpha": 16, "lora_learning_rate": 3e-3, "lora_dropout": 0.0,
          "lora_target_modules": "qv"}
 
 

@@ -20,8 +20,8 @@ from orchestrator.storage import SweepStorage
 EXPERIMENT = "recall-orchestrator"
 
 
-def lora(r: int, ratio: float, rate: float, modules: str = "qv") -> dict:
-    return {"method": "lora", "lora_r": r, "lora_alpha_ratio": ratio, "lora_learning_rate": rate,
+def lora(r: int, alpha: float, rate: float, modules: str = "qv") -> dict:
+    return {"method": "lora", "lora_r": r, "lora_alpha": alpha, "lora_learning_rate": rate,
             "lora_dropout": 0.0, "lora_target_modules": modules}
 
 
@@ -65,14 +65,14 @@ def mlflow_store(tmp_path, monkeypatch):
 
 
 def test_the_named_sweeps_best_trials_come_first_best_first_each_once(tmp_path, mlflow_store):
-    logged_sweep(tmp_path, "a", [(lora(8, 2, 0.003), 0.2, "FINISHED"),
-                                 (lora(16, 2, 0.004, "all_linear"), 0.5, "FINISHED"),
-                                 (lora(32, 1, 0.005), 0.9, "FAILED"),      # failed: left out
-                                 (lora(16, 2, 0.004, "all_linear"), 0.4, "FINISHED"),  # the same config again
+    logged_sweep(tmp_path, "a", [(lora(8, 16, 0.003), 0.2, "FINISHED"),
+                                 (lora(16, 32, 0.004, "all_linear"), 0.5, "FINISHED"),
+                                 (lora(32, 32, 0.005), 0.9, "FAILED"),      # failed: left out
+                                 (lora(16, 32, 0.004, "all_linear"), 0.4, "FINISHED"),  # the same config again
                                  (PREFIX, 0.1, "KILLED"),                 # the time budget stopped it: it counts
-                                 (lora(8, 4, 0.006), None, "FINISHED")])  # never reported val: left out
+                                 (lora(8, 32, 0.006), None, "FINISHED")])  # never reported val: left out
     resolved, notes = resolve(tmp_path, "sweep.warm_start=a", "sweep.warm_start_top=3")
-    assert resolved.points == [lora(16, 2.0, 0.004, "all_linear"), lora(8, 2.0, 0.003), PREFIX]
+    assert resolved.points == [lora(16, 32.0, 0.004, "all_linear"), lora(8, 16.0, 0.003), PREFIX]
     assert resolved.origins == ["warm:a"] * 3 and resolved.sweeps == ["a"] and not notes
     assert resolved.trials == ["a/a-1", "a/a-0", "a/a-4"]
     assert resolved.tags() == {tracking.WARM_START: "a", tracking.WARM_START_SWEEPS: "a",
@@ -85,13 +85,14 @@ def test_the_named_sweeps_best_trials_come_first_best_first_each_once(tmp_path, 
 
 
 def test_points_are_rebuilt_in_this_sweeps_space_or_dropped_with_a_note(tmp_path, mlflow_store):
-    logged_sweep(tmp_path, "a", [(lora(8, 4, 0.003), 0.6, "FINISHED"), (lora(32, 2, 0.002), 0.5, "FINISHED"),
-                                 (lora(16, 1, 0.001, "all_linear"), 0.4, "FINISHED")])
-    # This sweep searches alpha values, not ratios, names the q/v set otherwise and has no rank 32.
+    logged_sweep(tmp_path, "a", [(lora(8, 32, 0.003), 0.6, "FINISHED"), (lora(32, 64, 0.002), 0.5, "FINISHED"),
+                                 (lora(16, 16, 0.001, "all_linear"), 0.4, "FINISHED")])
+    # This sweep searches alpha ratios (alpha / r), not alpha values, names the q/v set otherwise and has no
+    # rank 32.
     resolved, notes = resolve(tmp_path, "sweep.warm_start=a", "search_space.lora.r=[8, 16]",
-                              "search_space.lora.alpha_ratio=null", "search_space.lora.alpha=[16, 32]",
+                              "search_space.lora.alpha=null", "search_space.lora.alpha_ratio=[2, 4]",
                               "search_space.lora.target_modules={attention_qv: [v_proj, q_proj]}")
-    assert resolved.points == [{"method": "lora", "lora_r": 8, "lora_alpha": 32.0, "lora_learning_rate": 0.003,
+    assert resolved.points == [{"method": "lora", "lora_r": 8, "lora_alpha_ratio": 4.0, "lora_learning_rate": 0.003,
                                 "lora_dropout": 0.0, "lora_target_modules": "attention_qv"}]
     assert len(notes) == 2 and all(note.startswith("config: sweep.warm_start: trial a/") for note in notes)
     assert "a/a-1 dropped" in notes[0] and "lora_r" in notes[0] and "32" in notes[0]
@@ -99,27 +100,27 @@ def test_points_are_rebuilt_in_this_sweeps_space_or_dropped_with_a_note(tmp_path
 
 
 def test_auto_takes_every_earlier_finished_sweep_on_the_same_model_and_methods(tmp_path, mlflow_store):
-    logged_sweep(tmp_path, "a", [(lora(8, 2, 0.003), 0.3, "FINISHED")])
-    logged_sweep(tmp_path, "b", [(lora(16, 2, 0.003), 0.6, "FINISHED"), (lora(8, 2, 0.003), 0.2, "FINISHED")])
-    logged_sweep(tmp_path, "lora-only", [(lora(32, 2, 0.003), 0.9, "FINISHED")], "search_space.methods=[lora]")
-    logged_sweep(tmp_path, "other-model", [(lora(32, 4, 0.003), 0.9, "FINISHED")], "model=/models/other")
-    logged_sweep(tmp_path, "stopped", [(lora(32, 1, 0.003), 0.9, "FINISHED")], status="KILLED")
+    logged_sweep(tmp_path, "a", [(lora(8, 16, 0.003), 0.3, "FINISHED")])
+    logged_sweep(tmp_path, "b", [(lora(16, 32, 0.003), 0.6, "FINISHED"), (lora(8, 16, 0.003), 0.2, "FINISHED")])
+    logged_sweep(tmp_path, "lora-only", [(lora(32, 64, 0.003), 0.9, "FINISHED")], "search_space.methods=[lora]")
+    logged_sweep(tmp_path, "other-model", [(lora(32, 128, 0.003), 0.9, "FINISHED")], "model=/models/other")
+    logged_sweep(tmp_path, "stopped", [(lora(32, 32, 0.003), 0.9, "FINISHED")], status="KILLED")
     resolved, notes = resolve(tmp_path, "sweep.warm_start=auto")
     assert sorted(resolved.sweeps) == ["a", "b"] and not notes
     # Best over both sweeps; the config both ran counts once, for the sweep where it scored best.
-    assert resolved.points == [lora(16, 2.0, 0.003), lora(8, 2.0, 0.003)]
+    assert resolved.points == [lora(16, 32.0, 0.003), lora(8, 16.0, 0.003)]
     assert resolved.origins == ["warm:b", "warm:a"]
     resolved, _ = resolve(tmp_path, "sweep.warm_start=auto", "sweep.warm_start_top=1")
     assert resolved.origins == ["warm:b"]
 
 
 def test_a_sweep_from_before_the_tags_is_matched_by_its_logged_config(tmp_path, mlflow_store):
-    parent = logged_sweep(tmp_path, "old", [(lora(8, 2, 0.003), 0.3, "FINISHED")])
+    parent = logged_sweep(tmp_path, "old", [(lora(8, 16, 0.003), 0.3, "FINISHED")])
     client = tracking.client()
     for key in (tracking.BASE_MODEL, tracking.METHODS):
         client.delete_tag(parent, key)
     assert resolve(tmp_path, "sweep.warm_start=auto")[0].origins == ["warm:old"]
-    assert resolve(tmp_path, "sweep.warm_start=old")[0].points == [lora(8, 2.0, 0.003)]
+    assert resolve(tmp_path, "sweep.warm_start=old")[0].points == [lora(8, 16.0, 0.003)]
 
 
 def test_auto_finding_nothing_is_a_note_and_the_sweep_runs_cold(tmp_path, mlflow_store):
@@ -127,7 +128,7 @@ def test_auto_finding_nothing_is_a_note_and_the_sweep_runs_cold(tmp_path, mlflow
     assert resolved.points == [] and resolved.tags()[tracking.WARM_START_SWEEPS] == "-"
     assert notes == ["config: sweep.warm_start: auto found no earlier finished sweep on embedded:tiny-llama with "
                      "methods ['lora', 'prefix'] in MLflow experiment 'recall-orchestrator': the sweep starts cold"]
-    logged_sweep(tmp_path, "lora-only", [(lora(8, 2, 0.003), 0.3, "FINISHED")], "search_space.methods=[lora]")
+    logged_sweep(tmp_path, "lora-only", [(lora(8, 16, 0.003), 0.3, "FINISHED")], "search_space.methods=[lora]")
     assert resolve(tmp_path, "sweep.warm_start=auto")[0].points == []
     assert warm_start.resolve(fast_config(tmp_path)).tags() == {}  # unset: no warm start, MLflow not read
 
@@ -149,7 +150,7 @@ def test_a_warm_start_that_cannot_be_had_is_one_line_naming_the_key(tmp_path, ml
     if logged:
         extra = {"lora-only": ["search_space.methods=[lora]"], "other-model": ["model=/models/other"]}.get(logged, [])
         status = {"running": "RUNNING", "killed": "KILLED"}.get(logged, "FINISHED")
-        logged_sweep(tmp_path, logged, [(lora(8, 2, 0.003), 0.3, "FINISHED")], *extra, status=status)
+        logged_sweep(tmp_path, logged, [(lora(8, 16, 0.003), 0.3, "FINISHED")], *extra, status=status)
     with pytest.raises(SweepError, match=message) as raised:
         resolve(tmp_path, f"sweep.warm_start={setting}")
     assert "\n" not in str(raised.value)
@@ -160,7 +161,7 @@ def test_an_unknown_sweep_stops_run_sweep_before_ray_mlflow_or_the_study(tmp_pat
 
     from orchestrator.sweep import run_sweep
 
-    logged_sweep(tmp_path, "a", [(lora(8, 2, 0.003), 0.3, "FINISHED")])
+    logged_sweep(tmp_path, "a", [(lora(8, 16, 0.003), 0.3, "FINISHED")])
     with pytest.raises(SweepError, match="^sweep.warm_start: no sweep 'nope' in MLflow experiment"):
         run_sweep(fast_config(tmp_path, "sweep.warm_start=nope"), "b")
     assert not ray.is_initialized()
@@ -185,10 +186,10 @@ def test_the_searcher_hands_out_warm_points_then_the_seed_then_tpe_each_with_its
 
     config = fast_config(tmp_path)
     new = NewStudy.of(config, "s", SweepStorage.of(str(tmp_path / "ray_results")))
-    warm = warm_start.WarmStart("a", ["a"], [lora(16, 2.0, 0.004), PREFIX], ["warm:a", "warm:a"], ["a/1", "a/2"])
+    warm = warm_start.WarmStart("a", ["a"], [lora(16, 32.0, 0.004), PREFIX], ["warm:a", "warm:a"], ["a/1", "a/2"])
     searcher = _tune_config(config, config.search_space, new, warm).search_alg.searcher
     first = searcher.suggest("t1")
-    assert first == {**lora(16, 2.0, 0.004), "origin": "warm:a"}
+    assert first == {**lora(16, 32.0, 0.004), "origin": "warm:a"}
     searcher.on_trial_complete("t1", {"objective": 0.5})
     restored = pickle.loads(pickle.dumps(searcher))  # what --resume restores
     assert restored.suggest("t2") == {**PREFIX, "origin": "warm:a"}
@@ -200,8 +201,8 @@ def test_the_searcher_hands_out_warm_points_then_the_seed_then_tpe_each_with_its
         ("t1", "warm:a"), ("t2", "warm:a"), ("t3", "seed"), ("t4", "optuna")]
 
 
-LEARNS = lora(32, 2, 0.003, "all_linear")  # the demo's own trial: recalls some questions within 2 epochs
-SEED = lora(8, 4, 1.0e-6)  # the seed recipe: learns nothing
+LEARNS = lora(32, 64, 0.003, "all_linear")  # the demo's own trial: recalls some questions within 2 epochs
+SEED = lora(8, 32, 1.0e-6)  # the seed recipe: learns nothing
 
 
 def points(*given: dict) -> str:
