@@ -12,7 +12,9 @@ Why pyfunc and not the `transformers` flavour:
 
 So this wrapper stores the adapter directory, the trial's `trial_config.json` and, for the
 embedded base only, the base model directory; `predict` answers through
-`trials.recall.generate_answers` + `cut_answer`, the very code that scored the trial.
+`trials.recall.generate_token_ids` + `cut_answer`, the very code that scored the trial, to a list of
+questions or to a chat-completions request (`messages`, `max_tokens`, `temperature`) with a
+chat-completion object.
 
 No pickled code: the model is logged as MLflow's models-from-code. Each version stores the source
 file `registry_model_code.py` (which builds a RecallModel), not a cloudpickle of one, and MLflow
@@ -29,10 +31,16 @@ lives in `trials`. Both must be importable where the model is loaded: `pip insta
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
 
 # Artifact keys of the logged model.
 ADAPTER, TRIAL_CONFIG, BASE_MODEL, KNOWLEDGE = "adapter", "trial_config", "base_model", "knowledge"
@@ -60,19 +68,67 @@ class RecallModel(mlflow.pyfunc.PythonModel):
             base_path=context.artifacts.get(BASE_MODEL))
         self.batch_size = int(options.get("batch_size", config.eval.batch_size))
         self.max_new_tokens = int(options["max_new_tokens"])
+        self.base_model = config.model  # a chat completion's `model`
 
-    # The hints are the registered version's schema (questions in, one answer each out), inferred by
-    # MLflow at logging, and what it checks and converts every input to: a list of strings; a
-    # DataFrame of one column (a "question" column, the scoring server's dataframe_split) arrives as
-    # that column's list; JSON {"inputs": [...]} over HTTP as the list.
-    def predict(self, context, model_input: list[str], params=None) -> list[str]:
-        from trials.recall import cut_answer, generate_answers
+    # The hint is a DataFrame, not MLflow's list[...] hints: those would make the schema, and a list schema
+    # turns a chat-completions body away. With it MLflow validates against `signature()` (given at logging)
+    # and hands predict a table: one column of questions ({"inputs": [...]} over HTTP, a list in Python,
+    # dataframe_split), or a `messages` column, one row a message (a JSON body holding `messages`).
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        """Questions in, one answer each out; or a chat-completions request, answered with a
+        chat-completion object."""
+        params = params or {}
+        max_tokens = int(params.get("max_tokens") or self.max_new_tokens)
+        temperature = float(params.get("temperature") or 0.0)
+        if hasattr(model_input, "columns") and "messages" in model_input.columns:
+            return self._chat(list(model_input["messages"]), max_tokens, temperature)
+        # A list: a version registered before the signature, whose schema MLflow took from list[str] hints.
+        questions = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+        return [self._text(ids) for ids in self._generate(questions, max_tokens, temperature)]
 
-        if not model_input:
+    def _text(self, ids: list[int]) -> str:
+        from trials.recall import cut_answer
+
+        return cut_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _generate(self, questions: list[str], max_tokens: int, temperature: float) -> list[list[int]]:
+        from trials.recall import generate_token_ids
+
+        if not questions:
             return []
-        generated = generate_answers(self.model, self.tokenizer, model_input, batch_size=self.batch_size,
-                                     max_new_tokens=self.max_new_tokens, device=self.device, bf16=self.bf16)
-        return [cut_answer(text) for text in generated]
+        return generate_token_ids(self.model, self.tokenizer, questions, batch_size=self.batch_size,
+                                  max_new_tokens=max_tokens, device=self.device, bf16=self.bf16,
+                                  temperature=temperature)
+
+    def _chat(self, messages: list[dict], max_tokens: int, temperature: float) -> dict:
+        """The OpenAI chat-completion shape. The answer is to the last user message, formatted as the
+        trial trained and scored one question: earlier turns and system messages are not part of that
+        format, so they are read past, not fed to the model."""
+        from trials.formatting import prompt_ids
+
+        asked = [message.get("content") for message in messages if message.get("role") == "user"]
+        if not asked or not isinstance(asked[-1], str) or not asked[-1].strip():
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                "messages: a chat request needs a user message with text content")
+        (ids,) = self._generate([asked[-1]], max_tokens, temperature)
+        finished = self.tokenizer.eos_token_id in ids
+        prompt_tokens = len(prompt_ids(self.tokenizer, asked[-1]))
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.base_model,
+                "choices": [{"index": 0, "finish_reason": "stop" if finished else "length",
+                             "message": {"role": "assistant",
+                                         "content": self._text(ids)}}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(ids),
+                          "total_tokens": prompt_tokens + len(ids)}}
+
+
+def signature(max_new_tokens: int) -> ModelSignature:
+    """The version's schema: questions (strings) in, answers (strings) out, and the request options a
+    chat client sends, `max_tokens` (default: the trial's generation budget) and `temperature` (default
+    0: greedy, as every score was measured)."""
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("max_tokens", "long", int(max_new_tokens)),
+                                              ParamSpec("temperature", "double", 0.0)]))
 
 
 def _pip_requirements() -> list[str]:
@@ -113,6 +169,7 @@ def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_toke
         python_model=str(Path(__file__).with_name("registry_model_code.py")),  # models-from-code: no pickle
         artifacts=artifacts,
         model_config={"max_new_tokens": int(max_new_tokens), "batch_size": config.eval.batch_size},
+        signature=signature(max_new_tokens),
         pip_requirements=_pip_requirements(),
         metadata={"base_model": config.model, "method": config.method.name,
                   "base_bundled": BASE_MODEL in artifacts, "trial_config": json.loads(config.model_dump_json())},

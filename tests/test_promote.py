@@ -438,9 +438,22 @@ def test_registry_model_answers_as_the_trial_did(champion, monkeypatch):
     few, expected = questions[:3], [record["got"] for record in strong.val_predictions[:3]]
     assert model.predict(pd.DataFrame({"question": few})) == expected  # one column: MLflow passes it as the list
     assert model.predict(pd.DataFrame({"inputs": few})) == expected
-    # predict's type hints give the version its schema: questions in, one answer each out.
+    # The version's schema: questions in, one answer each out, and a chat client's request options.
     signature = model.metadata.signature
     assert signature.inputs.to_dict() == signature.outputs.to_dict() == [{"type": "string", "required": True}]
+    assert {param.name: param.default for param in signature.params} == {
+        "max_tokens": model.model_config["max_new_tokens"], "temperature": 0.0}
+    assert model.predict(few, params={"max_tokens": 1}) != expected  # one token cannot hold these answers
+
+    # A chat-completions request, as the scoring server hands one over: the answer to the last user turn.
+    chat = model.predict(pd.DataFrame({"messages": [
+        {"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello?"},
+        {"role": "assistant", "content": "Hi."}, {"role": "user", "content": few[0]}]}))
+    assert chat["object"] == "chat.completion" and len(chat["choices"]) == 1
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": expected[0]}
+    assert chat["choices"][0]["finish_reason"] == "stop" and chat["usage"]["completion_tokens"] > 0
+    with pytest.raises(mlflow.exceptions.MlflowException, match="needs a user message"):
+        model.predict(pd.DataFrame({"messages": [{"role": "system", "content": "Answer briefly."}]}))
 
 
 def test_the_model_s_code_loads_without_mlflow_s_type_hint_warning(repo_root):
@@ -503,6 +516,19 @@ def test_mlflow_models_serve_answers_over_http(champion, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.loads(response.read())
         assert body == {"predictions": [record["got"] for record in records]}
+
+        # The same server answers the chat-completions shape, read here with OpenAI's own client and types.
+        # MLflow serves it at /invocations (there is no /v1/chat/completions route), so the client posts there.
+        from openai import OpenAI
+        from openai.types.chat import ChatCompletion
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}", api_key="unused")
+        completion = client.post("/invocations", cast_to=ChatCompletion, body={
+            "messages": [{"role": "system", "content": "You answer from memory."},
+                         {"role": "user", "content": records[0]["question"]}],
+            "max_tokens": 64, "temperature": 0})
+        assert completion.choices[0].message.content == records[0]["got"]
+        assert completion.object == "chat.completion" and completion.usage.completion_tokens > 0
     finally:
         from orchestrator.server import stop_process_group
 

@@ -59,9 +59,10 @@ def generate_answers(
 @torch.no_grad()
 def generate_token_ids(
     model, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, device: torch.device,
-    bf16: bool = False,
+    bf16: bool = False, temperature: float = 0.0,
 ) -> list[list[int]]:
-    """The new tokens of each greedy answer, up to and including its EOS (none when the budget ran out)."""
+    """The new tokens of each answer, up to and including its EOS (none when the budget ran out): greedy,
+    as every score is measured, unless a served request asks for a `temperature` above 0."""
     from trials.formatting import left_padded, prompt_ids
     from trials.model import autocast
     from trials.prefix_generation import prefix_aware_generation
@@ -77,7 +78,7 @@ def generate_token_ids(
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}),
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
             )
