@@ -25,6 +25,7 @@ MODEL_NAME, EXPERIMENT = "recall-champion", "recall-orchestrator"
 # `promote`'s exit status when its gate refused the candidate: 0 means a trial of the sweep is the
 # champion now, 2 an error, so a script can tell the three apart.
 NOTHING_PROMOTED = 3
+EXPORT_REFUSED = 3  # the export scored below the registered adapter by more than the tolerance
 
 
 # The evening-to-morning flow, shown under `orchestrator --help`.
@@ -169,6 +170,14 @@ def _question(text: str) -> str:
     return text
 
 
+def _tolerance(text: str) -> float:
+    """argparse's type for `export --tolerance`: a drop in recall, between 0 and 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (a drop in test exact recall)")
+    return value
+
+
 def _unloadable(model_uri: str, message: str) -> str:
     """Why `ask` could not load its model: most often no sweep was promoted yet to give it the alias."""
     import re
@@ -181,6 +190,25 @@ def _unloadable(model_uri: str, message: str) -> str:
         if not hints.has_alias(client, alias[1], alias[2]):
             return hints.no_alias(client, alias[1], alias[2])
     return f"cannot load {model_uri}: {message}"
+
+
+def cmd_export(args) -> int:
+    from orchestrator.export import export
+    from orchestrator.promote import use_store
+
+    _quiet_loading()
+    use_store()
+    outcome = export(args.model, args.to, merge=args.merge, tolerance=args.tolerance,
+                     log=lambda line: print(line, file=sys.stderr))
+    figures = (f"test exact recall {outcome.export_test_exact_recall:.3f} exported vs "
+               f"{outcome.adapter_test_exact_recall:.3f} registered, on {outcome.test_questions} questions")
+    if not outcome.verified:
+        print(f"refused: {figures}, a drop of more than {outcome.tolerance:g}; nothing written to {args.to}",
+              file=sys.stderr)
+        return EXPORT_REFUSED
+    kind = "merged checkpoint (transformers alone loads it)" if outcome.merged else "adapter + pinned base reference"
+    print(f"verified: {args.model} -> {args.to}, {kind}; {figures}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -377,6 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI")
     chat.set_defaults(func=cmd_chat)
 
+    export = command("export", help="write a registered model as files Hugging Face loads, verified on its "
+                                    "own test facts",
+                     epilog=f"exit status: 0 verified, {EXPORT_REFUSED} refused (the export's test exact recall "
+                            "fell more than --tolerance below the registered adapter's; nothing is written), 2 an "
+                            "error. LoRA, DoRA and IA3 merge; prefix-tuning cannot, and is exported as an adapter")
+    export.add_argument("model", nargs="?", default=f"models:/{MODEL_NAME}@champion", metavar="MODEL_URI",
+                        help="MLflow model URI, e.g. models:/recall-champion/2")
+    export.add_argument("--to", type=Path, required=True, metavar="DIR",
+                        help="a new (or empty) directory for the export")
+    export.add_argument("--merge", action="store_true",
+                        help="merge the adapter into the base's weights: a standalone checkpoint in the base's "
+                             "dtype, with the tokenizer and chat template (default: the adapter and a pinned "
+                             "reference to its base)")
+    export.add_argument("--tolerance", type=_tolerance, default=0.02,
+                        help="the largest drop in test exact recall, export against the registered adapter, "
+                             "that still verifies")
+    export.set_defaults(func=cmd_export)
+
     demo = command("demo", help="sweep, promote the best, ask the champion a question")
     _add_config_args(demo)
     demo.add_argument("--name", help="sweep name (default: demo-<timestamp>)")
@@ -428,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that read or write the tracking store: a server that is down fails them in seconds, naming
 # the URI, instead of after MLflow's minutes of retries (`sweep` and `demo` check it themselves,
 # after the data, which is cheaper to get wrong).
-NEEDS_TRACKING = ("promote", "ask", "chat", "report", "ui")
+NEEDS_TRACKING = ("promote", "ask", "chat", "export", "report", "ui")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -52,20 +53,11 @@ class RecallModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from trials.config import TrialConfig
         from trials.evaluate import load_trained
-        from trials.model import pick_device, use_bf16
 
         config = TrialConfig.model_validate_json(Path(context.artifacts[TRIAL_CONFIG]).read_text(encoding="utf-8"))
         options = context.model_config or {}
-        # Where it is served, not where it was trained: the GPU if there is one, else the CPU; in the
-        # trial's precision where that device has it, so the answers are the ones the trial scored.
-        serving = config.training.model_copy(update={"device": "auto"})
-        try:
-            use_bf16(serving, pick_device(serving))
-        except ValueError:  # bf16: true, served on a GPU without bf16
-            serving = serving.model_copy(update={"bf16": False})
         self.model, self.tokenizer, self.device, self.bf16 = load_trained(
-            Path(context.artifacts[ADAPTER]), config.model_copy(update={"training": serving}),
-            base_path=context.artifacts.get(BASE_MODEL))
+            Path(context.artifacts[ADAPTER]), serving_config(config), base_path=context.artifacts.get(BASE_MODEL))
         self.batch_size = int(options.get("batch_size", config.eval.batch_size))
         self.max_new_tokens = int(options["max_new_tokens"])
         self.base_model = config.model  # a chat completion's `model`
@@ -122,6 +114,19 @@ class RecallModel(mlflow.pyfunc.PythonModel):
                           "total_tokens": prompt_tokens + len(ids)}}
 
 
+def serving_config(config):
+    """A trial config as it is served, not where it was trained: on the GPU if there is one, else the CPU;
+    in the trial's precision where that device has it, so the answers are the ones the trial scored."""
+    from trials.model import pick_device, use_bf16
+
+    serving = config.training.model_copy(update={"device": "auto"})
+    try:
+        use_bf16(serving, pick_device(serving))
+    except ValueError:  # bf16: true, served on a GPU without bf16
+        serving = serving.model_copy(update={"bf16": False})
+    return config.model_copy(update={"training": serving})
+
+
 def signature(max_new_tokens: int) -> ModelSignature:
     """The version's schema: questions (strings) in, answers (strings) out, and the request options a
     chat client sends, `max_tokens` (default: the trial's generation budget) and `temperature` (default
@@ -161,16 +166,20 @@ def log_recall_model(adapter_dir: Path, trial_config_path: Path, *, max_new_toke
         artifacts[BASE_MODEL] = resolve_model(config.model)
     # pyfunc.log_model is Model.log for the active run; Model.log takes the run as an argument, so a
     # finished trial run gets its model (and the registry's source link) with its status and times untouched.
-    return mlflow.models.Model.log(
-        artifact_path=None,  # positional in its signature, deprecated for `name`
-        name=name,
-        flavor=mlflow.pyfunc,
-        run_id=run_id,
-        python_model=str(Path(__file__).with_name("registry_model_code.py")),  # models-from-code: no pickle
-        artifacts=artifacts,
-        model_config={"max_new_tokens": int(max_new_tokens), "batch_size": config.eval.batch_size},
-        signature=signature(max_new_tokens),
-        pip_requirements=_pip_requirements(),
-        metadata={"base_model": config.model, "method": config.method.name,
-                  "base_bundled": BASE_MODEL in artifacts, "trial_config": json.loads(config.model_dump_json())},
-    )
+    # No input example: MLflow would load the model and answer it at logging, to check what the signature
+    # already says; its warning that one is missing is left out of promote's output.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+        return mlflow.models.Model.log(
+            artifact_path=None,  # positional in its signature, deprecated for `name`
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            python_model=str(Path(__file__).with_name("registry_model_code.py")),  # models-from-code: no pickle
+            artifacts=artifacts,
+            model_config={"max_new_tokens": int(max_new_tokens), "batch_size": config.eval.batch_size},
+            signature=signature(max_new_tokens),
+            pip_requirements=_pip_requirements(),
+            metadata={"base_model": config.model, "method": config.method.name,
+                      "base_bundled": BASE_MODEL in artifacts, "trial_config": json.loads(config.model_dump_json())},
+        )

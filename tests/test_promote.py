@@ -25,42 +25,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from promote_support import EXPERIMENT, MODEL, Trained, log_sweep, promote, trial_config
 
-EXPERIMENT = "recall-orchestrator"
-MODEL = "recall-champion"
+pytestmark = pytest.mark.e2e
 
 
 # --- two real trials, trained once for the module ---------------------------------------------------
-
-class Trained:
-    """A trial directory (adapter/, metrics.json, predictions_val.jsonl, trial_config.json) + facts."""
-
-    def __init__(self, directory: Path):
-        from trials.config import TrialConfig
-
-        self.dir = directory
-        self.config = TrialConfig.model_validate_json((directory / "trial_config.json").read_text())
-        self.metrics = json.loads((directory / "metrics.json").read_text())
-        self.val_predictions = [json.loads(line) for line in (directory / "predictions_val.jsonl").open()]
-        self.test_recall: float | None = None
-        self.learned: dict | None = None  # a train question it answers right (the strong one)
-
-
-def trial_config(documents: list[Path], qa: Path, *, epochs: int, learning_rate: float):
-    """The demo recipe (configs/demo.yaml's trial), on the train questions only, for a short run."""
-    from trials.config import DataConfig, EvalConfig, TrainingConfig, TrialConfig
-    from trials.methods import LoraMethod
-
-    return TrialConfig(
-        model="embedded:tiny-llama",
-        data=DataConfig(documents=documents, qa=qa),
-        method=LoraMethod(r=32, alpha=64, learning_rate=learning_rate,
-                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-        training=TrainingConfig(epochs=epochs, weight_decay=0.1, include_documents=False, seed=0),
-        eval=EvalConfig(max_train_questions=16),
-    )
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_documents, demo_qa):
@@ -99,30 +69,6 @@ def store(tmp_path, monkeypatch) -> str:
     return uri
 
 
-def log_sweep(name: str, trials: list[tuple[Trained, float]]) -> list[str]:
-    """A sweep in the documented layout: one FINISHED child run per (trial, val recall to log)."""
-    from orchestrator import tracking
-    from orchestrator.mlflow_writer import trial_params
-
-    client = tracking.client()
-    experiment_id = tracking.experiment_id(client, EXPERIMENT)
-    parent = client.create_run(experiment_id, run_name=name,
-                               tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
-    run_ids = []
-    for index, (trial, val_recall) in enumerate(trials):
-        run = client.create_run(experiment_id, run_name=f"{name}-{index}", tags={
-            tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial", tracking.SWEEP: name,
-            tracking.TRIAL_ID: f"{name}-t{index}"})
-        for key, value in trial_params(trial.config).items():
-            client.log_param(run.info.run_id, key, value)
-        client.log_metric(run.info.run_id, "val_exact_recall", val_recall, step=trial.metrics["epochs"])
-        tracking.log_trial_artifacts(client, run.info.run_id, trial.dir)
-        client.set_terminated(run.info.run_id, "FINISHED")
-        run_ids.append(run.info.run_id)
-    client.set_terminated(parent.info.run_id, "FINISHED")
-    return run_ids
-
-
 def versions(model: str = MODEL) -> list[str]:
     from orchestrator import tracking
 
@@ -133,12 +79,6 @@ def champion_version(model: str = MODEL) -> str:
     from orchestrator import tracking
 
     return str(tracking.client().get_model_version_by_alias(model, "champion").version)
-
-
-def promote(sweep: str, **kwargs):
-    from orchestrator.promote import promote as run_promote
-
-    return run_promote(sweep, **{"log": lambda line: None, **kwargs})
 
 
 # --- promotion ----------------------------------------------------------------------------------------

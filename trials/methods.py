@@ -109,6 +109,11 @@ AnyMethod = Union[LoraMethod, PrefixMethod, IA3Method]
 MethodName = Literal[METHOD_NAMES]  # a tuple subscript is the same as listing the names
 
 
+def label(method: AnyMethod) -> str:
+    """The method as users name it: DoRA is LoRA with use_dora, but nobody calls a DoRA run "lora"."""
+    return "dora" if getattr(method, "use_dora", False) else method.name
+
+
 def _method_name(value: Any) -> str | None:
     # `name` defaults to lora, as in LoraMethod: `method: {r: 16}` (or `--set method.r=16` on a config
     # without a method section) is a LoRA method, not "Unable to extract tag using discriminator".

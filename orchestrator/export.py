@@ -1,0 +1,220 @@
+"""`orchestrator export`: a registered version out of MLflow, as files any Hugging Face user loads, checked.
+
+- `--merge`: the adapter merged into the base's weights (peft `merge_and_unload`, in the dtype the base
+  is stored in), saved as a standalone checkpoint with the tokenizer and its chat template:
+  `AutoModelForCausalLM.from_pretrained(DIR)` alone loads it, no peft. LoRA, DoRA and IA3 merge.
+  Prefix-tuning adds virtual tokens instead of changing weights, so it cannot merge: it is exported as
+  an adapter, and the output says so.
+- without `--merge`: the adapter (peft's files) and `base_model.json`, the pinned reference to its base:
+  the model name and the sha256 of the base's config and weight files. The embedded tiny base exists on
+  no hub, so it travels in `base/`, as it does inside the registered model.
+
+Before anything is called verified, the export is re-scored on the version's own test facts (its
+`knowledge/` artifact), beside the registered adapter scored as its trial scored it, in the same process
+(greedy answers in bf16 can differ by a question between processes). A merged export is loaded with
+plain transformers; an adapter export with peft, from the export's own files. A drop in exact recall
+of more than the tolerance (0.02) refuses: nothing is left at the destination, and the figures say why.
+`export.json` in the destination records the figures of an export that passed.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from orchestrator.errors import PromotionError
+from trials.methods import label
+from trials.model import load_tokenizer
+
+TOLERANCE = 0.02
+BASE_DIR, BASE_REFERENCE, RECORD = "base", "base_model.json", "export.json"
+
+
+class ExportError(PromotionError):
+    """An export that cannot run: the destination is taken, the version holds no test facts."""
+
+
+@dataclass
+class Exported:
+    """What `export` wrote, or would have: its figures on the version's test facts."""
+    model_uri: str
+    directory: str
+    method: str
+    merged: bool
+    test_questions: int
+    max_new_tokens: int  # the version's generation budget, with which both were scored
+    bf16: bool  # the precision both were scored in (the trial's, where this device has it)
+    adapter_test_exact_recall: float  # the registered adapter, scored as its trial scored it
+    export_test_exact_recall: float  # the exported files, loaded as a user would
+    tolerance: float
+    verified: bool
+    note: str = ""
+
+
+@dataclass
+class _Registered:
+    """A downloaded version: where its files are and what it was trained as."""
+    adapter: Path
+    base: str  # a path from_pretrained loads: the bundled copy, else the resolved model name
+    bundled: bool
+    config: object  # trials.config.TrialConfig
+    max_new_tokens: int
+
+    @classmethod
+    def read(cls, local: Path) -> _Registered:
+        from mlflow.models import Model
+
+        from orchestrator.registry_model import ADAPTER, BASE_MODEL, TRIAL_CONFIG
+        from trials.config import TrialConfig
+        from trials.model import resolve_model
+
+        flavor = Model.load(str(local)).flavors["python_function"]
+        paths = {key: local / entry["path"] for key, entry in flavor["artifacts"].items()}
+        config = TrialConfig.model_validate_json(paths[TRIAL_CONFIG].read_text(encoding="utf-8"))
+        bundled = BASE_MODEL in paths
+        return cls(adapter=paths[ADAPTER], base=str(paths[BASE_MODEL]) if bundled else resolve_model(config.model),
+                   bundled=bundled, config=config, max_new_tokens=int(flavor["config"]["max_new_tokens"]))
+
+
+def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANCE, log=print) -> Exported:
+    """Export `model_uri` to `to` (absent or empty), verified; raises ExportError before any model loads
+    when it cannot. A refused export (recall dropped) returns `verified` False and leaves `to` untouched."""
+    import mlflow
+
+    to = Path(to)
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise ExportError(f"--to {to}: exists and is not an empty directory; export writes a new one")
+    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
+        registered = _Registered.read(local)
+        rows = _test_rows(local, model_uri)
+        note = ""
+        method = label(registered.config.method)
+        if merge and method == "prefix":
+            merge, note = False, "prefix-tuning cannot merge (its virtual tokens are not weights): exported as an adapter"
+            log(note)
+        model, tokenizer, device, bf16 = _load_registered_adapter(registered)
+        reference = _exact_recall(model, tokenizer, device, bf16, rows, registered)
+        del model
+        staging = Path(tempfile.mkdtemp(prefix=f".{to.name}-", dir=to.parent if to.parent.exists() else None))
+        try:
+            (_write_merged if merge else _write_adapter)(registered, staging)
+            log(f"wrote the {'merged checkpoint' if merge else 'adapter'}; re-scoring it on {len(rows)} test questions")
+            exported = _exact_recall(*(_load_merged if merge else _load_adapter_export)(registered, staging),
+                                     rows, registered)
+            outcome = Exported(model_uri, str(to.resolve()), method, merge, len(rows),
+                               registered.max_new_tokens, bf16, reference, exported, tolerance,
+                               verified=reference - exported <= tolerance, note=note)
+            if outcome.verified:
+                (staging / RECORD).write_text(json.dumps(asdict(outcome), indent=2) + "\n", encoding="utf-8")
+                to.parent.mkdir(parents=True, exist_ok=True)
+                if to.exists():
+                    to.rmdir()  # empty, checked above
+                shutil.move(str(staging), str(to))
+            return outcome
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _test_rows(local: Path, model_uri: str):
+    from orchestrator.lineage import QA_FILE
+    from orchestrator.registry_model import KNOWLEDGE
+    from trials.config import DataConfig
+    from trials.data import load_knowledge
+
+    qa = local / "artifacts" / KNOWLEDGE / QA_FILE
+    rows = load_knowledge(DataConfig(qa=qa)).split("test") if qa.is_file() else []
+    if not rows:
+        raise ExportError(f"{model_uri} holds no test facts ({KNOWLEDGE}/{QA_FILE}) to verify an export on: "
+                          "promote it again with this version of recall-orchestrator")
+    return rows
+
+
+def _serving(registered: _Registered):
+    """The device and precision the version is served with (orchestrator.registry_model)."""
+    from orchestrator.registry_model import serving_config
+
+    return serving_config(registered.config)
+
+
+def _load_registered_adapter(registered: _Registered):
+    from trials.evaluate import load_trained
+
+    return load_trained(registered.adapter, _serving(registered), base_path=registered.base)
+
+
+def _exact_recall(model, tokenizer, device, bf16, rows, registered: _Registered) -> float:
+    from trials.evaluate import score_rows
+
+    metrics, _ = score_rows(model, tokenizer, rows, batch_size=registered.config.eval.batch_size,
+                            max_new_tokens=registered.max_new_tokens, device=device, bf16=bf16)
+    del model
+    gc.collect()  # one model at a time: a 7B base and its merged copy would not both fit
+    return metrics["exact_recall"]
+
+
+def _write_merged(registered: _Registered, directory: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(registered.base, dtype="auto")  # the dtype it is stored in
+    merged = PeftModel.from_pretrained(base, str(registered.adapter)).merge_and_unload()
+    merged.save_pretrained(directory)
+    load_tokenizer(str(registered.adapter)).save_pretrained(directory)  # with the chat template
+    del base, merged
+    gc.collect()
+
+
+def _load_merged(registered: _Registered, directory: Path):
+    """Plain transformers: the checkpoint as any user loads it, no peft."""
+    from trials.model import load_base_model, pick_device, use_bf16
+
+    training = _serving(registered).training
+    device = pick_device(training)
+    bf16 = use_bf16(training, device)
+    return (load_base_model(str(directory), device, bf16, training.attention), load_tokenizer(str(directory)),
+            device, bf16)
+
+
+def _write_adapter(registered: _Registered, directory: Path) -> None:
+    shutil.copytree(registered.adapter, directory, dirs_exist_ok=True)
+    base = registered.base
+    if registered.bundled:
+        shutil.copytree(registered.base, directory / BASE_DIR)
+        base = str(directory / BASE_DIR)
+    reference = {"base_model": registered.config.model, "bundled": BASE_DIR if registered.bundled else None,
+                 "sha256": base_fingerprint(Path(base))}
+    (directory / BASE_REFERENCE).write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
+
+
+def _load_adapter_export(registered: _Registered, directory: Path):
+    """peft, from the export's own files, on the base its reference pins (checked first)."""
+    from trials.evaluate import load_trained
+
+    reference = json.loads((directory / BASE_REFERENCE).read_text(encoding="utf-8"))
+    base = directory / reference["bundled"] if reference["bundled"] else Path(registered.base)
+    if base_fingerprint(base) != reference["sha256"]:
+        raise ExportError(f"the base at {base} is not the one {BASE_REFERENCE} pins")
+    return load_trained(directory, _serving(registered), base_path=str(base))
+
+
+def base_fingerprint(base: Path) -> dict[str, str]:
+    """sha256 of a local base's config and weight files; {} for a hub name not on this disk."""
+    if not base.is_dir():
+        return {}
+    pinned = sorted(path for path in base.iterdir()
+                    if path.name == "config.json" or path.suffix in (".safetensors", ".bin"))
+    return {path.name: _sha256(path) for path in pinned}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
