@@ -35,6 +35,7 @@ WORKFLOW = """a sweep, from a config to a champion:
   orchestrator report --sweep first                   # leaderboard, plots and one HTML page
   orchestrator promote --sweep first                  # test the top trials; the best becomes @champion
   orchestrator ask "Which team is Piet Lindqvist on?" # ask the champion
+  orchestrator export --merge --to champion-hf        # a Hugging Face checkpoint of it, verified
 `orchestrator COMMAND --help` describes each command and shows its defaults."""
 
 
