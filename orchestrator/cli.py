@@ -201,12 +201,15 @@ def cmd_export(args) -> int:
     use_store()
     outcome = export(args.model, args.to, merge=args.merge, tolerance=args.tolerance,
                      log=lambda line: print(line, file=sys.stderr))
+    if not outcome.verified:
+        print(f"refused: {'; '.join(outcome.drops())}: a drop of more than {outcome.tolerance:g}; nothing "
+              f"written to {args.to}", file=sys.stderr)
+        return EXPORT_REFUSED
     figures = (f"test exact recall {outcome.export_test_exact_recall:.3f} exported vs "
                f"{outcome.adapter_test_exact_recall:.3f} registered, on {outcome.test_questions} questions")
-    if not outcome.verified:
-        print(f"refused: {figures}, a drop of more than {outcome.tolerance:g}; nothing written to {args.to}",
-              file=sys.stderr)
-        return EXPORT_REFUSED
+    if outcome.general_questions:
+        figures += (f"; general questions right {outcome.export_general_right:.3f} vs "
+                    f"{outcome.adapter_general_right:.3f}, on {outcome.general_questions}")
     kind = "merged checkpoint (transformers alone loads it)" if outcome.merged else "adapter + pinned base reference"
     print(f"verified: {args.model} -> {args.to}, {kind}; {figures}")
     return 0
@@ -408,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = command("export", help="write a registered model as files Hugging Face loads, verified on its "
                                     "own test facts",
-                     epilog=f"exit status: 0 verified, {EXPORT_REFUSED} refused (the export's test exact recall "
-                            "fell more than --tolerance below the registered adapter's; nothing is written), 2 an "
+                     epilog=f"exit status: 0 verified, {EXPORT_REFUSED} refused (the export's test exact recall, "
+                            "or its share of the general probe's check questions answered right, fell more than "
+                            "--tolerance below the registered adapter's; nothing is written), 2 an "
                             "error. LoRA, DoRA and IA3 merge; prefix-tuning cannot, and is exported as an adapter")
     export.add_argument("model", nargs="?", default=f"models:/{MODEL_NAME}@champion", metavar="MODEL_URI",
                         help="MLflow model URI, e.g. models:/recall-champion/2")
@@ -420,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "dtype, with the tokenizer and chat template (default: the adapter and a pinned "
                              "reference to its base)")
     export.add_argument("--tolerance", type=_tolerance, default=0.02,
-                        help="the largest drop in test exact recall, export against the registered adapter, "
-                             "that still verifies")
+                        help="the largest drop, export against the registered adapter, in test exact recall and "
+                             "in general questions answered right, that still verifies")
     export.set_defaults(func=cmd_export)
 
     demo = command("demo", help="sweep, promote the best, ask the champion a question")

@@ -9,12 +9,14 @@
   the model name and the sha256 of the base's config and weight files. The embedded tiny base exists on
   no hub, so it travels in `base/`, as it does inside the registered model.
 
-Before anything is called verified, the export is re-scored on the version's own test facts (its
-`knowledge/` artifact), beside the registered adapter scored as its trial scored it, in the same process
-(greedy answers in bf16 can differ by a question between processes). A merged export is loaded with
-plain transformers; an adapter export with peft, from the export's own files. A drop in exact recall
-of more than the tolerance (0.02) refuses: nothing is left at the destination, and the figures say why.
-`export.json` in the destination records the figures of an export that passed.
+Before anything is called verified, the export is re-scored beside the registered adapter (scored as its
+trial scored it, in the same process: greedy answers in bf16 can differ by a question between processes)
+on the version's own test facts (its `knowledge/` artifact) and on the general probe's check questions
+(trials/general.py: what the model still knows besides the facts), when the trial had a probe. A merged
+export is loaded with plain transformers; an adapter export with peft, from the export's own files. A
+drop of more than the tolerance (0.02) in test exact recall or in the share of general questions
+answered right refuses: nothing is left at the destination, and the figures say why. `export.json` in
+the destination records the figures of an export that passed.
 """
 
 from __future__ import annotations
@@ -51,9 +53,23 @@ class Exported:
     bf16: bool  # the precision both were scored in (the trial's, where this device has it)
     adapter_test_exact_recall: float  # the registered adapter, scored as its trial scored it
     export_test_exact_recall: float  # the exported files, loaded as a user would
+    general_questions: int  # the general probe's check questions (0: the trial had no probe)
+    adapter_general_right: float | None  # the share of them answered right
+    export_general_right: float | None
     tolerance: float
-    verified: bool
     note: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return not self.drops()
+
+    def drops(self) -> list[str]:
+        """What fell by more than the tolerance, with its figures."""
+        pairs = [("test exact recall", self.adapter_test_exact_recall, self.export_test_exact_recall)]
+        if self.general_questions:
+            pairs.append(("general questions right", self.adapter_general_right, self.export_general_right))
+        return [f"{name} {exported:.3f} exported vs {registered:.3f} registered"
+                for name, registered, exported in pairs if registered - exported > self.tolerance]
 
 
 @dataclass
@@ -98,20 +114,23 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
         if merge and method == "prefix":
             merge, note = False, "prefix-tuning cannot merge (its virtual tokens are not weights): exported as an adapter"
             log(note)
+        probe = _general_probe(registered, log)
         model, tokenizer, device, bf16 = _load_registered_adapter(registered)
-        reference = _exact_recall(model, tokenizer, device, bf16, rows, registered)
+        reference = _scores(model, tokenizer, device, bf16, rows, probe, registered)
         del model
         staging = Path(tempfile.mkdtemp(prefix=f".{to.name}-", dir=to.parent if to.parent.exists() else None))
         try:
             (_write_merged if merge else _write_adapter)(registered, staging)
-            log(f"wrote the {'merged checkpoint' if merge else 'adapter'}; re-scoring it on {len(rows)} test questions")
-            exported = _exact_recall(*(_load_merged if merge else _load_adapter_export)(registered, staging),
-                                     rows, registered)
-            outcome = Exported(model_uri, str(to.resolve()), method, merge, len(rows),
-                               registered.max_new_tokens, bf16, reference, exported, tolerance,
-                               verified=reference - exported <= tolerance, note=note)
+            log(f"wrote the {'merged checkpoint' if merge else 'adapter'}; re-scoring it on {len(rows)} test "
+                f"questions and {len(probe)} general ones")
+            exported = _scores(*(_load_merged if merge else _load_adapter_export)(registered, staging),
+                               rows, probe, registered)
+            outcome = Exported(model_uri, str(to.resolve()), method, merge, len(rows), registered.max_new_tokens,
+                               bf16, reference[0], exported[0], len(probe), reference[1], exported[1], tolerance,
+                               note=note)
             if outcome.verified:
-                (staging / RECORD).write_text(json.dumps(asdict(outcome), indent=2) + "\n", encoding="utf-8")
+                record = {**asdict(outcome), "verified": True}
+                (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
                 to.parent.mkdir(parents=True, exist_ok=True)
                 if to.exists():
                     to.rmdir()  # empty, checked above
@@ -148,14 +167,36 @@ def _load_registered_adapter(registered: _Registered):
     return load_trained(registered.adapter, _serving(registered), base_path=registered.base)
 
 
-def _exact_recall(model, tokenizer, device, bf16, rows, registered: _Registered) -> float:
-    from trials.evaluate import score_rows
+def _general_probe(registered: _Registered, log) -> list:
+    """The probe's check questions the trial was measured on; [] when it had none (eval.general off, or
+    its files are not on this machine: then the output says so). The shipped probe is found in this
+    checkout when the trial named it in another."""
+    from trials.config import DEFAULT_PROBE
+    from trials.general import load_probe
 
-    metrics, _ = score_rows(model, tokenizer, rows, batch_size=registered.config.eval.batch_size,
-                            max_new_tokens=registered.max_new_tokens, device=device, bf16=bf16)
+    path = registered.config.eval.general
+    if path is None:
+        return []
+    if not path.exists() and path.parts[-2:] == DEFAULT_PROBE.parts[-2:]:
+        path = DEFAULT_PROBE
+    if not path.exists():
+        log(f"eval.general {path} is not on this machine: the export is not checked on general questions")
+        return []
+    return [question for question in load_probe(path).questions if question.split == "check"]
+
+
+def _scores(model, tokenizer, device, bf16, rows, probe, registered: _Registered) -> tuple[float, float | None]:
+    """(test exact recall, share of the general check questions right or None), then the model is freed."""
+    from trials.evaluate import score_rows
+    from trials.general import share_right
+
+    batch_size = registered.config.eval.batch_size
+    metrics, _ = score_rows(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=registered.max_new_tokens,
+                            device=device, bf16=bf16)
+    general = share_right(model, tokenizer, probe, batch_size, device, bf16) if probe else None
     del model
     gc.collect()  # one model at a time: a 7B base and its merged copy would not both fit
-    return metrics["exact_recall"]
+    return metrics["exact_recall"], general
 
 
 def _write_merged(registered: _Registered, directory: Path) -> None:

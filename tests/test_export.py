@@ -85,6 +85,8 @@ def test_a_merged_export_loads_with_transformers_alone_and_keeps_its_test_recall
     record = json.loads((tmp_path / "merged" / "export.json").read_text())
     assert record["merged"] and record["verified"] and record["method"] == method
     assert abs(record["export_test_exact_recall"] - record["adapter_test_exact_recall"]) <= 0.02
+    assert record["general_questions"] > 100  # the shipped probe's check questions, as the trial was measured
+    assert abs(record["export_general_right"] - record["adapter_general_right"]) <= 0.02
     if method in ("lora", "dora"):
         assert record["adapter_test_exact_recall"] > 0  # a recall that could drop
     files = {path.name for path in (tmp_path / "merged").iterdir()}
@@ -143,4 +145,6 @@ def test_an_export_whose_recall_drops_is_refused_and_leaves_nothing(champions, t
     outcome = exporting.export(models["lora"], tmp_path / "broken", merge=True, log=lambda line: None)
     assert not outcome.verified
     assert outcome.adapter_test_exact_recall > outcome.tolerance >= outcome.export_test_exact_recall
+    assert outcome.drops() == [f"test exact recall {outcome.export_test_exact_recall:.3f} exported vs "
+                               f"{outcome.adapter_test_exact_recall:.3f} registered"]
     assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken-*"))  # no staging left

@@ -226,6 +226,12 @@ def base_answers(model, tokenizer, probe: Probe, base_path: str, device: torch.d
     return answers
 
 
+def share_right(model, tokenizer, questions: list[ProbeQuestion], batch_size: int, device, bf16: bool) -> float:
+    """The share of `questions` a model answers right (an accepted answer in its reply's first line)."""
+    right = _right(model, tokenizer, questions, list(range(len(questions))), batch_size, device, bf16)
+    return sum(right) / len(right) if right else 0.0
+
+
 def _right(model, tokenizer, questions: list[ProbeQuestion], indices: list[int], batch_size: int, device,
            bf16: bool) -> list[bool]:
     """Whether each of those questions, asked in batches in this order, is answered right."""
