@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trials.config import TrialConfig
-from trials.methods import AnyMethod, IA3Method, LoraMethod, MethodName, PrefixMethod, Strict
+from trials.methods import AnyMethod, IA3Method, LoraMethod, MethodName, PrefixMethod, Strict, comparable
 
 
 class _Interval(Strict):
@@ -52,14 +52,10 @@ def _named_set(sets: dict[str, list[str]], modules: list[str]) -> str | None:
     return next((name for name, members in sets.items() if sorted(members) == sorted(modules)), None)
 
 
-def _same(value: Any) -> Any:
-    return sorted(value) if isinstance(value, list) else value  # module lists match in any order
-
-
 def _require(knobs: list[tuple[str, Any, list]]) -> None:
     """Raise ValueError for every (knob, adapter's value, choices) whose choices leave the value out."""
     missing = [f"{knob}: the adapter's {value!r} is not among {choices!r}"
-               for knob, value, choices in knobs if _same(value) not in [_same(choice) for choice in choices]]
+               for knob, value, choices in knobs if comparable(value) not in [comparable(choice) for choice in choices]]
     if missing:
         raise ValueError("; ".join(missing))
 

@@ -38,8 +38,9 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, _named_set, _same, check_points
+from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, _named_set, check_points
 from trials.config import objective_metric
+from trials.methods import comparable
 
 AUTO = "auto"
 ORIGIN = "origin"  # the Optuna user attribute and the Tune config key of a trial's origin
@@ -227,7 +228,7 @@ def _point(params: dict[str, str], config) -> tuple[dict | None, str | None]:
         return None, problems[0].split(": ", 2)[-1]
     rebuilt = trial_params(trial_config_for(config.trial_config(), point, space))
     differs = sorted(key for key, text in params.items() if key.startswith("method.")
-                     and _same(_value(rebuilt.get(key, "None"))) != _same(_value(text)))  # module lists: any order
+                     and comparable(_value(rebuilt.get(key, "None"))) != comparable(_value(text)))  # module lists: any order
     if differs:
         return None, f"it would not train the same {', '.join(differs)}"
     return point, None

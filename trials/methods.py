@@ -168,11 +168,12 @@ def method_of_adapter(adapter_dir: Path, method: AnyMethod) -> AnyMethod:
         raise ValueError(f"name: {method.name} contradicts init_adapter {adapter_dir}, a {saved.name} adapter")
     contradicted = [f"{key}: {getattr(method, key)!r} but the adapter has {getattr(saved, key)!r}"
                     for key in sorted(method.model_fields_set - {"name", "learning_rate"})
-                    if _comparable(getattr(method, key)) != _comparable(getattr(saved, key))]
+                    if comparable(getattr(method, key)) != comparable(getattr(saved, key))]
     if contradicted:
         raise ValueError(f"contradicts init_adapter {adapter_dir}: " + "; ".join(contradicted))
     return saved
 
 
-def _comparable(value: Any) -> Any:
-    return sorted(value) if isinstance(value, list) else value  # module lists match in any order
+def comparable(value: Any) -> Any:
+    """A knob's value as two adapters are compared: module lists match in any order."""
+    return sorted(value) if isinstance(value, list) else value
