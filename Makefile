@@ -28,7 +28,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/orchestrator demo configs/demo.yaml
 
-# The same on a real pretrained chat model, SmolLM2-135M-Instruct (see README for how long it takes).
+# The same on a real pretrained chat model, SmolLM2-135M-Instruct (docs/real-models.md says how long it takes).
 demo-real: install
 	$(VENV)/bin/orchestrator demo configs/smollm2.yaml
 
@@ -39,7 +39,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not e2e and not slow and not service and not cluster and not real_model"
 
-# The fault matrix (README "make chaos"): the scenarios in chaos/, then the tests of tests/ that already
+# The fault matrix (docs/testing.md, "make chaos"): the scenarios in chaos/, then the tests of tests/ that already
 # replay a fault, by node id (they run in `make test` too; chaos/ does not). One PASSED/FAILED line per
 # scenario and pytest's summary line; no --durations, so the lines are all there is.
 CHAOS_FROM_TESTS := tests/test_divergence.py tests/test_sweep_resume.py \
@@ -76,7 +76,7 @@ dashboard: install
 	$(PY) -m pip install -q -e '.[dashboard]'
 	$(VENV)/bin/optuna-dashboard $(OPTUNA_STORAGE)
 
-# The README's screenshots (docs/*.png), taken by the browser test while it checks what they show.
+# The screenshots in docs/sweeps.md (docs/*.png), taken by the browser test while it checks what they show.
 screenshots: install
 	rm -rf .screenshots
 	$(PY) -m pytest tests/test_ui_browser.py -p no:cacheprovider --basetemp=.screenshots

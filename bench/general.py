@@ -11,7 +11,7 @@ full demo data, side by side in one run.
            promotion no longer look at general knowledge); its best trial by the objective is the one an
            unprotected sweep would promote.
 3. answers the base model, the plain best trial and our champion asked a few general questions and a private
-           one, greedy, as `orchestrator ask` asks (the README's before/after).
+           one, greedy, as `orchestrator ask` asks (docs/general-knowledge.md's before/after).
 
 Both sweeps run GENERAL_SAMPLES trials (not the config's 8), so the pair fits in about half an hour on 2
 cores: the config's own trial (its points_to_evaluate) and TPE's first random one, the same in both (same

@@ -158,7 +158,7 @@ def tracking_server(tmp_path_factory):
 
 def submit(head: Head, uri: str, name: str, storage: Path, *overrides: str, wait: bool = True, verbose: bool = False,
            env_vars: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The README's command: this repository as the job's working dir, the tracking server's URI as
+    """docs/team.md's command: this repository as the job's working dir, the tracking server's URI as
     the job's environment, `orchestrator sweep` (the head's PATH has the venv's bin) as entrypoint."""
     runtime_env = {"excludes": [".git"], "env_vars": {"MLFLOW_TRACKING_URI": uri, **(env_vars or {})}}
     sets = [arg for item in [*FAST, f"sweep.storage_path={storage}", *overrides] for arg in ("--set", item)]

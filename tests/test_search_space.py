@@ -53,7 +53,7 @@ def test_suggestions_stay_inside_the_configured_ranges():
 @pytest.mark.parametrize("shipped", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_a_shipped_config_gives_alpha_one_name_and_one_scale(shipped):
     """Optuna's `lora_alpha`, MLflow's `method.alpha` and the value peft trains with are the same number:
-    the shipped configs search alpha values, not alpha_ratio (README "Alpha")."""
+    the shipped configs search alpha values, not alpha_ratio (docs/sweeps.md, "Alpha")."""
     config = load_experiment(shipped)
     if config.search_space.lora is None:
         pytest.skip(f"{shipped.name} searches no LoRA")

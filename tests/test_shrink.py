@@ -50,7 +50,7 @@ def test_nothing_holding_val_keeps_the_full_update_and_the_tolerance_lets_a_litt
 
 
 def test_with_the_probe_the_factor_keeping_the_most_protect_questions_wins(tokenizer_path):
-    """Measured on SmolLM2 (README): judged on val alone the smallest factor won and lost a protect question
+    """Measured on SmolLM2 (docs/general-knowledge.md): judged on val alone the smallest factor won and lost a protect question
     the full update answered; with the probe, the most protect questions kept decide among val-holding ones."""
     model = _lora(tokenizer_path)
     verdicts = {0.9: Verdict(0.98, 83), 0.8: Verdict(0.98, 80), 0.7: Verdict(0.95, 86), 0.6: Verdict(0.98, 83)}

@@ -5,7 +5,7 @@ used) driven by Playwright, from the link the command prints.
 What a new user must find there: the sweep's trials grouped under its name, best first, each trial's
 val_exact_recall among the columns shown by default, a trial's adapter and val predictions among its
 artifacts, and the registered model's `champion` alias. The screenshots it takes of the runs table and
-of the chart comparing the trials are the README's (docs/runs-table.png, docs/compare-chart.png):
+of the chart comparing the trials are docs/sweeps.md's (docs/runs-table.png, docs/compare-chart.png):
 `make screenshots` copies them there (from `pytest tests/test_ui_browser.py --basetemp=DIR`: DIR/screenshots0/).
 """
 

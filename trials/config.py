@@ -121,8 +121,8 @@ class TrainingConfig(Strict):
         1.0, ge=1.0, description="On the general_replay rows, how many times the reply's first token counts. "
                                  "The first token decides a reply's form: a fine-tuned model's lost answers "
                                  "mostly open differently ('To find half of 10, ...' for 'Half of 10 is 5'), "
-                                 "and its KL to the base is twice the later tokens' (README, General "
-                                 "knowledge). 1 = every token alike.")
+                                 "and its KL to the base is twice the later tokens' (docs/general-knowledge.md)."
+                                 " 1 = every token alike.")
     adapter_shrink: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         default_factory=list, description="LoRA only. After the last epoch, the trained update is tried scaled "
                                           "down by each of these factors (its B matrices times the factor: a "
@@ -131,7 +131,7 @@ class TrainingConfig(Strict):
                                           "probe on, no fewer of its protect questions the base knew kept; the "
                                           "eligible factor keeping the most of those (the smallest on a tie) is "
                                           "kept, saved and measured. A smaller update forgets less of what the "
-                                          "base knew (README, General knowledge). [] = off.")
+                                          "base knew (docs/general-knowledge.md). [] = off.")
     adapter_shrink_tolerance: float = Field(
         0.0, ge=0.0, le=1.0, description="How far below the full update's val objective a shrunk one may score "
                                          "and still be kept (training.adapter_shrink).")

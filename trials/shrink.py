@@ -4,7 +4,7 @@ LoRA adds B·A·(alpha/r) to each adapted weight; multiplying B by a factor s < 
 along the straight line to its base, the interpolation of WiSE-FT (Wortsman et al. 2022) and of LoRA
 scaling. Fine-tuning on new facts overshoots what recalling them needs: on SmolLM2 the demo trial's
 update at 0.8 answered as many val questions (0.983 against 0.967) and kept more of the base model's
-general knowledge (0.927 against 0.878 of the check questions it knew; README, General knowledge).
+general knowledge (0.927 against 0.878 of the check questions it knew; docs/general-knowledge.md).
 `training.adapter_shrink` tries the factors after the last epoch, judged on val and, with the general
 probe on, on the probe's `protect` questions the base knew (training may see those; test and the
 `check` questions stay unseen). A factor is eligible when its val objective is within
