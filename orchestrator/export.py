@@ -26,6 +26,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -118,7 +119,11 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
         model, tokenizer, device, bf16 = _load_registered_adapter(registered)
         reference = _scores(model, tokenizer, device, bf16, rows, probe, registered)
         del model
-        staging = Path(tempfile.mkdtemp(prefix=f".{to.name}-", dir=to.parent if to.parent.exists() else None))
+        # Beside the destination (one rename moves it there), made by mkdir so the umask decides who may
+        # read it, as for any directory the user makes; mkdtemp's would be private to the user.
+        to.parent.mkdir(parents=True, exist_ok=True)
+        staging = to.parent / f".{to.name}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
         try:
             (_write_merged if merge else _write_adapter)(registered, staging)
             log(f"wrote the {'merged checkpoint' if merge else 'adapter'}; re-scoring it on {len(rows)} test "
@@ -131,7 +136,6 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
             if outcome.verified:
                 record = {**asdict(outcome), "verified": True}
                 (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-                to.parent.mkdir(parents=True, exist_ok=True)
                 if to.exists():
                     to.rmdir()  # empty, checked above
                 shutil.move(str(staging), str(to))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def test_a_prefix_champion_is_exported_as_an_adapter_and_says_why(champions, orc
     assert reference["base_model"] == "embedded:tiny-llama" and reference["bundled"] == "base"
     assert set(reference["sha256"]) >= {"config.json", "model.safetensors"}
     assert (tmp_path / "prefix" / "adapter_config.json").is_file()
+    (tmp_path / "made-by-mkdir").mkdir()  # the export is readable by whom the umask says, like any other directory
+    assert stat.S_IMODE((tmp_path / "prefix").stat().st_mode) == stat.S_IMODE((tmp_path / "made-by-mkdir").stat().st_mode)
     assert (tmp_path / "prefix" / "base" / "model.safetensors").is_file()
 
 
