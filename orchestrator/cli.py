@@ -175,7 +175,7 @@ def _tolerance(text: str) -> float:
     """argparse's type for `export --tolerance`: a drop in recall, between 0 and 1."""
     value = float(text)
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (a drop in test exact recall)")
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (a drop in a share of questions answered right)")
     return value
 
 

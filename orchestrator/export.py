@@ -75,27 +75,28 @@ class Exported:
 
 @dataclass
 class _Registered:
-    """A downloaded version: where its files are and what it was trained as."""
+    """A downloaded version: where its files are, and its trial config as it is served (the device and
+    precision the registered model answers with, orchestrator.registry_model.serving_config)."""
     adapter: Path
     base: str  # a path from_pretrained loads: the bundled copy, else the resolved model name
     bundled: bool
+    knowledge: Path | None  # its facts (knowledge/), absent from versions registered before them
     config: object  # trials.config.TrialConfig
     max_new_tokens: int
 
     @classmethod
     def read(cls, local: Path) -> _Registered:
-        from mlflow.models import Model
-
-        from orchestrator.registry_model import ADAPTER, BASE_MODEL, TRIAL_CONFIG
+        from orchestrator.registry_model import (ADAPTER, BASE_MODEL, KNOWLEDGE, TRIAL_CONFIG, read_version,
+                                                 serving_config)
         from trials.config import TrialConfig
         from trials.model import resolve_model
 
-        flavor = Model.load(str(local)).flavors["python_function"]
-        paths = {key: local / entry["path"] for key, entry in flavor["artifacts"].items()}
+        paths, model_config = read_version(local)
         config = TrialConfig.model_validate_json(paths[TRIAL_CONFIG].read_text(encoding="utf-8"))
         bundled = BASE_MODEL in paths
         return cls(adapter=paths[ADAPTER], base=str(paths[BASE_MODEL]) if bundled else resolve_model(config.model),
-                   bundled=bundled, config=config, max_new_tokens=int(flavor["config"]["max_new_tokens"]))
+                   bundled=bundled, knowledge=paths.get(KNOWLEDGE), config=serving_config(config),
+                   max_new_tokens=int(model_config["max_new_tokens"]))
 
 
 def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANCE, log=print) -> Exported:
@@ -109,7 +110,7 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
         registered = _Registered.read(local)
-        rows = _test_rows(local, model_uri)
+        rows = _test_rows(registered, model_uri)
         note = ""
         method = label(registered.config.method)
         if merge and method == "prefix":
@@ -144,31 +145,24 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _test_rows(local: Path, model_uri: str):
+def _test_rows(registered: _Registered, model_uri: str):
     from orchestrator.lineage import QA_FILE
     from orchestrator.registry_model import KNOWLEDGE
     from trials.config import DataConfig
     from trials.data import load_knowledge
 
-    qa = local / "artifacts" / KNOWLEDGE / QA_FILE
-    rows = load_knowledge(DataConfig(qa=qa)).split("test") if qa.is_file() else []
+    qa = registered.knowledge / QA_FILE if registered.knowledge else None
+    rows = load_knowledge(DataConfig(qa=qa)).split("test") if qa and qa.is_file() else []
     if not rows:
         raise ExportError(f"{model_uri} holds no test facts ({KNOWLEDGE}/{QA_FILE}) to verify an export on: "
                           "promote it again with this version of recall-orchestrator")
     return rows
 
 
-def _serving(registered: _Registered):
-    """The device and precision the version is served with (orchestrator.registry_model)."""
-    from orchestrator.registry_model import serving_config
-
-    return serving_config(registered.config)
-
-
 def _load_registered_adapter(registered: _Registered):
     from trials.evaluate import load_trained
 
-    return load_trained(registered.adapter, _serving(registered), base_path=registered.base)
+    return load_trained(registered.adapter, registered.config, base_path=registered.base)
 
 
 def _general_probe(registered: _Registered, log) -> list:
@@ -219,7 +213,7 @@ def _load_merged(registered: _Registered, directory: Path):
     """Plain transformers: the checkpoint as any user loads it, no peft."""
     from trials.model import load_base_model, pick_device, use_bf16
 
-    training = _serving(registered).training
+    training = registered.config.training
     device = pick_device(training)
     bf16 = use_bf16(training, device)
     return (load_base_model(str(directory), device, bf16, training.attention), load_tokenizer(str(directory)),
@@ -245,7 +239,7 @@ def _load_adapter_export(registered: _Registered, directory: Path):
     base = directory / reference["bundled"] if reference["bundled"] else Path(registered.base)
     if base_fingerprint(base) != reference["sha256"]:
         raise ExportError(f"the base at {base} is not the one {BASE_REFERENCE} pins")
-    return load_trained(directory, _serving(registered), base_path=str(base))
+    return load_trained(directory, registered.config, base_path=str(base))
 
 
 def base_fingerprint(base: Path) -> dict[str, str]:

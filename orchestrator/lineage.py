@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.registry_model import ADAPTER, KNOWLEDGE
+from orchestrator.registry_model import ADAPTER, KNOWLEDGE, read_version
 
 QA_FILE, DOCUMENTS = "qa.jsonl", "documents"
 
@@ -69,10 +69,8 @@ def _from_version(source: str, directory: Path) -> Start:
             artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(directory)))
     except MlflowException as error:
         raise SweepError(f"--from {source}: no such registered model version ({error.message})") from None
-    # Where log_model put each artifact, from the model's own description of itself.
-    paths = mlflow.models.Model.load(str(model_dir)).flavors["python_function"]["artifacts"]
-    knowledge = model_dir / paths[KNOWLEDGE]["path"] if KNOWLEDGE in paths else None
-    return Start(source, model_dir / paths[ADAPTER]["path"], knowledge, version.name, str(version.version))
+    paths, _ = read_version(model_dir)
+    return Start(source, paths[ADAPTER], paths.get(KNOWLEDGE), version.name, str(version.version))
 
 
 def _from_trial_run(run_id: str, directory: Path) -> Start:

@@ -114,6 +114,13 @@ class RecallModel(mlflow.pyfunc.PythonModel):
                           "total_tokens": prompt_tokens + len(ids)}}
 
 
+def read_version(model_dir: Path) -> tuple[dict[str, Path], dict]:
+    """A downloaded version's artifacts (key -> where log_recall_model put it, from the model's own
+    description of itself) and its model_config (max_new_tokens, batch_size)."""
+    flavor = mlflow.models.Model.load(str(model_dir)).flavors["python_function"]
+    return {key: model_dir / entry["path"] for key, entry in flavor["artifacts"].items()}, flavor["config"]
+
+
 def serving_config(config):
     """A trial config as it is served, not where it was trained: on the GPU if there is one, else the CPU;
     in the trial's precision where that device has it, so the answers are the ones the trial scored."""
