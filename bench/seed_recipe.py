@@ -56,7 +56,7 @@ class SeedRecipe:
 
     def method(self):
         """This LoRA as our config type: for our loop with the seed's adapter, and our scorer."""
-        from trials.config import LoraMethod
+        from trials.methods.lora import LoraMethod
 
         return LoraMethod(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=list(self.target_modules),
                           learning_rate=self.learning_rate)

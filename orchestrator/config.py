@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.search_space import SearchSpace, check_points
 from trials.config import TrialConfig, load_config
-from trials.methods import Strict
+from trials.methods.base import Strict
 
 
 class Resources(Strict):

@@ -2,8 +2,8 @@
 its type, default, bounds and help text. It is docs/config.md (a test fails when that file is stale) and
 `orchestrator config --explain KEY`.
 
-The models span four files (trials/config.py, trials/methods.py, orchestrator/config.py,
-orchestrator/search_space.py); the reference walks them from the root, ExperimentConfig, so a key added
+The models span trials/config.py, trials/methods/ (a module per method), orchestrator/config.py and
+orchestrator/search_space.py; the reference walks them from the root, ExperimentConfig, so a key added
 to any of them appears here without a list to keep in step.
 """
 

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.errors import PromotionError
-from trials.methods import label
 from trials.model import load_tokenizer
 
 TOLERANCE = 0.02
@@ -112,9 +111,10 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
         registered = _Registered.read(local)
         rows = _test_rows(registered, model_uri)
         note = ""
-        method = label(registered.config.method)
-        if merge and method == "prefix":
-            merge, note = False, "prefix-tuning cannot merge (its virtual tokens are not weights): exported as an adapter"
+        method = registered.config.method.label()
+        unmergeable = registered.config.method.unmergeable
+        if merge and unmergeable:
+            merge, note = False, f"{method} cannot merge ({unmergeable}): exported as an adapter"
             log(note)
         probe = _general_probe(registered, log)
         model, tokenizer, device, bf16 = _load_registered_adapter(registered)

@@ -30,7 +30,6 @@ from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
 from orchestrator.tracking_writes import WriteQueue
 from trials.config import TrialConfig, objective_metric
-from trials.methods import label
 
 TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "iterations_since_restore", "training_iteration"}
 
@@ -62,7 +61,7 @@ def trial_run_name(config: TrialConfig, trial_id: str) -> str:
     its main knob (the first of its shape: LoRA's r, prefix-tuning's tokens, IA3's modules; the whole
     shape is the recall.method_shape column), the learning rate, and the trial id of Tune's output."""
     method = config.method
-    return f"{label(method)} {method.shape().split()[0]} lr={method.learning_rate:.2g} · {trial_id}"
+    return f"{method.label()} {method.shape().split()[0]} lr={method.learning_rate:.2g} · {trial_id}"
 
 
 def trial_note(config: TrialConfig, sweep: str, outcome: str = "") -> str:

@@ -56,7 +56,7 @@ from orchestrator import hints, tracking
 from orchestrator.errors import PromotionError
 from orchestrator.leaderboard import OBJECTIVE_PARAM, lift
 from trials.config import objective_metric
-from trials.methods import LoraMethod
+from trials.methods.lora import LoraMethod
 
 DEFAULT_MODEL_NAME = "recall-champion"
 ALIAS = "champion"

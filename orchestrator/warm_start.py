@@ -38,9 +38,9 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.errors import SweepError
-from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, _named_set, check_points
+from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, check_points
 from trials.config import objective_metric
-from trials.methods import comparable
+from trials.methods.base import comparable
 
 AUTO = "auto"
 ORIGIN = "origin"  # the Optuna user attribute and the Tune config key of a trial's origin
@@ -202,23 +202,9 @@ def _point(params: dict[str, str], config) -> tuple[dict | None, str | None]:
     if name not in space.methods:
         return None, f"method {name} is not among {list(space.methods)}"
     trained = {key.removeprefix("method."): _value(text) for key, text in params.items() if key.startswith("method.")}
-    method_space = space.space_of(name)
-    point = {"method": name}
-    for knob in type(method_space).model_fields:  # what the space searches: its non-empty fields
-        choices = getattr(method_space, knob)
-        if choices is None:
-            continue
-        if knob == "alpha_ratio":
-            value = trained["alpha"] / trained["r"] if trained.get("r") and trained.get("alpha") else None
-        elif isinstance(choices, dict):  # named module sets: the name this space gives the trained set
-            value = _named_set(choices, trained.get(knob) or [])
-            if value is None:
-                return None, f"{knob} {trained.get(knob)} is none of {list(choices)}"
-        else:
-            value = trained.get(knob)
-        if value is None:
-            return None, f"no {knob} among its params"
-        point[method_space.key(knob)] = value
+    point, problem = space.space_of(name).point_of(trained)
+    if problem:
+        return None, problem
     for knob in TRAINING_KNOBS:
         searched = getattr(space, knob)
         if searched is not None:

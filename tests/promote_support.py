@@ -29,7 +29,7 @@ def trial_config(documents: list[Path], qa: Path, *, epochs: int, learning_rate:
     """The demo recipe (configs/demo.yaml's trial: LoRA r=32 on every linear layer, unless `method`), on the
     train questions only, for a short run."""
     from trials.config import DataConfig, EvalConfig, TrainingConfig, TrialConfig
-    from trials.methods import LoraMethod
+    from trials.methods.lora import LoraMethod
 
     return TrialConfig(
         model="embedded:tiny-llama",

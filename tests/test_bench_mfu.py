@@ -7,7 +7,7 @@ import torch
 
 from bench import mfu
 from trials.formatting import Example
-from trials.methods import LoraMethod
+from trials.methods.lora import LoraMethod
 from trials.model import attach_method, load_base_model
 
 

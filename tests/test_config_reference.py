@@ -44,8 +44,7 @@ def test_explain_prints_one_keys_type_default_bounds_and_help(capsys):
     assert main(["config", "--explain", "method.learning_rate"]) == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if not line.startswith(" ")] == [
-        "method.learning_rate  (method.name: lora)", "method.learning_rate  (method.name: prefix)",
-        "method.learning_rate  (method.name: ia3)"]
+        f"method.learning_rate  (method.name: {name})" for name in ("lora", "ia3", "lokr", "prefix")]
 
 
 def test_explain_of_a_misspelt_key_or_a_section_says_what_there_is(capsys):

@@ -12,7 +12,7 @@ import torch
 
 from trials.config import TrainingConfig, TrialConfig
 from trials.data import load_knowledge
-from trials.methods import LoraMethod
+from trials.methods.lora import LoraMethod
 from trials.model import attach_method, load_base_model, load_tokenizer
 from trials.train import Trainer, TrainingDiverged
 from trials.trial import build_examples

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def champions(tmp_path_factory, demo_documents, demo_qa):
     """A store with one registered champion per method: (tracking URI, {method: models:/export-METHOD@champion},
     {method: the adapter directory its trial saved})."""
-    from trials.methods import IA3Method, LoraMethod, PrefixMethod
+    from trials.methods.ia3 import IA3Method
+    from trials.methods.lora import LoraMethod
+    from trials.methods.prefix import PrefixMethod
     from trials.trial import run_trial
 
     methods = {  # each learns some demo answers in its epochs (LoRA's and DoRA's recall test questions)
@@ -105,7 +107,7 @@ def test_a_prefix_champion_is_exported_as_an_adapter_and_says_why(champions, orc
     uri, models, _ = champions
     result = export(orchestrator, uri, models["prefix"], "--merge", "--to", str(tmp_path / "prefix"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "prefix-tuning cannot merge" in result.stderr
+    assert "prefix cannot merge (its virtual tokens are not weights)" in result.stderr
     assert "adapter + pinned base reference" in result.stdout
     record = json.loads((tmp_path / "prefix" / "export.json").read_text())
     assert not record["merged"] and record["verified"] and record["method"] == "prefix"

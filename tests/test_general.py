@@ -112,7 +112,7 @@ def test_the_base_answers_are_computed_once_and_cached(tmp_path, monkeypatch, to
 def test_drift_is_zero_for_a_fresh_adapter_and_grows_as_it_trains(tokenizer_path):
     from trials.config import TrainingConfig
     from trials.formatting import qa_example
-    from trials.methods import LoraMethod
+    from trials.methods.lora import LoraMethod
     from trials.model import attach_method
     from trials.train import Trainer
 
@@ -135,7 +135,7 @@ def _replay_batch(tokenizer_path) -> tuple:
     """(LoRA model, inputs, labels) of a batch of the first 4 replay rows (the probe's protect part, the tiny
     base's own replies); the adapter starts as the base (B = 0)."""
     from trials.formatting import collate
-    from trials.methods import LoraMethod
+    from trials.methods.lora import LoraMethod
     from trials.model import attach_method
 
     model, tokenizer = _tiny(tokenizer_path)
@@ -237,7 +237,7 @@ def test_a_users_probe_the_base_knows_is_kept_whole_by_the_base_itself(tmp_path,
     base = base_answers(model, tokenizer, probe, tokenizer_path, torch.device("cpu"), False, 64)
     check = GeneralCheck(tokenizer, probe, base)
     assert check.base_known == sum(q.split == "check" for q in probe.questions) > 10
-    from trials.methods import LoraMethod
+    from trials.methods.lora import LoraMethod
     from trials.model import attach_method
 
     fresh = attach_method(model, LoraMethod(r=8, alpha=16, learning_rate=1e-2), False)  # B = 0: still the base
@@ -284,7 +284,7 @@ def test_the_bare_base_in_bf16_keeps_every_question_it_knew(tmp_path, monkeypatc
     pass) batches, so the base model itself (a fresh LoRA, B = 0) keeps all it knew, on both parts."""
     from general_support import self_known_probe
 
-    from trials.methods import LoraMethod
+    from trials.methods.lora import LoraMethod
     from trials.model import attach_method
 
     monkeypatch.setenv("RECALL_CACHE", str(tmp_path / "cache"))

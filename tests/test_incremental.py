@@ -11,7 +11,9 @@ from orchestrator.promote import Scored, _refusal
 from orchestrator.search_space import REPLAY, DefineByRun, Range, trial_config_for
 from orchestrator.sweep import Floors, objective
 from sweep_support import DEMO
-from trials.methods import IA3Method, LoraMethod, PrefixMethod
+from trials.methods.ia3 import IA3Method
+from trials.methods.lora import LoraMethod
+from trials.methods.prefix import PrefixMethod
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from trials.formatting import prompt_ids
-from trials.methods import LoraMethod, PrefixMethod
+from trials.methods.lora import LoraMethod
+from trials.methods.prefix import PrefixMethod
 from trials.model import attach_method, load_base_model, load_tokenizer, resolve_model
 from trials.prefix_generation import prefix_aware_generation
 from trials.recall import generate_answers

@@ -9,7 +9,9 @@ from sweep_support import DEMO
 from orchestrator import tracking
 from orchestrator.config import load_experiment
 from orchestrator.mlflow_writer import RESULT_END, close_sweep_run, open_sweep_run, trial_note, trial_run_name
-from trials.methods import IA3Method, LoraMethod, PrefixMethod
+from trials.methods.ia3 import IA3Method
+from trials.methods.lora import LoraMethod
+from trials.methods.prefix import PrefixMethod
 
 
 def _with(method):

@@ -10,7 +10,8 @@ from orchestrator.mlflow_writer import trial_params
 from orchestrator.search_space import DefineByRun, check_points, method_from_params, trial_config_for
 from sweep_support import DEMO, REPO
 from trials.config import ConfigError
-from trials.methods import LoraMethod, PrefixMethod
+from trials.methods.lora import LoraMethod
+from trials.methods.prefix import PrefixMethod
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

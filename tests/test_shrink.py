@@ -15,7 +15,7 @@ from trials.shrink import Verdict, choose_shrink, lora_b_weights
 
 
 def _lora(tokenizer_path: str):
-    from trials.methods import LoraMethod
+    from trials.methods.lora import LoraMethod
     from trials.model import attach_method, load_base_model
 
     model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False),

@@ -11,7 +11,7 @@ from bench.previous import full_logits_loss, length_key
 from trials.config import TrialConfig
 from trials.data import load_knowledge
 from trials.formatting import collate
-from trials.methods import LoraMethod
+from trials.methods.lora import LoraMethod
 from trials.model import attach_method, load_base_model, load_tokenizer
 from trials.train import batch_loss, batches_for_epoch, group_key
 from trials.trial import build_examples

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from trials.methods import METHOD_NAMES, LoraMethod, Method, Strict, check_base, method_of_adapter
+from trials.methods import METHOD_NAMES, Method, check_base, default_method, method_of_adapter
+from trials.methods.base import Strict
 
 EMBEDDED_MODEL = "embedded:tiny-llama"  # the default: built here, random, for fast tests and the demo
 SMOLLM2_MODEL = "embedded:smollm2-135m-instruct"  # a real pretrained chat model from a PyPI wheel
@@ -182,7 +183,7 @@ class TrialConfig(Strict):
         None, description="A saved peft adapter directory to continue training (a warm start: fresh optimiser "
                           "and schedule, unlike a resume). Its method and shape are kept; `method` then only "
                           "needs the learning rate.")
-    method: Method = Field(default_factory=LoraMethod)
+    method: Method = Field(default_factory=default_method)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
