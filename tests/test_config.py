@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.config import ExperimentConfig, load_experiment
 from trials.config import ConfigError, TrialConfig, load_config
+from trials.methods import METHOD_NAMES
 from trials.methods.lora import LoraMethod
 from trials.methods.prefix import PrefixMethod
 
@@ -145,7 +146,7 @@ def test_prefix_method_loads(tmp_path):
 def test_unknown_method_name(tmp_path):
     path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  name: bitfit\n")
     found = problems(path)
-    assert len(found) == 1 and "one of lora, ia3, lokr, prefix" in one(found, f"{path}:4: method.name:")
+    assert len(found) == 1 and "one of " + ", ".join(METHOD_NAMES) in one(found, f"{path}:4: method.name:")
 
 
 def test_method_without_name_is_lora(tmp_path):
@@ -247,7 +248,7 @@ def test_set_method_errors_name_the_set_not_the_method_section_s_line(tmp_path):
     path = write(tmp_path / "c.yaml", MINIMAL + "method:\n  name: ia3\n")
     # The discriminator's error is about method.name, which the --set changed.
     found = problems(path, ["method.name=bitfit"])
-    assert len(found) == 1 and "one of lora, ia3, lokr, prefix" in one(found, "--set method.name: ")
+    assert len(found) == 1 and "one of " + ", ".join(METHOD_NAMES) in one(found, "--set method.name: ")
     # A method's own check (loc: the method section) blames what --set changed inside it.
     found = problems(path, ["method.feedforward_modules=[q_proj]"])
     assert len(found) == 1 and "must also be in target_modules" in one(found, "--set method.feedforward_modules: ")

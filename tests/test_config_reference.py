@@ -10,6 +10,7 @@ import yaml
 
 from orchestrator import config_reference
 from orchestrator.cli import main
+from trials.methods import METHOD_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 FREE_FORM = ("search_space.points_to_evaluate", "search_space.lora.target_modules", "search_space.ia3.target_modules")
@@ -44,7 +45,7 @@ def test_explain_prints_one_keys_type_default_bounds_and_help(capsys):
     assert main(["config", "--explain", "method.learning_rate"]) == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if not line.startswith(" ")] == [
-        f"method.learning_rate  (method.name: {name})" for name in ("lora", "ia3", "lokr", "prefix")]
+        f"method.learning_rate  (method.name: {name})" for name in METHOD_NAMES]
 
 
 def test_explain_of_a_misspelt_key_or_a_section_says_what_there_is(capsys):
