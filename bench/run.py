@@ -222,8 +222,8 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
 
     from orchestrator import tracking
     from orchestrator.leaderboard import param_number
-    from orchestrator.scheduling import rungs
-    from orchestrator.sweep import rung_metrics, run_sweep
+    from orchestrator.scheduling import EarlyStopping
+    from orchestrator.sweep import run_sweep
 
     started = time.perf_counter()
     outcome = run_sweep(experiment, name, source=source, verbose=0, start=start)
@@ -252,14 +252,12 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
     in_runs = sum(t["run_seconds"] for t in trials)
     wall = outcome.wall_seconds
     finished = [t for t in trials if t["status"] != "FAILED" and t["val_exact_recall"] is not None]
-    asha = experiment.sweep.asha
+    stopping = EarlyStopping.of(experiment)
     return {
         "name": name,
         "parent_run_id": outcome.parent_run_id,
         "max_epochs": experiment.training.epochs,
-        "asha": {**asha.model_dump(), "rung_metrics": list(rung_metrics(experiment)),
-                 "rungs": rungs(asha.grace_period, asha.reduction_factor, experiment.training.epochs)
-                 if asha.enabled else []},
+        "asha": {**stopping.asha.model_dump(), "rung_metrics": list(stopping.compared), "rungs": stopping.rungs},
         "num_trials": len(trials),
         "failed_trials": len(trials) - len(finished),
         "concurrency": concurrency,

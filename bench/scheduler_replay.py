@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
 
-from orchestrator.scheduling import WAITING, ComparingASHA
-from orchestrator.sweep import mode_of
+from orchestrator.scheduling import ComparingASHA, SlotLimiter, mode_of
 
 
 class FakeTrial:
@@ -34,10 +34,11 @@ class FakeTrial:
 
 
 class FakeController:
-    """What ComparingASHA calls on Tune's controller; stop_trial does what Tune's does to a scheduler."""
+    """What ComparingASHA calls on Tune's controller; stop_trial does what Tune's does to a scheduler and
+    a searcher (`search_alg`, as Tune's controller names it: None when the sweep has no slot limit)."""
 
-    def __init__(self, trials: list[FakeTrial], scheduler):
-        self.trials, self.scheduler, self.stopped = trials, scheduler, []
+    def __init__(self, trials: list[FakeTrial], scheduler, search_alg: Searcher | None = None):
+        self.trials, self.scheduler, self.search_alg, self.stopped = trials, scheduler, search_alg, []
 
     def get_trials(self) -> list[FakeTrial]:
         return self.trials
@@ -45,8 +46,23 @@ class FakeController:
     def stop_trial(self, trial: FakeTrial) -> None:
         if trial.status in (Trial.PENDING, Trial.PAUSED):
             self.scheduler.on_trial_remove(self, trial)
-        trial.status = Trial.TERMINATED
+        self.complete(trial)
         self.stopped.append(trial)
+
+    def complete(self, trial: FakeTrial) -> None:
+        trial.status = Trial.TERMINATED
+        if self.search_alg is not None:
+            self.search_alg.on_trial_complete(trial.trial_id)
+
+
+class NextTrial(Searcher):
+    """The sampler, as the replay sees it: a next trial whenever the slots allow one (the recorded order)."""
+
+    def suggest(self, trial_id: str) -> dict:
+        return {}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -70,17 +86,15 @@ def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> d
     with `slots` trials at a time; what it spends and what it keeps."""
     max_t = min(len(curve["val_exact_recall"]) for curve in curves)
     scheduler = set_up.scheduler(max_t)
-    WAITING.clear()
+    limiter = SlotLimiter(NextTrial(), slots)  # the sweep's own: a trial waiting at a rung frees its slot
     trials: list[FakeTrial] = []
-    controller = FakeController(trials, scheduler)
+    controller = FakeController(trials, scheduler, limiter)
     done = {}  # trial index -> epochs it ran
     epochs = [0] * len(curves)
     spent, order = 0, []  # order: (cumulative trial-epochs, val recall) as each report arrives
     while len(done) < len(curves):
-        live = [t for t in trials if t.status != Trial.TERMINATED]
-        while len(trials) < len(curves) and len([t for t in live if t.trial_id not in WAITING]) < slots:
-            trials.append(FakeTrial(str(len(trials))))  # the searcher's next suggestion (SlotLimiter's rule)
-            live.append(trials[-1])
+        while len(trials) < len(curves) and limiter.suggest(str(len(trials))) is not None:
+            trials.append(FakeTrial(str(len(trials))))
         while sum(t.status == Trial.RUNNING for t in trials) < slots:
             chosen = scheduler.choose_trial_to_run(controller)
             if chosen is None:
@@ -100,7 +114,7 @@ def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> d
             result = {"training_iteration": epochs[index], **{k: v[epochs[index] - 1] for k, v in curve.items()}}
             decision = scheduler.on_trial_result(controller, trial, result)
             if decision == TrialScheduler.STOP or epochs[index] >= max_t:
-                trial.status = Trial.TERMINATED
+                controller.complete(trial)
             elif decision == TrialScheduler.PAUSE:
                 trial.status = Trial.PAUSED
         done = {int(t.trial_id): epochs[int(t.trial_id)] for t in trials if t.status == Trial.TERMINATED}

@@ -25,7 +25,7 @@ from orchestrator.errors import SweepError
 from orchestrator.leaderboard import OBJECTIVE_PARAM, failure_cause, format_leaderboard, leaderboard
 from orchestrator.mlflow_ui import RUN_COLOUR, trial_colour
 from orchestrator.progress import sweep_console as console  # under the live progress line
-from orchestrator.scheduling import rungs
+from orchestrator.scheduling import EarlyStopping
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
 from orchestrator.tracking_writes import WriteQueue
@@ -307,9 +307,9 @@ def sweep_note(config, name: str) -> str:
         lines.append(f"- {method}: " + " · ".join(f"{key} {_choices(value)}" for key, value in knobs.items()))
     if space["replay_fraction"] is not None:
         lines.append(f"- replay_fraction {_choices(space['replay_fraction'])}")
-    asha, stopping = config.sweep.asha, ""
-    if asha.enabled:
-        epochs = ", ".join(map(str, rungs(asha.grace_period, asha.reduction_factor, config.training.epochs)))
+    stopping = ""
+    if config.sweep.asha.enabled:
+        epochs = ", ".join(map(str, EarlyStopping.of(config).rungs))
         stopping = f" Early stopping compares the trials at epochs {epochs} and stops those that trail (sweep.asha)."
     lines += ["", f"Objective: {OBJECTIVE_NOTES[config.eval.objective]}" + stopping]
     return "\n".join(lines)

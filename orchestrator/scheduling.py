@@ -1,4 +1,10 @@
-"""Early stopping for a sweep: asynchronous successive halving whose rungs compare before they promote.
+"""Early stopping for a sweep, from `sweep.asha` in one place: asynchronous successive halving whose rungs
+compare before they promote.
+
+`EarlyStopping.of(config)` works the config out once: the rungs (the epochs at which trials are
+compared, where the sweep also scores the general probe), what each rung compares, the scheduler, and
+the searcher as early stopping needs it. orchestrator/sweep.py, the sweep's MLflow note and the bench
+all read the rungs from it.
 
 Ray's ASHA decides a trial at a rung against the trials recorded there before it. The first trial
 to reach a rung has nothing to be compared with, so it passes, and so do the first few behind it:
@@ -12,26 +18,42 @@ among what is recorded and, without anyone to compare with, resumed.
 
 A waiting trial does not hold a slot: `SlotLimiter`, in place of Tune's max_concurrent_trials, counts
 only trials that are not waiting, so a new trial starts in its place, and on a single slot (one GPU)
-the first trial to reach a rung is still compared with the next.
+the first trial to reach a rung is still compared with the next. The scheduler tells the limiter who
+waits through the searcher hooks Tune has for it (`on_pause` / `on_unpause`, as Ray's HyperBandForBOHB
+tells BOHB), reaching the limiter through the controller it is handed each call: neither object keeps
+a reference to the other, which would be a stale copy after `--resume` (Tune pickles the scheduler
+into tuner.pkl and saves the searcher's state apart, restoring it with `set_state`). A resumed sweep
+starts with no waiters on either side: Tune's scheduler state is not saved, and the trials that were
+paused at a rung are pending again.
 
 A waiter judged to trail is stopped once its pause has saved its checkpoint (the adapter its MLflow run
-keeps); it reaches Optuna with its last report, as a trial stopped at a rung does
-(orchestrator/sweep.py LinkedOptunaSearch).
+keeps). Tune stops a paused trial without a result; `LastReport` hands the searcher its last report
+instead, so it reaches Optuna as a trial stopped at a rung does (COMPLETE with its last objective), not
+as PRUNED.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-# Trials waiting at a rung, by trial id, in this (the driver's) process: what the scheduler and the
-# limiter share. Not in either object: Tune pickles the searcher and the scheduler apart, so a
-# reference from one to the other would be a stale copy in a resumed sweep.
-WAITING: set[str] = set()
+if TYPE_CHECKING:
+    from orchestrator.config import AshaConfig, ExperimentConfig
+
+EARLY_SIGNAL = "val_answer_loss"  # the val answers' teacher-forced loss (trials/train.py answer_loss)
+# = orchestrator.sweep.METRIC, which imports this module (as mlflow_writer does, which sweep imports).
+OBJECTIVE = "objective"
+
+
+def mode_of(metric: str) -> str:
+    """The early signal is a loss; the objective is maximised."""
+    return "min" if metric == EARLY_SIGNAL else "max"
 
 
 def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -39,6 +61,57 @@ def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
     count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1e-9) + 1
     # Ray's ASHA records a trial at the first epoch >= grace_period * reduction_factor**k: a ceiling.
     return sorted({math.ceil(grace_period * reduction_factor**k - 1e-9) for k in range(count)} - {max_t})
+
+
+def rung_metrics(config: ExperimentConfig) -> tuple[str, str]:
+    """What early stopping compares (sweep.asha.compare_by): (at the first rung, at the later ones).
+
+    `auto`: at the first rung the val answer loss, which falls from the first epoch while exact recall
+    is still 0 for most trials or a few lucky guesses (a bad trial recalled 6 of 60 val questions
+    after one epoch, a good one 9); at the later rungs the objective, exact recall itself, which by
+    then separates the trials and is what the sweep optimises: the loss ranks confidently wrong answers
+    worst, recall counts right ones (bench/RESULTS.md section 4 measures both). An incremental sweep
+    compares the objective at every rung: only it sees the retention floor broken."""
+    compare_by = config.sweep.asha.compare_by
+    if compare_by == "auto":
+        incremental = config.data.retain is not None or config.init_adapter is not None
+        return (OBJECTIVE if incremental else EARLY_SIGNAL), OBJECTIVE
+    metric = OBJECTIVE if compare_by == "objective" else EARLY_SIGNAL
+    return metric, metric
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """`sweep.asha` worked out for one sweep. Off (`enabled: false`): no rungs, Tune's FIFO scheduler and
+    its plain concurrency limit."""
+
+    asha: AshaConfig
+    max_t: int  # training.epochs: a trial's last epoch, past every rung
+    rungs: list[int]  # the epochs at which trials are compared, ascending; empty when off
+    compared: tuple[str, str]  # the metric the first rung compares, and the one the later rungs compare
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> EarlyStopping:
+        asha, max_t = config.sweep.asha, config.training.epochs
+        at = rungs(asha.grace_period, asha.reduction_factor, max_t) if asha.enabled else []
+        return cls(asha, max_t, at, rung_metrics(config))
+
+    def scheduler(self) -> TrialScheduler:
+        if not self.asha.enabled:
+            return FIFOScheduler()
+        first, later = self.compared
+        return ComparingASHA(later, mode_of(later), max_t=self.max_t, grace_period=self.asha.grace_period,
+                             reduction_factor=self.asha.reduction_factor, compare_at_least=self.asha.compare_at_least,
+                             first_rung=(first, mode_of(first)))
+
+    def searcher(self, searcher: Searcher, slots: int | None) -> Searcher:
+        """`searcher` as the sweep runs it: at most `slots` trials at a time (Tune's max_concurrent_trials,
+        applied here because the sweep's SignedSearch hides the searcher from Tune's own); with early
+        stopping, waiters neither hold a slot nor reach the searcher without their last report."""
+        if not self.asha.enabled:
+            return ConcurrencyLimiter(searcher, slots) if slots else searcher
+        searcher = LastReport(searcher)
+        return SlotLimiter(searcher, slots) if slots else searcher
 
 
 class ComparingASHA(FIFOScheduler):
@@ -89,7 +162,7 @@ class ComparingASHA(FIFOScheduler):
                 self.stopped += 1
                 self.doomed.add(trial.trial_id)
             else:  # it runs again: choose_trial_to_run picks it
-                WAITING.discard(trial.trial_id)
+                _tell_slots(tune_controller, trial.trial_id, waits=False)
         self._stop_doomed(tune_controller)
 
     def _stop_doomed(self, tune_controller) -> None:
@@ -98,7 +171,7 @@ class ComparingASHA(FIFOScheduler):
         for trial in tune_controller.get_trials():
             if trial.trial_id in self.doomed and trial.status == Trial.PAUSED and not trial.is_saving:
                 self.doomed.discard(trial.trial_id)
-                WAITING.discard(trial.trial_id)
+                _tell_slots(tune_controller, trial.trial_id, waits=False)
                 tune_controller.stop_trial(trial)
 
     # -- Tune's hooks ----------------------------------------------------------------------------------------
@@ -120,7 +193,7 @@ class ComparingASHA(FIFOScheduler):
         self._judge_waiters(tune_controller, rung)
         if len(self.recorded[rung]) < self.compare_at_least:
             self.waiting[trial.trial_id] = rung
-            WAITING.add(trial.trial_id)
+            _tell_slots(tune_controller, trial.trial_id, waits=True)
             return TrialScheduler.PAUSE
         if self._trails(trial.trial_id, rung):
             self.stopped += 1
@@ -145,22 +218,89 @@ class ComparingASHA(FIFOScheduler):
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
         self.doomed.discard(trial.trial_id)
-        WAITING.discard(trial.trial_id)
+        _tell_slots(tune_controller, trial.trial_id, waits=False)
 
     def debug_string(self) -> str:
         cutoffs = ", ".join(f"epoch {rung}: {len(recorded)} recorded" for rung, recorded in self.recorded.items())
         return f"ComparingASHA: {self.stopped} stopped, {len(self.waiting)} waiting; {cutoffs}"
 
 
+def _tell_slots(tune_controller, trial_id: str, waits: bool) -> None:
+    """Tell the sweep's SlotLimiter that a trial waits at a rung, or (resumed, stopped or removed) holds its
+    slot again until Tune completes it. The limiter is looked up in the searcher Tune runs now, on each
+    call, never kept (module docstring); a sweep without a slot limit has none."""
+    searcher = getattr(tune_controller, "search_alg", None)
+    while searcher is not None and not isinstance(searcher, SlotLimiter):
+        searcher = getattr(searcher, "searcher", None)
+    if searcher is not None:
+        (searcher.on_pause if waits else searcher.on_unpause)(trial_id)
+
+
 class SlotLimiter(ConcurrencyLimiter):
     """Tune's max_concurrent_trials, except that trials waiting at a rung (paused, no resources held) do
-    not count: the searcher suggests a new trial in a waiter's place."""
+    not count: the searcher suggests a new trial in a waiter's place. ComparingASHA says who waits."""
+
+    def __init__(self, searcher: Searcher, max_concurrent: int):
+        super().__init__(searcher, max_concurrent)
+        self.waiting: set[str] = set()
+
+    def on_pause(self, trial_id: str) -> None:
+        self.waiting.add(trial_id)
+
+    def on_unpause(self, trial_id: str) -> None:
+        self.waiting.discard(trial_id)
 
     def suggest(self, trial_id: str) -> dict | None:
-        if len(self.live_trials - WAITING) >= self.max_concurrent:
+        if len(self.live_trials - self.waiting) >= self.max_concurrent:
             return None
         suggestion = self.searcher.suggest(trial_id)
         if suggestion not in (None, Searcher.FINISHED):
             self.live_trials.add(trial_id)
             self.num_unfinished_live_trials += 1
         return suggestion
+
+    def get_state(self) -> dict:
+        # Saved without waiters, as the scheduler's state is not saved at all: a resumed sweep's trials that
+        # waited are pending again, and each holds its slot.
+        return {**super().get_state(), "waiting": set()}
+
+
+class LastReport(Searcher):
+    """The searcher below, told of a trial Tune stops without a result (a waiter stopped at its rung) with
+    the objective it last reported, as Tune tells it of a trial stopped as it reports."""
+
+    def __init__(self, searcher: Searcher):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.last: dict[str, float] = {}  # trial id -> its last reported objective, until it completes
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.last[trial_id] = result[self.metric]
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        last = self.last.pop(trial_id, None)
+        if result is None and not error and last is not None:
+            result = {self.metric: last}
+        self.searcher.on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+    def get_state(self) -> dict:  # as Tune's wrappers: the searcher below saves itself (SearchGenerator.save_to_dir)
+        return {"last": dict(self.last)}
+
+    def set_state(self, state: dict) -> None:
+        self.last = state["last"]

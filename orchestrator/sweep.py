@@ -28,13 +28,13 @@ floor applies when the base knew at least `eval.general_min_known` of them (the 
 tag recall.general_gate): a random tiny model knows none. At epochs between rungs the probe is not
 scored, and the objective there is the plain one.
 
-Early stopping (orchestrator/scheduling.py) compares trials at the first rung by the val answers'
-teacher-forced loss, which moves from the first epoch, and at later rungs by `objective`
-(`sweep.asha.compare_by`, see `rung_metrics`); what Optuna optimises and promotion ranks by is
-`objective`. A trial stopped at a rung reaches
+Early stopping (orchestrator/scheduling.py EarlyStopping, built from `sweep.asha`) compares trials at
+the first rung by the val answers' teacher-forced loss, which moves from the first epoch, and at later
+rungs by `objective` (`sweep.asha.compare_by`, see scheduling.rung_metrics); what Optuna optimises and
+promotion ranks by is `objective`. A trial stopped at a rung reaches
 Optuna as COMPLETE with its last reported `objective`: a pessimistic value, which is the right
 direction for TPE (it lands among the "bad" observations); so does one stopped while it waited at a
-rung (LinkedOptunaSearch supplies the last report Tune's stop of a paused trial leaves out). Trials
+rung (scheduling.LastReport supplies the last report Tune's stop of a paused trial leaves out). Trials
 that raised are told as FAIL and do not shape the sampler.
 
 The study is kept in a database (`sweep.optuna_storage`), named "<experiment>/<sweep>", so Optuna's own
@@ -61,7 +61,7 @@ from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_comma
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.progress import SweepProgress, sweep_console
 from orchestrator.ray_leftovers import stop_leftovers
-from orchestrator.scheduling import rungs
+from orchestrator.scheduling import EarlyStopping
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
@@ -104,30 +104,6 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
                       trial_id=context.get_trial_id())
         except CheckpointUnreadable as error:  # name the checkpoint in the sweep's storage, not the copy
             raise CheckpointUnreadable(str(error).replace(str(resume_from), checkpoint.path, 1)) from error
-
-
-EARLY_SIGNAL = "val_answer_loss"  # the val answers' teacher-forced loss (trials/train.py answer_loss)
-
-
-def rung_metrics(config: ExperimentConfig) -> tuple[str, str]:
-    """What early stopping compares (sweep.asha.compare_by): (at the first rung, at the later ones).
-
-    `auto`: at the first rung the val answer loss, which falls from the first epoch while exact recall
-    is still 0 for most trials or a few lucky guesses (a bad trial recalled 6 of 60 val questions
-    after one epoch, a good one 9); at the later rungs the objective, exact recall itself, which by
-    then separates the trials and is what the sweep optimises: the loss ranks confidently wrong answers
-    worst, recall counts right ones (bench/RESULTS.md section 4 measures both). An incremental sweep
-    compares the objective at every rung: only it sees the retention floor broken."""
-    compare_by = config.sweep.asha.compare_by
-    if compare_by == "auto":
-        incremental = config.data.retain is not None or config.init_adapter is not None
-        return (METRIC if incremental else EARLY_SIGNAL), METRIC
-    metric = METRIC if compare_by == "objective" else EARLY_SIGNAL
-    return metric, metric
-
-
-def mode_of(metric: str) -> str:
-    return "min" if metric == EARLY_SIGNAL else MODE
 
 
 @dataclass(frozen=True)
@@ -265,17 +241,6 @@ class LinkedOptunaSearch(OptunaSearch):
         for point, origin in points:
             self._ot_study.enqueue_trial(point, user_attrs={warm_start.ORIGIN: origin})
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
-        self.__dict__.setdefault("_last_objective", {})[trial_id] = result[METRIC]
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        # Tune stops a trial paused at a rung (orchestrator/scheduling.py) without a result: its last report
-        # stands, as for a trial stopped at a rung, rather than Optuna's PRUNED.
-        if result is None and not error and trial_id in self.__dict__.get("_last_objective", {}):
-            result = {METRIC: self._last_objective[trial_id]}
-        super().on_trial_complete(trial_id, result, error)
-
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
         if params is None:
@@ -325,10 +290,7 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
                  warm: warm_start.WarmStart | None = None):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
-    from orchestrator.scheduling import ComparingASHA, SlotLimiter
     from orchestrator.state_signing import SignedSearch
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -344,21 +306,12 @@ def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStu
         study_name=new_study.name,
         storage=new_study.storage,
     )
-    asha = config.sweep.asha
-    first, later = rung_metrics(config)
-    scheduler = (
-        ComparingASHA(later, mode_of(later), max_t=config.training.epochs, grace_period=asha.grace_period,
-                      reduction_factor=asha.reduction_factor, compare_at_least=asha.compare_at_least,
-                      first_rung=(first, mode_of(first)))
-        if asha.enabled else FIFOScheduler()
-    )
-    slots = config.sweep.max_concurrent_trials
-    if slots:  # with early stopping, a trial waiting at a rung gives its slot to a new one (orchestrator/scheduling.py)
-        searcher = SlotLimiter(searcher, slots) if asha.enabled else ConcurrencyLimiter(searcher, slots)
+    stopping = EarlyStopping.of(config)
+    # The slot limit is applied by `stopping`, as Tune's max_concurrent_trials would: Tune applies that only to
+    # a Searcher, and SignedSearch (which signs each snapshot of the experiment for --resume) is past that.
+    searcher = stopping.searcher(searcher, config.sweep.max_concurrent_trials)
     return tune.TuneConfig(
-        # The limiter is applied above, as Tune's max_concurrent_trials would: Tune applies that only to a
-        # Searcher, and SignedSearch (which signs each snapshot of the experiment for --resume) is past that.
-        metric=METRIC, mode=MODE, search_alg=SignedSearch(searcher), scheduler=scheduler,
+        metric=METRIC, mode=MODE, search_alg=SignedSearch(searcher), scheduler=stopping.scheduler(),
         num_samples=config.sweep.num_samples, time_budget_s=config.sweep.time_budget_s, reuse_actors=True,
     )
 
@@ -426,8 +379,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
 
     base = config.trial_config().model_dump(mode="json")
     if config.sweep.asha.enabled:  # the general probe is scored where early stopping compares, and at the end
-        asha = config.sweep.asha
-        base["eval"]["general_epochs"] = rungs(asha.grace_period, asha.reduction_factor, config.training.epochs)
+        base["eval"]["general_epochs"] = EarlyStopping.of(config).rungs
     # What the base model knows, once, before Ray starts: the bar every trial's figures are read against.
     pre_pass: BasePass | None = None if resume else base_pass(config.trial_config())
     baseline = pre_pass.report if pre_pass is not None else None

@@ -1,23 +1,20 @@
-"""ComparingASHA's rule, driven directly: Ray's ASHA when nobody need wait; a first arrival waits for company."""
+"""ComparingASHA's rule, driven directly: Ray's ASHA when nobody need wait; a first arrival waits for company
+and gives its slot away (SlotLimiter)."""
 
 import random
+from pathlib import Path
 
 import pytest
+import ray.cloudpickle as pickle  # as Tune writes tuner.pkl
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
-from bench.scheduler_replay import FakeController, FakeTrial
-from orchestrator.scheduling import WAITING, ComparingASHA, SlotLimiter, rungs
+from bench.scheduler_replay import FakeController, FakeTrial, NextTrial
+from orchestrator import scheduling
+from orchestrator.scheduling import ComparingASHA, EarlyStopping, LastReport, SlotLimiter, rungs
 
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
-
-
-@pytest.fixture(autouse=True)
-def no_waiters_left_over():
-    WAITING.clear()
-    yield
-    WAITING.clear()
 
 
 def loss_asha(**kwargs) -> ComparingASHA:
@@ -65,17 +62,18 @@ def test_a_trial_that_arrives_first_but_trails_is_stopped_when_the_next_arrives(
     ray = AsyncHyperBandScheduler(metric="val_answer_loss", mode="min", max_t=20, grace_period=2, reduction_factor=4)
     scheduler = loss_asha()
     first, second = FakeTrial("seed-recipe"), FakeTrial("good")
-    controller = FakeController([first, second], scheduler)
+    limiter = SlotLimiter(NextTrial(), max_concurrent=2)
+    controller = FakeController([first, second], scheduler, limiter)
     ray.on_trial_add(None, first)
     assert ray.on_trial_result(None, first, {"training_iteration": 2, "val_answer_loss": 7.8}) == CONTINUE
 
     assert report(scheduler, controller, first, 1, 7.8) == CONTINUE
     assert report(scheduler, controller, first, 2, 7.8) == PAUSE  # Ray's ASHA lets it through
     first.status = Trial.PAUSED
-    assert WAITING == {"seed-recipe"}
+    assert limiter.waiting == {"seed-recipe"}
     assert report(scheduler, controller, second, 2, 2.6) == CONTINUE
     assert first.status == Trial.TERMINATED and controller.stopped == [first]
-    assert WAITING == set()
+    assert limiter.waiting == set()
 
 
 def test_a_first_arrival_that_leads_runs_on_and_the_trailing_one_stops():
@@ -94,11 +92,13 @@ def test_a_first_arrival_that_leads_runs_on_and_the_trailing_one_stops():
 def test_a_waiter_is_resumed_when_nothing_else_can_reach_its_rung():
     scheduler = loss_asha()
     alone = FakeTrial("alone")
-    controller = FakeController([alone], scheduler)
+    limiter = SlotLimiter(NextTrial(), max_concurrent=1)
+    controller = FakeController([alone], scheduler, limiter)
     assert report(scheduler, controller, alone, 2, 5.0) == PAUSE
     alone.status = Trial.PAUSED
+    assert limiter.waiting == {"alone"}
     assert scheduler.choose_trial_to_run(controller) is alone
-    assert scheduler.waiting == {} and WAITING == set()
+    assert scheduler.waiting == {} and limiter.waiting == set()
 
 
 def test_a_pending_trial_runs_before_a_waiter_is_given_up_on():
@@ -112,15 +112,11 @@ def test_a_pending_trial_runs_before_a_waiter_is_given_up_on():
 
 
 def test_slots_held_by_waiting_trials_are_free_for_new_ones():
-    class Constant(Searcher):
-        def suggest(self, trial_id):
-            return {"x": 1}
-
-    limiter = SlotLimiter(Constant(metric="objective", mode="max"), max_concurrent=1)
-    assert limiter.suggest("a") == {"x": 1}
+    limiter = SlotLimiter(NextTrial(), max_concurrent=1)
+    assert limiter.suggest("a") == {}
     assert limiter.suggest("b") is None  # "a" holds the only slot
-    WAITING.add("a")
-    assert limiter.suggest("b") == {"x": 1}
+    limiter.on_pause("a")
+    assert limiter.suggest("b") == {}
     assert limiter.suggest("c") is None
 
 
@@ -145,3 +141,100 @@ def test_the_first_rung_compares_the_early_signal_and_the_later_ones_the_objecti
     later.status = Trial.PAUSED
     assert result(learns, 4, 1.2, 0.30) == CONTINUE  # a higher loss, but more answers right
     assert controller.stopped == [later]
+
+
+# -- EarlyStopping: sweep.asha in, Tune's pieces out -----------------------------------------------------------
+
+
+class Told(NextTrial):
+    """A searcher that keeps what Tune told it of each completed trial."""
+
+    def __init__(self):
+        super().__init__(metric="objective", mode="max")
+        self.completed: dict[str, dict | None] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.completed[trial_id] = result
+
+
+def demo(*overrides: str):
+    from orchestrator.config import load_experiment
+    from tests.sweep_support import DEMO
+
+    return load_experiment(DEMO, list(overrides))
+
+
+def test_the_builder_derives_rungs_metrics_scheduler_and_limiter_from_the_config():
+    stopping = EarlyStopping.of(demo("sweep.max_concurrent_trials=2"))
+    assert stopping.rungs == [1, 4, 16] == rungs(1, 4, 20)  # the demo: grace 1, factor 4, 20 epochs
+    assert stopping.compared == ("val_answer_loss", "objective")  # compare_by: auto
+    scheduler = stopping.scheduler()
+    assert isinstance(scheduler, ComparingASHA) and list(scheduler.recorded) == stopping.rungs
+    assert scheduler.compared == {1: ("val_answer_loss", -1.0), 4: ("objective", 1.0), 16: ("objective", 1.0)}
+    optuna = Told()
+    limiter = stopping.searcher(optuna, 2)
+    assert isinstance(limiter, SlotLimiter) and limiter.max_concurrent == 2
+    assert isinstance(limiter.searcher, LastReport) and limiter.searcher.searcher is optuna
+    assert isinstance(stopping.searcher(optuna, None), LastReport)  # no slot limit: Tune's resources decide
+
+    incremental = EarlyStopping.of(demo().model_copy(update={"init_adapter": Path("adapter")}))
+    assert incremental.compared == ("objective", "objective")  # only the objective sees the retention floor
+
+
+def test_without_early_stopping_the_sweep_has_tunes_own_pieces_and_no_rungs():
+    stopping = EarlyStopping.of(demo("sweep.asha.enabled=false"))
+    optuna = Told()
+    assert stopping.rungs == [] and isinstance(stopping.scheduler(), FIFOScheduler)
+    assert type(stopping.searcher(optuna, 2)) is ConcurrencyLimiter and stopping.searcher(optuna, None) is optuna
+
+
+def test_early_stopping_keeps_no_state_in_its_module():
+    """Who waits lives in the scheduler and the limiter Tune runs, nowhere else (the old module-global set
+    outlived sweeps in one process and needed clearing between them)."""
+    kept = {name: value for name, value in vars(scheduling).items()
+            if not name.startswith("__") and isinstance(value, (set, dict, list))}
+    assert kept == {}
+
+
+def test_a_waiter_stopped_at_its_rung_reaches_the_searcher_with_its_last_report():
+    optuna = Told()
+    searcher = LastReport(optuna)
+    searcher.on_trial_result("waiter", {"objective": 0.25, "training_iteration": 4})
+    searcher.on_trial_complete("waiter")  # Tune's stop of a paused trial: no result
+    searcher.on_trial_result("raised", {"objective": 0.5})
+    searcher.on_trial_complete("raised", error=True)
+    searcher.on_trial_result("ran", {"objective": 0.5})
+    searcher.on_trial_complete("ran", {"objective": 0.75})
+    searcher.on_trial_complete("never-reported")
+    assert optuna.completed == {"waiter": {"objective": 0.25}, "raised": None, "ran": {"objective": 0.75},
+                                "never-reported": None}
+
+
+def test_a_resumed_sweep_starts_without_waiters_and_its_scheduler_frees_slots_of_the_searcher_tune_runs():
+    """--resume: tuner.pkl gives back the scheduler and the searcher as the Tuner was made, then Tune hands the
+    searcher the state of its last snapshot (get_state / set_state). The trials that waited at a rung are
+    pending again, each holding its slot; the restored scheduler reaches the restored limiter."""
+    stopping = EarlyStopping.of(demo("sweep.max_concurrent_trials=2"))
+    tuner_pkl = pickle.dumps((stopping.scheduler(), SearchGenerator(stopping.searcher(Told(), 2))))
+    scheduler, search_alg = pickle.loads(tuner_pkl)
+    limiter = search_alg.searcher
+    a, b = FakeTrial("a"), FakeTrial("b")
+    controller = FakeController([a, b], scheduler, search_alg)
+    assert limiter.suggest("a") == {} and limiter.suggest("b") == {} and limiter.suggest("c") is None
+    assert report(scheduler, controller, a, 1, 3.0) == PAUSE
+    assert limiter.waiting == {"a"} and limiter.suggest("c") == {}  # a's slot went to c
+    snapshot = limiter.get_state()
+
+    scheduler, search_alg = pickle.loads(tuner_pkl)
+    search_alg.searcher.set_state(snapshot)
+    limiter = search_alg.searcher
+    assert limiter.live_trials == {"a", "b", "c"} and limiter.waiting == set()
+    assert limiter.suggest("d") is None
+    b = FakeTrial("b")
+    assert report(scheduler, FakeController([b], scheduler, search_alg), b, 1, 2.0) == PAUSE
+    assert limiter.waiting == {"b"}
+    limiter.on_trial_complete("c", {"objective": 0.5})
+    assert limiter.suggest("d") == {}  # b waits, c is done: a and d hold the two slots
