@@ -18,24 +18,25 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from trials.config import TrialConfig
+from pydantic.fields import FieldInfo
+
+from trials.config import TrainingConfig, TrialConfig
 from trials.methods import SPACES, AnyMethod, MethodName
 from trials.methods.base import MethodSpace, Range, Strict
 
 
+REPLAY = "replay_fraction"  # the flat Optuna param of training.replay_fraction
+# Training knobs a search space may search, each a flat Optuna param named as its training.* key, and a
+# search_space key of the same name whose bounds are the training key's.
+TRAINING_KNOBS = (REPLAY, "general_replay", "kl_to_base")
+UNSET = {REPLAY: "an incremental sweep searches 0..1"}  # what an unset knob's range is: else the config's value
+
+
 class _SearchSpace(Strict):
-    """SearchSpace without its method sections (added below, one per registered method)."""
+    """SearchSpace without its method sections and training knobs (added below, from the registered
+    methods and TrainingConfig)."""
 
     methods: list[MethodName] = Field(min_length=1, description="Methods to try; the method is searched first.")
-    replay_fraction: Range | None = Field(
-        None, description="Searched share of old train rows replayed per epoch (incremental sweeps; "
-                          "training.replay_fraction). Unset: an incremental sweep searches 0..1.")
-    general_replay: Range | None = Field(
-        None, description="Searched share of the general probe's protect rows replayed per epoch "
-                          "(training.general_replay). Unset: the config's value.")
-    kl_to_base: Range | None = Field(
-        None, description="Searched weight of the KL to the base on those rows (training.kl_to_base). Unset: the "
-                          "config's value.")
     points_to_evaluate: list[dict] = Field(
         default_factory=list, description="Trials run first, as flat params (see orchestrator.search_space)."
     )
@@ -47,11 +48,12 @@ class _SearchSpace(Strict):
             raise ValueError(f"methods {missing} are listed but have no search space section")
         return self
 
-    @field_validator("replay_fraction", "general_replay")
+    @field_validator(*TRAINING_KNOBS, check_fields=False)
     @classmethod
-    def _a_fraction(cls, value: Range | None) -> Range | None:
-        if value is not None and value.high > 1:
-            raise ValueError("high must be at most 1")
+    def _within_the_keys_bounds(cls, value: Range | None, info) -> Range | None:
+        most = _upper_bound(TrainingConfig.model_fields[info.field_name])
+        if value is not None and most is not None and value.high > most:
+            raise ValueError(f"high must be at most {most:g}")
         return value
 
     def space_of(self, method: str) -> MethodSpace:
@@ -79,12 +81,19 @@ class _SearchSpace(Strict):
         return space, notes
 
 
-SearchSpace = create_model("SearchSpace", __base__=_SearchSpace, __module__=__name__,
-                           **{name: (space | None, None) for name, space in SPACES.items()})
+def _upper_bound(field: FieldInfo) -> float | None:
+    return next((bound.le for bound in field.metadata if getattr(bound, "le", None) is not None), None)
 
-REPLAY = "replay_fraction"  # the flat Optuna param of training.replay_fraction
-# Training knobs a search space may search, each a flat Optuna param named as its training.* key.
-TRAINING_KNOBS = (REPLAY, "general_replay", "kl_to_base")
+
+def _searched(knob: str) -> tuple[type, FieldInfo]:
+    """The search_space field of training knob `knob`: its range (training.{knob} says what it means)."""
+    return Range | None, Field(None, description=f"Searched range of training.{knob} (see it). Unset: "
+                                                 f"{UNSET.get(knob, 'the config value')}.")
+
+
+SearchSpace = create_model("SearchSpace", __base__=_SearchSpace, __module__=__name__,
+                           **{knob: _searched(knob) for knob in TRAINING_KNOBS},
+                           **{name: (space | None, None) for name, space in SPACES.items()})
 
 
 class DefineByRun:
