@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from trials.data import DataError, _read_text
+from trials.data import DataError, QARow, _read_text
 from trials.formatting import IGNORE_INDEX, Example, collate, prompt_ids
 from trials.model_cache import cache_root
 from trials.recall import generate_token_ids, normalize
@@ -53,19 +53,14 @@ PROBE_SPLITS = ("protect", "check")
 # first line is all that is scored; a chat reply's first 48 tokens carry its style and content.
 ANSWER_TOKENS, CHAT_TOKENS = 24, 48
 RECIPE = 3  # bump when what is cached (or how it is computed) changes
+CONTENT = ("question", "answer", "aliases", "topic", "split")  # what the probe's fingerprint is of
 
 
 @dataclass(frozen=True)
-class ProbeQuestion:
-    question: str
-    answer: str
-    aliases: tuple[str, ...]
-    topic: str
-    split: str
+class ProbeQuestion(QARow):
+    """A probe question: a QA row (split protect|check) with its topic."""
 
-    @property
-    def accepted(self) -> tuple[str, ...]:
-        return (self.answer, *self.aliases)
+    topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,7 +101,8 @@ def _problems_of(obj, fields: dict[str, bool]) -> list[str]:
     return problems
 
 
-def _read_lines(path: Path, fields: dict[str, bool], problems: list[str]) -> list[dict]:
+def _read_lines(path: Path, fields: dict[str, bool], problems: list[str]) -> list[tuple[int, dict]]:
+    """The file's valid JSON objects, each with its line number."""
     text = _read_text(path, "general probe file", "eval.general", problems)
     if text is None:
         return []
@@ -122,7 +118,7 @@ def _read_lines(path: Path, fields: dict[str, bool], problems: list[str]) -> lis
         found = _problems_of(obj, fields)
         problems += [f"{path}:{number}: {problem} (eval.general)" for problem in found]
         if not found:
-            objects.append(obj)
+            objects.append((number, obj))
     if not objects and not problems:
         problems.append(f"{path}: no rows (eval.general)")
     return objects
@@ -135,19 +131,21 @@ def load_probe(path: Path) -> Probe:
     questions_file, chat_file = (path / QUESTIONS, path / CHAT) if path.is_dir() else (path, None)
     problems: list[str] = []
     questions = [ProbeQuestion(obj["question"].strip(), obj["answer"].strip(),
-                               tuple(a.strip() for a in obj.get("aliases") or []), obj.get("topic", ""),
-                               obj["split"])
-                 for obj in _read_lines(questions_file, {"question": True, "answer": True, "aliases": False,
+                               tuple(a.strip() for a in obj.get("aliases") or []), obj["split"], number,
+                               f"{questions_file}:{number}", obj.get("topic", ""))
+                 for number, obj in _read_lines(questions_file, {"question": True, "answer": True, "aliases": False,
                                                          "topic": False, "split": True}, problems)]
     prompts = []
     if chat_file is not None and chat_file.exists():
         prompts = [ChatPrompt(obj["prompt"].strip(), obj.get("kind", ""), obj["split"])
-                   for obj in _read_lines(chat_file, {"prompt": True, "kind": False, "split": True}, problems)]
+                   for _, obj in _read_lines(chat_file, {"prompt": True, "kind": False, "split": True}, problems)]
     if questions and not any(q.split == "check" for q in questions):
         problems.append(f"{questions_file}: no 'check' questions: nothing to measure retention on (eval.general)")
     if problems:
         raise DataError(problems)
-    digest = hashlib.sha256(json.dumps([[asdict(q) for q in questions], [asdict(p) for p in prompts]]).encode())
+    # Of the content alone: where a question sits in its file does not change what the base answers.
+    content = [{key: getattr(q, key) for key in CONTENT} for q in questions]
+    digest = hashlib.sha256(json.dumps([content, [asdict(p) for p in prompts]]).encode())
     return Probe(questions, prompts, digest.hexdigest()[:16])
 
 
