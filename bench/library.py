@@ -42,7 +42,8 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
         history = client.get_metric_history(row["run_id"], VAL_EXACT_RECALL)
         trials.append({
             "trial": row["trial"], "run_id": row["run_id"], "status": row["status"], "method": row["method"],
-            **{knob: param_value(run.data.params.get(method_param(knob))) for knob in ("r", "alpha", "num_virtual_tokens")},
+            **{knob: param_value(run.data.params.get(method_param(knob)))
+               for knob in ("r", "alpha", "num_virtual_tokens")},
             "learning_rate": row["learning_rate"], "shape": row["shape"], "epochs": row["epochs"],
             VAL_EXACT_RECALL: row[VAL_EXACT_RECALL],
             "best_epoch_val_exact_recall": max((m.value for m in history), default=None),

@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--workers", type=int, default=1,
                     help="the UI server's worker processes (mlflow ui --workers, whose own default is 4): one "
                          "starts fast and stays small on a laptop; more serve several users at once")
-    ui.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment whose trials the printed link shows")
+    ui.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                    help="MLflow experiment whose trials the printed link shows")
     ui.add_argument("--no-browser", dest="browser", action="store_false",
                     help="only print the link (a browser is opened only on a desktop anyway)")
     ui.set_defaults(func=cmd_ui)

@@ -68,8 +68,9 @@ class SweepConfig(Strict):
         600, ge=0, description="A tracking server that is down when the trials end: how long the sweep waits for it "
                                "to write what it kept, before it exits non-zero (the results stay in storage_path).")
     retention_floor: float = Field(
-        DEFAULT_RETENTION_FLOOR, ge=0.0, le=1.0, description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall "
-                                          "at least this share of the starting adapter's on the same questions.")
+        DEFAULT_RETENTION_FLOOR, ge=0.0, le=1.0,
+        description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall at least this share of "
+                    "the starting adapter's on the same questions.")
     general_floor: float = Field(
         0.95, ge=0.0, le=1.0, description="A trial (and a promotion) must still answer at least this share of the "
                                           "general probe's check questions the base model answered right "

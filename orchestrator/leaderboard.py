@@ -108,6 +108,7 @@ def format_leaderboard(rows: list[dict], base_columns: tuple[str, ...] = LEADERB
 def leaderboard_columns(rows: list[dict], base_columns: tuple[str, ...] = LEADERBOARD_COLUMNS) -> tuple[str, ...]:
     """`base_columns` with the objective's column, when the sweep optimised another metric than exact recall,
     after that one (and before its lift)."""
-    extra = sorted({key for row in rows for key in row if key.startswith(split_metric("val", "")) and key not in base_columns})
+    extra = sorted({key for row in rows for key in row
+                    if key.startswith(split_metric("val", "")) and key not in base_columns})
     at = base_columns.index(VAL_EXACT_RECALL) + 1
     return (*base_columns[:at], *extra, *base_columns[at:])

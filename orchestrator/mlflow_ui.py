@@ -70,8 +70,8 @@ OUTCOMES = [run_record.VAL_EXACT_RECALL, run_record.OBJECTIVE]
 CHARTS = [
     {"uuid": "val-recall-per-epoch", "type": "LINE", "metricKey": run_record.VAL_EXACT_RECALL, "xAxisKey": "step",
      "lineSmoothness": 0, "useGlobalLineSmoothing": False, "scaleType": "linear", "xAxisScaleType": "linear"},
-    {"uuid": "val-recall-by-knobs", "type": "PARALLEL", "selectedParams": [run_record.METHOD_NAME, run_record.LEARNING_RATE],
-     "selectedMetrics": OUTCOMES},
+    {"uuid": "val-recall-by-knobs", "type": "PARALLEL",
+     "selectedParams": [run_record.METHOD_NAME, run_record.LEARNING_RATE], "selectedMetrics": OUTCOMES},
     {"uuid": "val-recall-by-lora-knobs", "type": "PARALLEL",
      "selectedParams": [*map(run_record.method_param, ("r", "alpha", "dropout")), run_record.LEARNING_RATE],
      "selectedMetrics": OUTCOMES},

@@ -153,8 +153,9 @@ class MlflowTrials(Callback):
             colour = trial_colour(len(tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id))))
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(config, trial_id),
-                tags={run_record.PARENT: self.parent_run_id, run_record.ROLE: run_record.TRIAL_ROLE, run_record.SWEEP: self.sweep,
-                      run_record.TRIAL_ID: trial_id, run_record.NOTE: trial_note(config, self.sweep), RUN_COLOUR: colour,
+                tags={run_record.PARENT: self.parent_run_id, run_record.ROLE: run_record.TRIAL_ROLE,
+                      run_record.SWEEP: self.sweep, run_record.TRIAL_ID: trial_id,
+                      run_record.NOTE: trial_note(config, self.sweep), RUN_COLOUR: colour,
                       **({run_record.ORIGIN: origin} if origin else {})})
             self._runs[trial_id] = run.info.run_id
         elif existing[0].info.status == "FINISHED":
@@ -321,9 +322,9 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={run_record.ROLE: run_record.SWEEP_ROLE, run_record.SWEEP: name,
-                                                                run_record.NOTE: sweep_note(config, name),
-                                                                **sweep_tags(config)})
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={run_record.ROLE: run_record.SWEEP_ROLE, run_record.SWEEP: name,
+                                  run_record.NOTE: sweep_note(config, name), **sweep_tags(config)})
     client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
     for key, value in sweep_params(config.sweep.model_dump(mode="json")).items():
         client.log_param(run.info.run_id, key, value)

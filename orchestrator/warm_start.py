@@ -217,8 +217,9 @@ def _point(params: dict[str, str], config) -> tuple[dict | None, str | None]:
     if problems:
         return None, problems[0].split(": ", 2)[-1]
     rebuilt = trial_params(trial_config_for(config.trial_config(), point, space))
+    # Module lists compare in any order.
     differs = sorted(key for key, text in params.items() if key.startswith(method_param(""))
-                     and comparable(param_value(rebuilt.get(key))) != comparable(param_value(text)))  # module lists: any order
+                     and comparable(param_value(rebuilt.get(key))) != comparable(param_value(text)))
     if differs:
         return None, f"it would not train the same {', '.join(differs)}"
     return point, None
