@@ -325,7 +325,7 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
     run = client.create_run(experiment_id, run_name=name,
                             tags={run_record.ROLE: run_record.SWEEP_ROLE, run_record.SWEEP: name,
                                   run_record.NOTE: sweep_note(config, name), **sweep_tags(config)})
-    client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
+    client.log_dict(run.info.run_id, config.model_dump(mode="json"), run_record.SWEEP_CONFIG)
     for key, value in sweep_params(config.sweep.model_dump(mode="json")).items():
         client.log_param(run.info.run_id, key, value)
     client.log_param(run.info.run_id, OBJECTIVE_PARAM, config.eval.objective)  # the leaderboard sorts by it

@@ -1,10 +1,10 @@
-"""What a run records: the names of the tags, metrics and params on a sweep's MLflow runs, the defaults
-they are read with, and a trial's config as MLflow params and back.
+"""What a run records: the names of the tags, metrics, params and artifacts on a sweep's MLflow runs, the
+defaults they are read with, and a trial's config as MLflow params and back.
 
 Every module that writes runs (mlflow_writer, sweep, promote) or reads them (leaderboard, warm start,
 report, hints, the MLflow UI's columns, the bench) names them from here, so a name changes in one place.
 The layout itself (which run holds what) is described in orchestrator/tracking.py, which talks to MLflow.
-The metric names are those trials/trial.py reports each epoch (trials never import the orchestrator).
+The metric names are those a trial reports each epoch (trials/; trials never import the orchestrator).
 Plain Python: importing this starts no Ray, torch or MLflow.
 """
 
@@ -145,6 +145,7 @@ def method_knobs(params: dict[str, str]) -> dict:
     prefix = method_param("")
     return {key.removeprefix(prefix): param_value(text) for key, text in params.items() if key.startswith(prefix)}
 
+
 # -- artifacts -----------------------------------------------------------------------------------------
 
 # A trial run's files (orchestrator/tracking.py log_trial_artifacts): its peft adapter, its full config, its
@@ -152,3 +153,4 @@ def method_knobs(params: dict[str, str]) -> dict:
 ADAPTER, TRIAL_CONFIG, METRICS = "adapter", "trial_config.json", "metrics.json"
 PREDICTIONS, PREDICTIONS_TABLE = "predictions_val.jsonl", "predictions_val.json"
 TEST_PREDICTIONS = "predictions_test.jsonl"
+SWEEP_CONFIG = "config.yaml"  # a sweep run's whole config: what a warm start matches a sweep from before its tags by

@@ -158,7 +158,7 @@ def _model_and_methods(client, parent) -> tuple[str, frozenset] | None:
 
     try:
         with tempfile.TemporaryDirectory(prefix="warm-start-") as directory:
-            path = client.download_artifacts(parent.info.run_id, "config.yaml", directory)
+            path = client.download_artifacts(parent.info.run_id, run_record.SWEEP_CONFIG, directory)
             config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         return str(config["model"]), frozenset(config["search_space"]["methods"])
     except Exception:  # no such artifact, or not a config: this sweep cannot be matched
