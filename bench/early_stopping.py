@@ -23,7 +23,9 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.library import score_best
 from bench.scheduler_replay import compare, epochs_to_reach
+from orchestrator.run_record import OBJECTIVE, VAL_ANSWER_LOSS, VAL_EXACT_RECALL
 
 ARMS = {
     "noasha": ["sweep.asha.enabled=false"],
@@ -32,7 +34,7 @@ ARMS = {
     "asha": [],
 }
 SECOND_SWEEP_SEED = 100  # added to a seed for the second sweep of the same data
-CURVE_METRICS = ("val_exact_recall", "val_answer_loss", "objective")
+CURVE_METRICS = (VAL_EXACT_RECALL, VAL_ANSWER_LOSS, OBJECTIVE)
 
 
 def learning_curves(run_ids: list[str]) -> tuple[list[dict[str, list[float]]], list[tuple[int, float]]]:
@@ -48,7 +50,7 @@ def learning_curves(run_ids: list[str]) -> tuple[list[dict[str, list[float]]], l
         for key in CURVE_METRICS:
             history = client.get_metric_history(run.info.run_id, key)
             curve[key] = [m.value for m in sorted(history, key=lambda m: m.step)]
-            if key == "val_exact_recall":
+            if key == VAL_EXACT_RECALL:
                 reports += [(m.timestamp, m.step, m.value) for m in history]
         curves.append(curve)
     reports.sort()
@@ -56,9 +58,8 @@ def learning_curves(run_ids: list[str]) -> tuple[list[dict[str, list[float]]], l
 
 
 def measured_sweep(run: Callable, load: Callable, overrides: list[str], name: str, work: Path) -> dict:
-    """A bench sweep (bench.run.run_bench_sweep), with its learning curves, trial-epochs to best and the
+    """A bench sweep (bench.library.run_bench_sweep), with its learning curves, trial-epochs to best and the
     best trial's test recall."""
-    from bench.run import score_best
 
     sweep = run(load(overrides), name)
     curves, order = learning_curves([t["run_id"] for t in sweep["trials"] if t["status"] != "FAILED"])

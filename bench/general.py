@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 from bench.goals import general_goals_met
+from bench.library import run_bench_sweep, start_ray
+from orchestrator.run_record import (ADAPTER, BASE_GENERAL_CHECK, BASE_GENERAL_KNOWN, EXACT_RECALL, GENERAL_DRIFT,
+                                     GENERAL_RETENTION, OBJECTIVE, TRIAL_CONFIG, base_metric)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
@@ -42,9 +45,9 @@ def _best(sweep: dict, client) -> dict:
     """The sweep's best trial by its objective (what promotion ranks by), with its general figures."""
     finished = [t for t in sweep["trials"] if t["status"] == "FINISHED"]
     runs = {t["run_id"]: client.get_run(t["run_id"]).data.metrics for t in finished}
-    best = max(finished, key=lambda t: runs[t["run_id"]].get("objective", -2))
+    best = max(finished, key=lambda t: runs[t["run_id"]].get(OBJECTIVE, -2))
     metrics = runs[best["run_id"]]
-    return {**best, **{key: metrics.get(key) for key in ("objective", "general_retention", "general_drift")}}
+    return {**best, **{key: metrics.get(key) for key in (OBJECTIVE, GENERAL_RETENTION, GENERAL_DRIFT)}}
 
 
 def _answers(adapter_run_id: str | None, config, work: Path, questions: list[str]) -> list[str]:
@@ -66,9 +69,9 @@ def _answers(adapter_run_id: str | None, config, work: Path, questions: list[str
         target = work / adapter_run_id
         target.mkdir(parents=True, exist_ok=True)
         client = tracking.client()
-        adapter = Path(client.download_artifacts(adapter_run_id, "adapter", str(target)))
+        adapter = Path(client.download_artifacts(adapter_run_id, ADAPTER, str(target)))
         trial = TrialConfig.model_validate_json(
-            Path(client.download_artifacts(adapter_run_id, "trial_config.json", str(target))).read_text())
+            Path(client.download_artifacts(adapter_run_id, TRIAL_CONFIG, str(target))).read_text())
         model, tokenizer, device, bf16 = load_trained(adapter, trial)
     with torch.no_grad():
         replies = generate_answers(model, tokenizer, questions, batch_size=8, max_new_tokens=24, device=device,
@@ -80,7 +83,6 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
     """Both sweeps, the promotion, the answers; returns the general_* results."""
     import ray
 
-    from bench.run import run_bench_sweep, start_ray
     from orchestrator import tracking
     from orchestrator.config import load_experiment
     from orchestrator.promote import promote
@@ -113,17 +115,17 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
                "base": _answers(None, ours, work, questions),
                "plain": _answers(best_plain["run_id"], ours, work, questions),
                "ours": _answers(champion.run_id, ours, work, questions)}
-    log(f"general: base knows {base.get('base_general_known')}; retention ours {champion.general_retention} "
-        f"plain {best_plain['general_retention']}; champion test {champion.test_recall:.3f}; France: "
+    log(f"general: base knows {base.get(BASE_GENERAL_KNOWN)}; retention ours {champion.general_retention} "
+        f"plain {best_plain[GENERAL_RETENTION]}; champion test {champion.test_recall:.3f}; France: "
         f"base {answers['base'][0]!r}, plain {answers['plain'][0]!r}, ours {answers['ours'][0]!r}")
     results = {
-        "general_base_known": base.get("base_general_known"),
-        "general_base_check_questions": base.get("base_general_check"),
-        "general_base_test_recall": base.get("base_test_exact_recall"),
-        "general_retention_ours": best_ours["general_retention"],
-        "general_retention_plain": best_plain["general_retention"],
-        "general_drift_ours": best_ours["general_drift"],
-        "general_drift_plain": best_plain["general_drift"],
+        "general_base_known": base.get(BASE_GENERAL_KNOWN),
+        "general_base_check_questions": base.get(BASE_GENERAL_CHECK),
+        "general_base_test_recall": base.get(base_metric("test", EXACT_RECALL)),
+        "general_retention_ours": best_ours[GENERAL_RETENTION],
+        "general_retention_plain": best_plain[GENERAL_RETENTION],
+        "general_drift_ours": best_ours[GENERAL_DRIFT],
+        "general_drift_plain": best_plain[GENERAL_DRIFT],
         "general_champion_test_recall": champion.test_recall,
         "general_champion_general_retention": champion.general_retention,
         "general_protection": {"general_replay": ours.training.general_replay, "kl_to_base": ours.training.kl_to_base,

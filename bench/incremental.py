@@ -29,6 +29,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.library import run_bench_sweep, start_ray, timed
+from orchestrator.run_record import (ADAPTER, EXACT_RECALL, METRICS, OBJECTIVE, PARENT_RETENTION_EXACT_RECALL,
+                                     RETENTION_EXACT_RECALL, TRAIN_EXACT_RECALL, TRIAL_CONFIG, VAL_EXACT_RECALL,
+                                     param_value, training_param)
+
 REPO = Path(__file__).resolve().parent.parent
 BATCH2 = REPO / "data" / "demo-batch2"
 SWEEP_NAME = "bench-incremental"
@@ -54,7 +59,7 @@ def recall_on_both(adapter: Path, config) -> dict:
 
     scores = score_adapter(adapter, config, "test", retained=("test",))
     (new, new_records), (old, old_records) = scores["test"], scores["retained_test"]
-    return {"new_recall": new["exact_recall"], "retention": old["exact_recall"],
+    return {"new_recall": new[EXACT_RECALL], "retention": old[EXACT_RECALL],
             "questions": {"new": len(new_records), "old": len(old_records)}}
 
 
@@ -80,25 +85,24 @@ def train_parent(experiment, work: Path) -> tuple[Path, dict]:
 def trial_rows(sweep: dict) -> list[dict]:
     """The sweep's trials with what an incremental sweep adds: objective, replay, retention on old val."""
     from orchestrator import tracking
-    from orchestrator.leaderboard import param_number
 
     client = tracking.client()
     rows = []
     for trial in sweep["trials"]:
         run = client.get_run(trial["run_id"])
         metrics = run.data.metrics
-        rows.append({**trial, "replay_fraction": param_number(run.data.params.get("training.replay_fraction")),
-                     "objective": metrics.get("objective"),
-                     "retention_val_exact_recall": metrics.get("retention_exact_recall"),
-                     "parent_retention_val_exact_recall": metrics.get("parent_retention_exact_recall")})
+        rows.append({**trial, "replay_fraction": param_value(run.data.params.get(training_param("replay_fraction"))),
+                     OBJECTIVE: metrics.get(OBJECTIVE),
+                     "retention_val_exact_recall": metrics.get(RETENTION_EXACT_RECALL),
+                     "parent_retention_val_exact_recall": metrics.get(PARENT_RETENTION_EXACT_RECALL)})
     return rows
 
 
 def best_by_objective(rows: list[dict]) -> dict:
-    scored = [row for row in rows if row["status"] != "FAILED" and row["objective"] is not None]
+    scored = [row for row in rows if row["status"] != "FAILED" and row[OBJECTIVE] is not None]
     if not scored:
         raise RuntimeError(f"sweep {SWEEP_NAME}: no trial reported an objective")
-    return max(scored, key=lambda row: (row["objective"], row["trial"]))
+    return max(scored, key=lambda row: (row[OBJECTIVE], row["trial"]))
 
 
 def score_best(best: dict, work: Path) -> dict:
@@ -109,10 +113,10 @@ def score_best(best: dict, work: Path) -> dict:
     client = tracking.client()
     target = work / "incremental-best"
     target.mkdir(parents=True, exist_ok=True)
-    adapter = Path(client.download_artifacts(best["run_id"], "adapter", str(target)))
+    adapter = Path(client.download_artifacts(best["run_id"], ADAPTER, str(target)))
     config = TrialConfig.model_validate_json(
-        Path(client.download_artifacts(best["run_id"], "trial_config.json", str(target))).read_text())
-    summary = json.loads(Path(client.download_artifacts(best["run_id"], "metrics.json", str(target))).read_text())
+        Path(client.download_artifacts(best["run_id"], TRIAL_CONFIG, str(target))).read_text())
+    summary = json.loads(Path(client.download_artifacts(best["run_id"], METRICS, str(target))).read_text())
     return {**recall_on_both(adapter, config), "train_tokens": summary["train_tokens"]}
 
 
@@ -134,15 +138,14 @@ def continue_on_new_facts(base: list[str], config_path: Path, parent: Path, epoc
     return {**recall_on_both(work / name / "adapter", config), "epochs": summary["epochs"],
             "learning_rate": config.method.learning_rate, "train_tokens": summary["train_tokens"],
             "train_seconds": summary["train_seconds"],
-            "retention_val_by_epoch": [epoch.get("retention_exact_recall") for epoch in summary["history"]],
-            "new_val_by_epoch": [epoch["val_exact_recall"] for epoch in summary["history"]]}
+            "retention_val_by_epoch": [epoch.get(RETENTION_EXACT_RECALL) for epoch in summary["history"]],
+            "new_val_by_epoch": [epoch[VAL_EXACT_RECALL] for epoch in summary["history"]]}
 
 
 def run(bench, log) -> dict:
     """The section: parent, our incremental sweep, the seed way; returns the incremental_* results."""
     import ray
 
-    from bench.run import run_bench_sweep, start_ray, timed
     from bench.seed_recipe import SEED
     from orchestrator.config import load_experiment
 
@@ -199,8 +202,8 @@ def run(bench, log) -> dict:
         "incremental_seed_way": seed_way,
         "incremental_seed_way_seed_lr": seed_lr,
         "incremental_parent": {"epochs": parent_summary["epochs"],
-                               "val_exact_recall": parent_summary["val_exact_recall"],
-                               "train_exact_recall": parent_summary["train_exact_recall"],
+                               VAL_EXACT_RECALL: parent_summary[VAL_EXACT_RECALL],
+                               TRAIN_EXACT_RECALL: parent_summary[TRAIN_EXACT_RECALL],
                                "method": bench.experiment.trial_config().method.model_dump(mode="json")},
         "incremental_sweep": sweep,
         "incremental_config": shown(config_path),

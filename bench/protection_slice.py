@@ -16,10 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.run_record import GENERAL_DRIFT, GENERAL_KNOWN, GENERAL_RETENTION, TRAIN_EXACT_RECALL, VAL_EXACT_RECALL
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
 PEOPLE = 4
-KEYS = ("val_exact_recall", "train_exact_recall", "general_known", "general_retention", "general_drift")
+KEYS = (VAL_EXACT_RECALL, TRAIN_EXACT_RECALL, GENERAL_KNOWN, GENERAL_RETENTION, GENERAL_DRIFT)
 
 
 def main(argv: list[str] | None = None) -> None:

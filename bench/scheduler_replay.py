@@ -20,6 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
+from orchestrator.run_record import OBJECTIVE, VAL_ANSWER_LOSS, VAL_EXACT_RECALL
 from orchestrator.scheduling import ComparingASHA, SlotLimiter, mode_of
 
 
@@ -84,7 +85,7 @@ class SetUp:
 def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> dict:
     """Run `curves` (one per trial, in start order: metric -> value at epochs 1..max_t) through the set-up
     with `slots` trials at a time; what it spends and what it keeps."""
-    max_t = min(len(curve["val_exact_recall"]) for curve in curves)
+    max_t = min(len(curve[VAL_EXACT_RECALL]) for curve in curves)
     scheduler = set_up.scheduler(max_t)
     limiter = SlotLimiter(NextTrial(), slots)  # the sweep's own: a trial waiting at a rung frees its slot
     trials: list[FakeTrial] = []
@@ -110,7 +111,7 @@ def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> d
             epochs[index] += 1
             spent += 1
             curve = curves[index]
-            order.append((spent, curve["val_exact_recall"][epochs[index] - 1]))
+            order.append((spent, curve[VAL_EXACT_RECALL][epochs[index] - 1]))
             result = {"training_iteration": epochs[index], **{k: v[epochs[index] - 1] for k, v in curve.items()}}
             decision = scheduler.on_trial_result(controller, trial, result)
             if decision == TrialScheduler.STOP or epochs[index] >= max_t:
@@ -118,7 +119,7 @@ def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> d
             elif decision == TrialScheduler.PAUSE:
                 trial.status = Trial.PAUSED
         done = {int(t.trial_id): epochs[int(t.trial_id)] for t in trials if t.status == Trial.TERMINATED}
-    finals = [curves[i]["val_exact_recall"][n - 1] for i, n in done.items()]
+    finals = [curves[i][VAL_EXACT_RECALL][n - 1] for i, n in done.items()]
     best = max(finals)
     return {"trial_epochs": spent, "best_val": best, "epochs_to_best": epochs_to_reach(order, best),
             "epochs_per_trial": [done[i] for i in range(len(curves))]}
@@ -130,8 +131,8 @@ def epochs_to_reach(order: list[tuple[int, float]], target: float) -> int | None
 
 
 # compare_by: "objective", "val_answer_loss", or "auto" (the loss at the first rung, the objective after).
-COMPARED = {"objective": ("objective", None), "val_answer_loss": ("val_answer_loss", None),
-            "auto": ("objective", "val_answer_loss")}
+COMPARED = {"objective": (OBJECTIVE, None), "val_answer_loss": (VAL_ANSWER_LOSS, None),
+            "auto": (OBJECTIVE, VAL_ANSWER_LOSS)}
 SET_UPS = [
     SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", *COMPARED[by][:1], grace, factor, wait,
           COMPARED[by][1])
@@ -146,8 +147,8 @@ def compare(curve_sets: list[list[dict[str, list[float]]]], slots: int) -> list[
     rows = []
     for set_up in SET_UPS:
         runs = [replay(curves, set_up, slots) for curves in curve_sets]
-        full = [len(curves) * min(len(c["val_exact_recall"]) for c in curves) for curves in curve_sets]
-        flat_best = [max(c["val_exact_recall"][-1] for c in curves) for curves in curve_sets]
+        full = [len(curves) * min(len(c[VAL_EXACT_RECALL]) for c in curves) for curves in curve_sets]
+        flat_best = [max(c[VAL_EXACT_RECALL][-1] for c in curves) for curves in curve_sets]
         rows.append({
             "set_up": set_up.name, **{k: getattr(set_up, k) for k in
                                       ("compare_by", "grace_period", "reduction_factor", "compare_at_least")},

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from bench.goals import sentences_goals_met
+from bench.library import run_bench_sweep, start_ray
+from orchestrator.run_record import EXACT_RECALL, TEST_PREDICTIONS, base_metric
 from trials.config import objective_metric
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,15 +37,15 @@ REQUIRED_KEYS = (
 def figures(champion, base_metrics: dict) -> dict:
     """The section's headline figures from the promoted candidate's test scores and the sweep run's base pass."""
     test = champion.test_scores or {}
-    base = base_metrics.get(f"base_test_{METRIC}")
+    base = base_metrics.get(base_metric("test", METRIC))
     rouge = test.get(METRIC)
     return {
         "sentences_champion_test_rouge_l": rouge,
         "sentences_champion_test_rouge_l_pass": test.get("rouge_l_pass"),
         "sentences_champion_test_token_f1": test.get("token_f1"),
-        "sentences_champion_test_exact_recall": test.get("exact_recall"),
+        "sentences_champion_test_exact_recall": test.get(EXACT_RECALL),
         "sentences_base_test_rouge_l": base,
-        "sentences_base_test_exact_recall": base_metrics.get("base_test_exact_recall"),
+        "sentences_base_test_exact_recall": base_metrics.get(base_metric("test", EXACT_RECALL)),
         "sentences_champion_lift": None if rouge is None or base is None else rouge - base,
     }
 
@@ -52,7 +54,6 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
     """The sweep, the promotion and the base model's figures; returns the sentences_* results."""
     import ray
 
-    from bench.run import run_bench_sweep, start_ray
     from orchestrator import tracking
     from orchestrator.config import load_experiment
     from orchestrator.promote import promote
@@ -98,7 +99,6 @@ def _test_answers(run_id: str, work: Path) -> list[dict]:
     import json
 
     from orchestrator import tracking
-    from orchestrator.promote import TEST_PREDICTIONS
 
     target = work / "sentences-answers"
     target.mkdir(parents=True, exist_ok=True)

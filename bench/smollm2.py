@@ -20,6 +20,8 @@ from pathlib import Path
 
 from bench import mfu
 from bench.goals import smollm2_goals_met
+from bench.library import exact_recall, run_bench_sweep, start_ray
+from orchestrator.run_record import ADAPTER, TRIAL_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
@@ -131,7 +133,6 @@ def measure_speed(experiment, epochs: int, rounds: int, work: Path, log) -> dict
 
 
 def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
-    from bench.run import exact_recall, run_bench_sweep, start_ray
     from orchestrator.promote import promote
     from trials.config import TrialConfig
 
@@ -153,9 +154,9 @@ def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
     client = tracking.client()
     target = work / "champion"
     target.mkdir(parents=True, exist_ok=True)
-    adapter = Path(client.download_artifacts(best.run_id, "adapter", str(target)))
+    adapter = Path(client.download_artifacts(best.run_id, ADAPTER, str(target)))
     config = TrialConfig.model_validate_json(
-        Path(client.download_artifacts(best.run_id, "trial_config.json", str(target))).read_text())
+        Path(client.download_artifacts(best.run_id, TRIAL_CONFIG, str(target))).read_text())
     scores = exact_recall(adapter, config, "train", "val", "test")
     champion_trial = next(t for t in sweep["trials"] if t["run_id"] == best.run_id)
     return {
@@ -174,7 +175,6 @@ def sweep_and_promote(experiment, source: str, work: Path, log) -> dict:
 
 def seed_recall(experiment, epochs: int, work: Path) -> dict:
     """The seed recipe for `epochs` epochs of its own lines on SmolLM2, scored on every split."""
-    from bench.run import exact_recall
     from bench.seed_recipe import save_for_scoring, train_seed_for
 
     trained = train_seed_for(experiment.trial_config(), epochs, work)

@@ -13,15 +13,13 @@ from pathlib import Path
 
 from orchestrator.errors import PromotionError, SweepError
 from orchestrator.interrupts import SweepInterrupted
+from orchestrator.run_record import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, champion_uri
 from trials.config import ConfigError
 from trials.data import DataError
 
 # Nothing downloads unless the user names a hub model; the embedded model never touches the network.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# = orchestrator.promote.DEFAULT_MODEL_NAME / DEFAULT_EXPERIMENT, spelled out so that parsing the
-# command line does not import MLflow.
-MODEL_NAME, EXPERIMENT = "recall-champion", "recall-orchestrator"
 # `promote`'s exit status when its gate refused the candidate: 0 means a trial of the sweep is the
 # champion now, 2 an error, so a script can tell the three apart.
 NOTHING_PROMOTED = 3
@@ -121,7 +119,7 @@ def _load_registered(model_uri: str):
     it cannot load, with why on stderr."""
     import mlflow
 
-    from orchestrator.promote import use_store
+    from orchestrator.tracking import use_store
 
     _quiet_loading()
     use_store()
@@ -195,7 +193,7 @@ def _unloadable(model_uri: str, message: str) -> str:
 
 def cmd_export(args) -> int:
     from orchestrator.export import export
-    from orchestrator.promote import use_store
+    from orchestrator.tracking import use_store
 
     _quiet_loading()
     use_store()
@@ -221,7 +219,7 @@ def cmd_demo(args) -> int:
     from datetime import datetime
 
     from orchestrator.config import load_experiment
-    from orchestrator.promote import champion_uri, use_store
+    from orchestrator.tracking import use_store
     from trials.data import load_knowledge
 
     config = load_experiment(args.config, args.overrides)
@@ -386,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "2 an error")
     promote.add_argument("--sweep", help="sweep name (default: the newest sweep)")
     promote.add_argument("--top-k", type=int, default=3, help="how many trials, best by the sweep's objective first, to score on test")
-    promote.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
+    promote.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     promote.add_argument("--force", action="store_true",
                          help="promote the best candidate even if it does not beat the champion (or the first "
                               "champion's floor) on test")
@@ -396,17 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "trial's")
     promote.add_argument("--allow-incomplete", action="store_true",
                          help="promote from a sweep that was stopped before it finished (its run is KILLED)")
-    promote.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
+    promote.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment holding the sweeps")
     promote.set_defaults(func=cmd_promote)
 
     ask = command("ask", help="answer a question with a registered model (default: the champion)")
     ask.add_argument("question", type=_question, help="the question, quoted")
-    ask.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI")
+    ask.add_argument("--model", default=champion_uri(), help="MLflow model URI")
     ask.set_defaults(func=cmd_ask)
 
     chat = command("chat", help="load a registered model once, then answer a question per line of input",
                    epilog="from a file or a pipe, an answer per line: orchestrator chat < questions.txt")
-    chat.add_argument("--model", default=f"models:/{MODEL_NAME}@champion", help="MLflow model URI")
+    chat.add_argument("--model", default=champion_uri(), help="MLflow model URI")
     chat.set_defaults(func=cmd_chat)
 
     export = command("export", help="write a registered model as files Hugging Face loads, verified on its "
@@ -415,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "or its share of the general probe's check questions answered right, fell more than "
                             "--tolerance below the registered adapter's; nothing is written), 2 an "
                             "error. LoRA, DoRA and IA3 merge; prefix-tuning cannot, and is exported as an adapter")
-    export.add_argument("model", nargs="?", default=f"models:/{MODEL_NAME}@champion", metavar="MODEL_URI",
+    export.add_argument("model", nargs="?", default=champion_uri(), metavar="MODEL_URI",
                         help="MLflow model URI, e.g. models:/recall-champion/2")
     export.add_argument("--to", type=Path, required=True, metavar="DIR",
                         help="a new (or empty) directory for the export")
@@ -439,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", help="a sweep's leaderboard, plots (Optuna's too), the champion's "
                                     "answers and one HTML page, read back from MLflow and the study")
     report.add_argument("--sweep", help="sweep name (default: the newest sweep)")
-    report.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment holding the sweeps")
+    report.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment holding the sweeps")
     report.add_argument("--output-dir", type=Path, default=Path("runs/report"), help="where the files go")
     report.set_defaults(func=cmd_report)
 
@@ -456,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--workers", type=int, default=1,
                     help="the UI server's worker processes (mlflow ui --workers, whose own default is 4): one "
                          "starts fast and stays small on a laptop; more serve several users at once")
-    ui.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment whose trials the printed link shows")
+    ui.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                    help="MLflow experiment whose trials the printed link shows")
     ui.add_argument("--no-browser", dest="browser", action="store_false",
                     help="only print the link (a browser is opened only on a desktop anyway)")
     ui.set_defaults(func=cmd_ui)

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from orchestrator.run_record import DEFAULT_EXPERIMENT, DEFAULT_RETENTION_FLOOR
 from orchestrator.search_space import SearchSpace, check_points
 from trials.config import TrialConfig, load_config
 from trials.methods.base import Strict
@@ -52,7 +53,7 @@ class SweepConfig(Strict):
     resources: Resources = Field(default_factory=Resources)
     asha: AshaConfig = Field(default_factory=AshaConfig)
     storage_path: str | None = Field(None, description="Ray Tune results; shared storage on a cluster. Default ./ray_results.")
-    experiment: str = Field("recall-orchestrator", description="MLflow experiment holding the sweeps.")
+    experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment holding the sweeps.")
     warm_start: str | None = Field(
         None, min_length=1, description="Run the best trials of an earlier finished sweep first: its name, or auto "
                                         "(every earlier finished sweep in the experiment on the same base model and "
@@ -67,8 +68,9 @@ class SweepConfig(Strict):
         600, ge=0, description="A tracking server that is down when the trials end: how long the sweep waits for it "
                                "to write what it kept, before it exits non-zero (the results stay in storage_path).")
     retention_floor: float = Field(
-        0.95, ge=0.0, le=1.0, description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall "
-                                          "at least this share of the starting adapter's on the same questions.")
+        DEFAULT_RETENTION_FLOOR, ge=0.0, le=1.0,
+        description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall at least this share of "
+                    "the starting adapter's on the same questions.")
     general_floor: float = Field(
         0.95, ge=0.0, le=1.0, description="A trial (and a promotion) must still answer at least this share of the "
                                           "general probe's check questions the base model answered right "

@@ -8,9 +8,9 @@ import difflib
 import shlex
 from datetime import datetime
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
+from orchestrator.run_record import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 
-DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME = "recall-orchestrator", "recall-champion"  # = promote's defaults
 RUN_ONE = "orchestrator sweep configs/demo.yaml --name NAME"
 
 
@@ -32,7 +32,7 @@ def _sweeps_of(client, experiment: str) -> list:
 
 def _names(runs) -> list[str]:
     """Sweep names, newest first, each once."""
-    return list(dict.fromkeys(run.data.tags.get(tracking.SWEEP, run.info.run_name) for run in runs))
+    return list(dict.fromkeys(run.data.tags.get(run_record.SWEEP, run.info.run_name) for run in runs))
 
 
 def _elsewhere(client, sweep: str | None, experiment: str) -> str | None:
@@ -40,7 +40,7 @@ def _elsewhere(client, sweep: str | None, experiment: str) -> str | None:
     others = [exp for exp in client.search_experiments() if exp.name != experiment]
     by_id = {exp.experiment_id: exp.name for exp in others}
     for run in tracking.sweep_runs(client, list(by_id)):
-        if sweep is None or run.data.tags.get(tracking.SWEEP) == sweep:
+        if sweep is None or run.data.tags.get(run_record.SWEEP) == sweep:
             return by_id[run.info.experiment_id]
     return None
 
@@ -71,7 +71,7 @@ def _clock(milliseconds: int) -> str:
 
 def still_running(parent, allow_incomplete: bool) -> str:
     """A sweep whose parent run is RUNNING: its driver is still at work, or died without closing it."""
-    name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
+    name = parent.data.tags.get(run_record.SWEEP, parent.info.run_name)
     # --allow-incomplete takes the trials of a stopped sweep; a running driver still writes its runs.
     besides = ", which --allow-incomplete does not cover" if allow_incomplete else ""
     return with_fix(f"sweep '{name}' is still running (started {_clock(parent.info.start_time)}){besides}; wait for "
@@ -82,8 +82,8 @@ def still_running(parent, allow_incomplete: bool) -> str:
 def resume_of(parent) -> str:
     """The command that continues a sweep, as its run keeps it; a sweep logged before it was kept
     gets the shape of it."""
-    name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
-    return parent.data.tags.get(tracking.RESUME_COMMAND, f"orchestrator sweep CONFIG --name {name} --resume")
+    name = parent.data.tags.get(run_record.SWEEP, parent.info.run_name)
+    return parent.data.tags.get(run_record.RESUME_COMMAND, f"orchestrator sweep CONFIG --name {name} --resume")
 
 
 def newest_finished(client, experiment: str) -> str | None:

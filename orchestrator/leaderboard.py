@@ -9,24 +9,17 @@ from __future__ import annotations
 import re
 import time
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
+from orchestrator.run_record import (GENERAL_DRIFT, GENERAL_RETENTION, LEARNING_RATE, METHOD_NAME, OBJECTIVE_PARAM,
+                                     TEST_EXACT_RECALL, VAL_EXACT_RECALL, base_metric, param_value, split_metric)
 from trials.config import objective_metric
 
-OBJECTIVE_PARAM = "eval.objective"  # a sweep run's param: what it optimised
 # lift: the trial's val figure under the objective minus the base model's (the sweep run's base_val_<metric>).
 # test_exact_recall: written onto a trial's run by `orchestrator promote`, for the trials it scored.
-LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", "val_exact_recall", "lift",
-                       "test_exact_recall", "general_retention", "epochs", "stopped_by", "seconds", "origin")
+LEADERBOARD_COLUMNS = ("trial", "status", "method", "shape", "learning_rate", VAL_EXACT_RECALL, "lift",
+                       TEST_EXACT_RECALL, GENERAL_RETENTION, "epochs", "stopped_by", "seconds", "origin")
 # `orchestrator report` adds which trial became the registered champion, beside its id.
 REPORT_COLUMNS = ("trial", "champion", *LEADERBOARD_COLUMNS[1:])
-
-
-def param_number(text: str | None) -> float | int | None:
-    """MLflow keeps params as strings; the leaderboard wants the numbers back."""
-    if text is None:
-        return None
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
 
 
 # Tune heads each failure in a trial's error file with this line (ray.tune.experiment.trial).
@@ -67,32 +60,32 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
     A sweep with another objective than exact recall has that metric as a column too."""
     parent = client.get_run(parent_run_id)
     metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))
-    ranked_by = f"val_{metric}"
-    base = parent.data.metrics.get(f"base_val_{metric}")  # None for a sweep logged before the base pre-pass
+    ranked_by = split_metric("val", metric)
+    base = parent.data.metrics.get(base_metric("val", metric))  # None for a sweep logged before the base pre-pass
     rows = []
     for run in tracking.trial_runs(client, parent):
         params, metrics = run.data.params, run.data.metrics
         end = run.info.end_time or int(time.time() * 1000)
         rows.append({
-            "trial": run.data.tags.get(tracking.TRIAL_ID, run.info.run_name),
+            "trial": run.data.tags.get(run_record.TRIAL_ID, run.info.run_name),
             "run_id": run.info.run_id,
             "status": run.info.status,
-            "method": params.get("method.name"),
-            "shape": run.data.tags.get(tracking.METHOD_SHAPE),
-            "learning_rate": param_number(params.get("method.learning_rate")),
-            "val_exact_recall": metrics.get("val_exact_recall"),
+            "method": params.get(METHOD_NAME),
+            "shape": run.data.tags.get(run_record.METHOD_SHAPE),
+            "learning_rate": param_value(params.get(LEARNING_RATE)),
+            VAL_EXACT_RECALL: metrics.get(VAL_EXACT_RECALL),
             ranked_by: metrics.get(ranked_by),
             "lift": lift(metrics.get(ranked_by), base),
-            "test_exact_recall": metrics.get("test_exact_recall"),
+            TEST_EXACT_RECALL: metrics.get(TEST_EXACT_RECALL),
             # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
-            "general_retention": metrics.get("general_retention"),
-            "general_drift": metrics.get("general_drift"),
-            "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, "val_exact_recall")}),
-            "stopped_by": run.data.tags.get("recall.stopped_by"),
+            GENERAL_RETENTION: metrics.get(GENERAL_RETENTION),
+            GENERAL_DRIFT: metrics.get(GENERAL_DRIFT),
+            "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, VAL_EXACT_RECALL)}),
+            "stopped_by": run.data.tags.get(run_record.STOPPED_BY),
             "seconds": round((end - run.info.start_time) / 1000, 1),
             # warm:<earlier sweep>, seed (points_to_evaluate) or optuna: orchestrator/warm_start.py
-            "origin": run.data.tags.get(tracking.ORIGIN),
-            "error": failure_cause(run.data.tags["recall.error"]) if "recall.error" in run.data.tags else "",
+            "origin": run.data.tags.get(run_record.ORIGIN),
+            "error": failure_cause(run.data.tags[run_record.ERROR]) if run_record.ERROR in run.data.tags else "",
         })
     rows.sort(key=lambda row: (row["status"] == "FAILED", -(row[ranked_by] or -1.0)))
     return rows
@@ -115,6 +108,7 @@ def format_leaderboard(rows: list[dict], base_columns: tuple[str, ...] = LEADERB
 def leaderboard_columns(rows: list[dict], base_columns: tuple[str, ...] = LEADERBOARD_COLUMNS) -> tuple[str, ...]:
     """`base_columns` with the objective's column, when the sweep optimised another metric than exact recall,
     after that one (and before its lift)."""
-    extra = sorted({key for row in rows for key in row if key.startswith("val_") and key not in base_columns})
-    at = base_columns.index("val_exact_recall") + 1
+    extra = sorted({key for row in rows for key in row
+                    if key.startswith(split_metric("val", "")) and key not in base_columns})
+    at = base_columns.index(VAL_EXACT_RECALL) + 1
     return (*base_columns[:at], *extra, *base_columns[at:])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.errors import SweepError
 from orchestrator.registry_model import ADAPTER, KNOWLEDGE, read_version
 
@@ -54,9 +54,7 @@ def resolve_start(source: str, directory: Path) -> Start:
 def _from_version(source: str, directory: Path) -> Start:
     import mlflow
 
-    from orchestrator.promote import use_store
-
-    use_store()
+    tracking.use_store()
     client = tracking.client()
     name, _, rest = source.removeprefix("models:/").partition("@")
     try:
@@ -78,13 +76,13 @@ def _from_trial_run(run_id: str, directory: Path) -> Start:
 
     client = tracking.client()
     try:
-        for name in ("adapter", "trial_config.json"):
+        for name in (run_record.ADAPTER, run_record.TRIAL_CONFIG):
             client.download_artifacts(run_id, name, str(directory))
     except (MlflowException, OSError) as error:
         raise SweepError(f"--from {run_id}: not a local adapter directory, a model URI or a trial run with an "
                          f"adapter ({error})") from None
-    config = TrialConfig.model_validate_json((directory / "trial_config.json").read_text(encoding="utf-8"))
-    return Start(run_id, directory / "adapter", write_knowledge(directory / KNOWLEDGE, config))
+    config = TrialConfig.model_validate_json((directory / run_record.TRIAL_CONFIG).read_text(encoding="utf-8"))
+    return Start(run_id, directory / run_record.ADAPTER, write_knowledge(directory / KNOWLEDGE, config))
 
 
 def write_knowledge(directory: Path, config) -> Path:

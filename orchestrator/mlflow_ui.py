@@ -31,7 +31,7 @@ import time
 import urllib.request
 import webbrowser
 
-from orchestrator import tracking
+from orchestrator import run_record
 
 VIEW_KEY, VIEW_NAME = "recall-trials", "Trials by recall"
 SHARED_VIEW = "mlflow.sharedViewState."  # + the key: the UI's name for a shared view's experiment tag
@@ -49,16 +49,16 @@ def _column(kind: str, name: str) -> str:
 RUN_NAME, DESCRIPTION = _column("attributes", "Run Name"), _column("attributes", "Description")
 COLUMNS = [
     DESCRIPTION,
-    _column("metrics", "val_exact_recall"),
-    _column("metrics", "general_retention"),  # what it kept of the base model's general knowledge
-    _column("metrics", "test_exact_recall"),  # the trials `orchestrator promote` scored on the test split
+    _column("metrics", run_record.VAL_EXACT_RECALL),
+    _column("metrics", run_record.GENERAL_RETENTION),  # what it kept of the base model's general knowledge
+    _column("metrics", run_record.TEST_EXACT_RECALL),  # the trials `orchestrator promote` scored on the test split
     _column("attributes", "Models"),
-    _column("params", "method.r"),
-    _column("params", "method.alpha"),
-    _column("params", "method.learning_rate"),
-    _column("metrics", "train_exact_recall"),
-    _column("tags", "recall.method_shape"),
-    _column("tags", "recall.stopped_by"),
+    _column("params", run_record.method_param("r")),
+    _column("params", run_record.method_param("alpha")),
+    _column("params", run_record.LEARNING_RATE),
+    _column("metrics", run_record.TRAIN_EXACT_RECALL),
+    _column("tags", run_record.METHOD_SHAPE),
+    _column("tags", run_record.STOPPED_BY),
 ]
 
 # The charts first in view, comparing the trials: val recall per epoch, and what knobs led to it: every
@@ -66,14 +66,14 @@ COLUMNS = [
 # parallel-coordinates chart leaves out a run missing one of its axes, and prefix-tuning has no rank).
 # MLflow adds a chart of each other metric after these.
 SECTION = "recall"
-OUTCOMES = ["val_exact_recall", "objective"]
+OUTCOMES = [run_record.VAL_EXACT_RECALL, run_record.OBJECTIVE]
 CHARTS = [
-    {"uuid": "val-recall-per-epoch", "type": "LINE", "metricKey": "val_exact_recall", "xAxisKey": "step",
+    {"uuid": "val-recall-per-epoch", "type": "LINE", "metricKey": run_record.VAL_EXACT_RECALL, "xAxisKey": "step",
      "lineSmoothness": 0, "useGlobalLineSmoothing": False, "scaleType": "linear", "xAxisScaleType": "linear"},
-    {"uuid": "val-recall-by-knobs", "type": "PARALLEL", "selectedParams": ["method.name", "method.learning_rate"],
-     "selectedMetrics": OUTCOMES},
+    {"uuid": "val-recall-by-knobs", "type": "PARALLEL",
+     "selectedParams": [run_record.METHOD_NAME, run_record.LEARNING_RATE], "selectedMetrics": OUTCOMES},
     {"uuid": "val-recall-by-lora-knobs", "type": "PARALLEL",
-     "selectedParams": ["method.r", "method.alpha", "method.dropout", "method.learning_rate"],
+     "selectedParams": [*map(run_record.method_param, ("r", "alpha", "dropout")), run_record.LEARNING_RATE],
      "selectedMetrics": OUTCOMES},
 ]
 
@@ -82,9 +82,9 @@ CHARTS = [
 # group's row shows each column's best over its trials (aggregate "max"), and sorting keeps the groups,
 # where nesting under the sweep's run holds only when sorted by start time. Grouping, unlike unfolding a
 # run, is part of a shared view, and a group starts open.
-TRIALS_ONLY = f"tags.`{tracking.ROLE}` = 'trial'"
-BY_SWEEP = {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": tracking.SWEEP}]}
-OBJECTIVE = _column("metrics", "objective")
+TRIALS_ONLY = f"tags.`{run_record.ROLE}` = '{run_record.TRIAL_ROLE}'"
+BY_SWEEP = {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": run_record.SWEEP}]}
+OBJECTIVE = _column("metrics", run_record.OBJECTIVE)
 
 
 def view_state() -> dict:

@@ -20,11 +20,12 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 from rich.markup import escape
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.errors import SweepError
-from orchestrator.leaderboard import OBJECTIVE_PARAM, failure_cause, format_leaderboard, leaderboard
+from orchestrator.leaderboard import failure_cause, format_leaderboard, leaderboard
 from orchestrator.mlflow_ui import RUN_COLOUR, trial_colour
 from orchestrator.progress import sweep_console as console  # under the live progress line
+from orchestrator.run_record import OBJECTIVE_PARAM, VAL_EXACT_RECALL, split_metric, sweep_params, trial_params
 from orchestrator.scheduling import EarlyStopping
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
@@ -37,23 +38,6 @@ TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | {"epoch", "iterations_since_restore", 
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-
-
-def _flat(prefix: str, value) -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            out.update(_flat(f"{prefix}.{key}" if prefix else key, item))
-        return out
-    return {prefix: str(value)}
-
-
-def trial_params(config: TrialConfig) -> dict[str, str]:
-    """MLflow params of a trial, named as the `--set` keys that would reproduce it."""
-    dumped = config.model_dump(mode="json", include={"model", "init_adapter", "method", "training"})
-    if config.data.retain is not None:  # an incremental trial: where it started and what it keeps
-        dumped["data"] = {"retain": str(config.data.retain)}
-    return {key: value for key, value in _flat("", dumped).items() if key != "init_adapter" or value != "None"}
 
 
 def trial_run_name(config: TrialConfig, trial_id: str) -> str:
@@ -160,17 +144,18 @@ class MlflowTrials(Callback):
         return trial_config_for(TrialConfig.model_validate(self.base), dict(knobs), space)
 
     def _find_or_create_run(self, trial_id: str, config: TrialConfig, origin: str | None = None) -> None:
-        query = (f"tags.`{tracking.PARENT}` = {tracking.quoted(self.parent_run_id)} and "
-                 f"tags.`{tracking.TRIAL_ID}` = {tracking.quoted(trial_id)}")
+        query = (f"tags.`{run_record.PARENT}` = {tracking.quoted(self.parent_run_id)} and "
+                 f"tags.`{run_record.TRIAL_ID}` = {tracking.quoted(trial_id)}")
         existing = self.client.search_runs([self.experiment_id], query, max_results=1)
         if not existing:
             # The next colour in the sweep's palette: the trials it already has are numbered from 0.
             colour = trial_colour(len(tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id))))
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(config, trial_id),
-                tags={tracking.PARENT: self.parent_run_id, tracking.ROLE: "trial", tracking.SWEEP: self.sweep,
-                      tracking.TRIAL_ID: trial_id, tracking.NOTE: trial_note(config, self.sweep), RUN_COLOUR: colour,
-                      **({tracking.ORIGIN: origin} if origin else {})})
+                tags={run_record.PARENT: self.parent_run_id, run_record.ROLE: run_record.TRIAL_ROLE,
+                      run_record.SWEEP: self.sweep, run_record.TRIAL_ID: trial_id,
+                      run_record.NOTE: trial_note(config, self.sweep), RUN_COLOUR: colour,
+                      **({run_record.ORIGIN: origin} if origin else {})})
             self._runs[trial_id] = run.info.run_id
         elif existing[0].info.status == "FINISHED":
             # It finished before the driver died, after Tune's last snapshot: Tune resumes it from its
@@ -184,7 +169,7 @@ class MlflowTrials(Callback):
     def _describe_run(self, trial_id: str, config: TrialConfig) -> None:
         self.client.log_batch(self._runs[trial_id],
                               params=[Param(key, value) for key, value in trial_params(config).items()],
-                              tags=[RunTag(tracking.METHOD_SHAPE, config.method.shape())])
+                              tags=[RunTag(run_record.METHOD_SHAPE, config.method.shape())])
 
     def _end_run(self, trial_id: str, checkpoint, tags: dict[str, str], status: str) -> None:
         if trial_id in self._final:
@@ -207,8 +192,8 @@ class MlflowTrials(Callback):
         # an MLflow run for a trial that the resumed Tune never heard of; its searcher suggests a
         # replacement. Keep one run per trial: soft-delete the orphan (MLflow can restore it).
         for run in tracking.trial_runs(self.client, self.client.get_run(self.parent_run_id)):
-            if run.data.tags.get(tracking.TRIAL_ID) not in known:
-                self.client.set_tag(run.info.run_id, "recall.orphaned", "lost with the killed driver")
+            if run.data.tags.get(run_record.TRIAL_ID) not in known:
+                self.client.set_tag(run.info.run_id, run_record.ORPHANED, "lost with the killed driver")
                 if run.info.status == "RUNNING":
                     self.client.set_terminated(run.info.run_id, "KILLED")
                 self.client.delete_run(run.info.run_id)
@@ -227,8 +212,8 @@ class MlflowTrials(Callback):
         writes = [lambda: self.client.log_batch(self._runs[trial.trial_id], metrics=metrics)]
         if trial.trial_id not in self._tagged:
             self._tagged.add(trial.trial_id)
-            placement = [RunTag(f"recall.{key}", str(result.get(key, "")))
-                         for key in ("node_id", "gpu_ids", "cuda_visible_devices")]
+            placement = [RunTag(run_record.placement_tag(key), str(result.get(key, "")))
+                         for key in run_record.PLACEMENT]
             writes.append(lambda: self.client.log_batch(self._runs[trial.trial_id], tags=placement))
         self._write(*writes)  # its line, with --verbose, is SweepProgress's (orchestrator/progress.py)
 
@@ -237,20 +222,20 @@ class MlflowTrials(Callback):
         last = trial.last_result or {}
         training = self.base["training"]
         # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
-        judged_by = f"val_{objective_metric(self.base['eval'].get('objective'))}"
+        judged_by = split_metric("val", objective_metric(self.base['eval'].get('objective')))
         ended_itself = (last.get("epoch", 0) >= training["epochs"]
                         or last.get(judged_by, 0.0) >= training["stop_at_val_recall"])
         out_of_time = self.deadline is not None and time.time() >= self.deadline
         stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"
         status = "KILLED" if stopped_by == "time_budget" else "FINISHED"
-        outcome = (f"val_exact_recall {last.get('val_exact_recall', 0):.3f} after {last.get('epoch', 0)} epochs"
+        outcome = (f"{VAL_EXACT_RECALL} {last.get(VAL_EXACT_RECALL, 0):.3f} after {last.get('epoch', 0)} epochs"
                    f"{f', stopped by {stopped_by}' if stopped_by else ''}")
-        tags = {tracking.NOTE: trial_note(self._trial_config(trial.config), self.sweep, outcome)}
+        tags = {run_record.NOTE: trial_note(self._trial_config(trial.config), self.sweep, outcome)}
         if stopped_by:
-            tags["recall.stopped_by"] = stopped_by
+            tags[run_record.STOPPED_BY] = stopped_by
         self._write(partial(self._end_run, trial.trial_id, trial.checkpoint, tags, status))
         console.print(f"[bold]trial {trial.trial_id}[/] {status} after {last.get('epoch', 0)} epochs: "
-                      f"val_exact_recall {last.get('val_exact_recall', 0):.3f}"
+                      f"{VAL_EXACT_RECALL} {last.get(VAL_EXACT_RECALL, 0):.3f}"
                       f"{f' (stopped by {stopped_by})' if stopped_by else ''}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -258,10 +243,10 @@ class MlflowTrials(Callback):
         error_file = getattr(trial, "error_file", None) or ""
         message = Path(error_file).read_text()[-5000:] if error_file and Path(error_file).exists() else "trial raised"
         cause = failure_cause(message)
-        tags = {"recall.error": message,
-                tracking.NOTE: trial_note(self._trial_config(trial.config), self.sweep, f"FAILED: {cause}")}
+        tags = {run_record.ERROR: message,
+                run_record.NOTE: trial_note(self._trial_config(trial.config), self.sweep, f"FAILED: {cause}")}
         if "TrainingDiverged" in message:  # trials.train raised it: the loss or gradient went non-finite
-            tags["recall.failure"] = "diverged"
+            tags[run_record.FAILURE] = "diverged"
         self._write(partial(self._end_run, trial.trial_id, trial.checkpoint, tags, "FAILED"))
         console.print(f"[bold red]trial {trial.trial_id} FAILED[/]: {escape(cause)}")  # "['x']" is no markup
 
@@ -318,12 +303,12 @@ def sweep_note(config, name: str) -> str:
 def sweep_result(board: list[dict]) -> str:
     """The paragraph above the plan once the sweep ends: its best trial, recall first (the runs table's
     Description column shows the first ~50 characters)."""
-    scored = [row for row in board if row["val_exact_recall"] is not None]
+    scored = [row for row in board if row[VAL_EXACT_RECALL] is not None]
     if not scored:
         return "No trial reported a val recall."
     best = scored[0]  # the leaderboard is best first
     trials = f"{len(board)} trial{'s' if len(board) > 1 else ''}"
-    return (f"Best of {trials}: val_exact_recall {best['val_exact_recall']:.3f}, trial {best['trial']} "
+    return (f"Best of {trials}: {VAL_EXACT_RECALL} {best[VAL_EXACT_RECALL]:.3f}, trial {best['trial']} "
             f"({best['method']} {best['shape']} lr={_short(best['learning_rate'])}); all in leaderboard.md.")
 
 
@@ -336,11 +321,11 @@ def open_sweep_run(client, experiment_id: str, experiment: str, name: str, resum
     if existing is not None:
         client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={tracking.ROLE: "sweep", tracking.SWEEP: name,
-                                                                tracking.NOTE: sweep_note(config, name),
-                                                                **sweep_tags(config)})
-    client.log_dict(run.info.run_id, config.model_dump(mode="json"), "config.yaml")
-    for key, value in _flat("sweep", config.sweep.model_dump(mode="json")).items():
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={run_record.ROLE: run_record.SWEEP_ROLE, run_record.SWEEP: name,
+                                  run_record.NOTE: sweep_note(config, name), **sweep_tags(config)})
+    client.log_dict(run.info.run_id, config.model_dump(mode="json"), run_record.SWEEP_CONFIG)
+    for key, value in sweep_params(config.sweep.model_dump(mode="json")).items():
         client.log_param(run.info.run_id, key, value)
     client.log_param(run.info.run_id, OBJECTIVE_PARAM, config.eval.objective)  # the leaderboard sorts by it
     return run.info.run_id
@@ -353,7 +338,7 @@ def close_sweep_run(client, parent_run_id: str, killed: bool = False) -> list[di
     all_failed = bool(board) and all(row["status"] == "FAILED" for row in board)
     client.log_text(parent_run_id, format_leaderboard(board), "leaderboard.md")
     client.log_dict(parent_run_id, board, "leaderboard.json")
-    plan = client.get_run(parent_run_id).data.tags.get(tracking.NOTE, "").rpartition(RESULT_END)[2]
-    client.set_tag(parent_run_id, tracking.NOTE, f"{sweep_result(board)}{RESULT_END}{plan}")
+    plan = client.get_run(parent_run_id).data.tags.get(run_record.NOTE, "").rpartition(RESULT_END)[2]
+    client.set_tag(parent_run_id, run_record.NOTE, f"{sweep_result(board)}{RESULT_END}{plan}")
     client.set_terminated(parent_run_id, "KILLED" if killed else "FAILED" if all_failed or not board else "FINISHED")
     return board

@@ -18,6 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.run_record import VAL_EXACT_RECALL
+
 ENDED, FAILED, RUNNING = ("TERMINATED", "ERROR"), "ERROR", "RUNNING"  # Tune's Trial.status values
 STATUS_EVERY_S = 60.0
 
@@ -111,7 +113,7 @@ class SweepProgress(Callback):
 
     def __init__(self, name: str, num_samples: int, epochs: int, time_budget_s: float | None = None,
                  verbose: bool = False, console: Console | None = None, clock=time.monotonic,
-                 best_by: str = "val_exact_recall"):
+                 best_by: str = VAL_EXACT_RECALL):
         self.name, self.num_samples, self.epochs, self.time_budget_s = name, num_samples, epochs, time_budget_s
         self.best_by = best_by  # the val metric of the sweep's eval.objective: what "best" means on the line
         self.verbose, self.console, self.clock = verbose, console or sweep_console, clock
@@ -211,9 +213,9 @@ class SweepProgress(Callback):
         self._note(trial.trial_id, result)
         self._update(trials)
         if self.verbose:  # the format tests and people grep for: "  trial ID epoch N: ..."
-            recall, loss = result.get("val_exact_recall", 0), result.get("loss", 0)
+            recall, loss = result.get(VAL_EXACT_RECALL, 0), result.get("loss", 0)
             self.open().line(Text(f"  trial {trial.trial_id} epoch {epochs_of(result)}: loss {loss:.3f}  "
-                                  f"val_exact_recall {recall:.3f}"))
+                                  f"{VAL_EXACT_RECALL} {recall:.3f}"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended[trial.trial_id] = False
@@ -231,7 +233,7 @@ class SweepProgress(Callback):
 
 
 def _restored(name: str, num_samples: int, epochs: int, time_budget_s: float | None, verbose: bool,
-              best_by: str = "val_exact_recall") -> SweepProgress:
+              best_by: str = VAL_EXACT_RECALL) -> SweepProgress:
     """The progress run_sweep made for this sweep in this driver; a fresh one where there is none."""
     return SweepProgress._live.get(name) or SweepProgress(name, num_samples, epochs, time_budget_s, verbose,
                                                           best_by=best_by)

@@ -40,7 +40,6 @@ that dies.
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
 import math
@@ -54,37 +53,20 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from orchestrator import hints, tracking
 from orchestrator.errors import PromotionError
-from orchestrator.leaderboard import OBJECTIVE_PARAM, lift
+from orchestrator.leaderboard import lift
+from orchestrator.lineage import write_knowledge
+from orchestrator.run_record import (ADAPTER, ALIAS, DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, DEFAULT_RETENTION_FLOOR,
+                                     EXACT_RECALL, GENERAL_DRIFT, GENERAL_FLOOR_PARAM, GENERAL_GATE, GENERAL_RETENTION,
+                                     METRICS, OBJECTIVE, OBJECTIVE_PARAM, PARENT_EXACT_RECALL, PARENT_VERSION,
+                                     RETENTION_EXACT_RECALL, RETENTION_FLOOR_PARAM, SOURCE_RUN_ID, SWEEP,
+                                     TEST_PREDICTIONS, TRIAL_CONFIG, TRIAL_ID, VAL_EXACT_RECALL, base_metric,
+                                     method_knobs, split_metric)
 from trials.config import objective_metric
 from trials.methods.lora import LoraMethod
 
-DEFAULT_MODEL_NAME = "recall-champion"
-ALIAS = "champion"
-VAL_METRIC, TEST_METRIC = "val_exact_recall", "test_exact_recall"
-TEST_PREDICTIONS = "predictions_test.jsonl"  # a candidate's answers on test, on its trial run
-OBJECTIVE = "objective"  # = orchestrator.sweep.METRIC, named here so promotion does not import Ray
-# Incremental promotions: the candidate's and the champion's recall on the old facts' test rows.
-RETENTION_METRIC, PARENT_METRIC = "retention_exact_recall", "parent_exact_recall"
-DEFAULT_EXPERIMENT = "recall-orchestrator"  # = SweepConfig.experiment's default
-DEFAULT_RETENTION_FLOOR = 0.95  # = SweepConfig.retention_floor's default, for sweeps logged before it
-# General knowledge kept (trials/general.py): what the trial logged at its last epoch, judged against
-# sweep.general_floor when the sweep's run says the gate is on (the base knew enough to keep).
-GENERAL_RETENTION, GENERAL_DRIFT = "general_retention", "general_drift"
 # The seed recipe (bench/seed_recipe.py, the demo sweep's first point): a sweep's trial of exactly this
 # method is the baseline a first champion must beat. A test checks it against the bench's definition.
 SEED_RECIPE = LoraMethod(r=8, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"], learning_rate=1e-6)
-
-
-def champion_uri(model_name: str = DEFAULT_MODEL_NAME) -> str:
-    return f"models:/{model_name}@{ALIAS}"
-
-
-def use_store() -> str:
-    """Point MLflow's fluent API (log_model, register_model, load_model) at the sweeps' store."""
-    uri = tracking.tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
 
 
 @dataclass
@@ -135,7 +117,7 @@ class Promotion:
     floor: float | None = None  # no champion yet: the test recall a candidate had to beat
     floor_by: str | None = None  # what set the floor: --min-test-recall or the seed-recipe trial
     seed: Scored | None = None  # the sweep's seed-recipe trial, when there was no champion
-    lift_of: str = "exact_recall"  # the metric test, val and lift are on (the sweep's eval.objective)
+    lift_of: str = EXACT_RECALL  # the metric test, val and lift are on (the sweep's eval.objective)
 
     @property
     def best(self) -> Scored:
@@ -146,7 +128,7 @@ def _sweep_parent(client, experiment: str, sweep: str | None, allow_incomplete: 
     parent = tracking.find_sweep_run(client, experiment, sweep)
     if parent is None:
         raise PromotionError(hints.unknown_sweep(client, experiment, sweep, "promote"))
-    name = parent.data.tags.get(tracking.SWEEP)
+    name = parent.data.tags.get(SWEEP)
     if parent.info.status == "RUNNING":
         raise PromotionError(hints.still_running(parent, allow_incomplete))
     if parent.info.status == "KILLED" and not allow_incomplete:
@@ -159,38 +141,37 @@ def _sweep_parent(client, experiment: str, sweep: str | None, allow_incomplete: 
 def _ranked_runs(client, parent) -> list:
     """The sweep's FINISHED trial runs, best first by the objective the sweep optimised."""
     runs = [run for run in tracking.trial_runs(client, parent)
-            if run.info.status == "FINISHED" and VAL_METRIC in run.data.metrics]
+            if run.info.status == "FINISHED" and VAL_EXACT_RECALL in run.data.metrics]
     if not runs:
-        raise PromotionError(f"sweep '{parent.data.tags.get(tracking.SWEEP)}' has no FINISHED trial with "
-                             f"{VAL_METRIC}: nothing to promote")
+        raise PromotionError(f"sweep '{parent.data.tags.get(SWEEP)}' has no FINISHED trial with "
+                             f"{VAL_EXACT_RECALL}: nothing to promote")
     def judged(run) -> float:
-        return run.data.metrics.get(OBJECTIVE, run.data.metrics[VAL_METRIC])
+        return run.data.metrics.get(OBJECTIVE, run.data.metrics[VAL_EXACT_RECALL])
 
-    runs.sort(key=lambda run: (-judged(run), run.data.tags.get(tracking.TRIAL_ID, "")))
+    runs.sort(key=lambda run: (-judged(run), run.data.tags.get(TRIAL_ID, "")))
     return runs
 
 
 def _trial_name(run) -> str:
-    return run.data.tags.get(tracking.TRIAL_ID, run.info.run_name)
+    return run.data.tags.get(TRIAL_ID, run.info.run_name)
 
 
 def _is_seed_recipe(run) -> bool:
     """Whether a trial run trained the seed recipe, read back from its `method.*` params."""
-    knobs = {key.removeprefix("method."): value for key, value in run.data.params.items()
-             if key.startswith("method.")}
+    knobs = method_knobs(run.data.params)
     if knobs.get("name") != SEED_RECIPE.name:
         return False
     try:
-        knobs["target_modules"] = sorted(ast.literal_eval(knobs["target_modules"]))
+        knobs["target_modules"] = sorted(knobs["target_modules"])
         return LoraMethod.model_validate(knobs) == SEED_RECIPE
-    except (KeyError, ValueError, SyntaxError):  # pydantic's ValidationError is a ValueError
+    except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
         return False
 
 
 def _download(client, run, directory: Path) -> Path:
     """A trial run's adapter/, trial_config.json and metrics.json, in `directory`."""
     directory.mkdir(parents=True)
-    for name in ("adapter", "trial_config.json", "metrics.json"):
+    for name in (ADAPTER, TRIAL_CONFIG, METRICS):
         try:
             client.download_artifacts(run.info.run_id, name, str(directory))
         except (MlflowException, OSError) as error:
@@ -214,7 +195,7 @@ def _non_finite(adapter: Path) -> str | None:
 def _score_usable(client, run, directory: Path, metric: str, log) -> Scored | None:
     """Download and score a trial run; None (logged) when its adapter holds NaN or inf."""
     files = _download(client, run, directory)
-    broken = _non_finite(files / "adapter")
+    broken = _non_finite(files / ADAPTER)
     if broken is not None:
         log(f"skipped trial {_trial_name(run)} (run {run.info.run_id}): its adapter holds NaN or inf "
             f"({broken}); it cannot be promoted whatever its metrics")
@@ -230,9 +211,9 @@ def _score_candidate(client, run, directory: Path, metric: str) -> Scored:
     from trials.model import load_tokenizer
 
     run_id = run.info.run_id
-    config_text = (directory / "trial_config.json").read_text(encoding="utf-8")
+    config_text = (directory / TRIAL_CONFIG).read_text(encoding="utf-8")
     config = TrialConfig.model_validate_json(config_text)
-    metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((directory / METRICS).read_text(encoding="utf-8"))
     knowledge = load_knowledge(config.data)
     trained_on = metrics.get("data_fingerprint")
     if trained_on and trained_on != knowledge.fingerprint:
@@ -242,20 +223,20 @@ def _score_candidate(client, run, directory: Path, metric: str) -> Scored:
     if not knowledge.split("test"):
         raise PromotionError(f"{config.data.qa}: no 'test' rows: promotion needs held-out questions to judge on")
     incremental = config.data.retain is not None
-    scored = score_adapter(directory / "adapter", config, "test", retained=("test",) if incremental else ())
+    scored = score_adapter(directory / ADAPTER, config, "test", retained=("test",) if incremental else ())
     scores, answers = scored["test"]
     # The registered model answers with the budget the candidate was scored with, old facts included.
     retained = retained_knowledge(config) if incremental else None
-    budget = generation_budget(load_tokenizer(str(directory / "adapter")), knowledge, config.eval, retained)
+    budget = generation_budget(load_tokenizer(str(directory / ADAPTER)), knowledge, config.eval, retained)
     for name, value in scores.items():
-        client.log_metric(run_id, f"test_{name}", value)
+        client.log_metric(run_id, split_metric("test", name), value)
     client.log_text(run_id, "".join(json.dumps(record) + "\n" for record in answers), TEST_PREDICTIONS)
-    retention = scored["retained_test"][0]["exact_recall"] if incremental else None
+    retention = scored["retained_test"][0][EXACT_RECALL] if incremental else None
     if incremental:  # not retention_exact_recall: the trial logged that per epoch, on the old val rows
-        client.log_metric(run_id, f"test_{RETENTION_METRIC}", retention)
+        client.log_metric(run_id, split_metric("test", RETENTION_EXACT_RECALL), retention)
     return Scored(
         role="candidate", test_recall=scores[metric],
-        val_recall=run.data.metrics.get(f"val_{metric}", run.data.metrics[VAL_METRIC]),
+        val_recall=run.data.metrics.get(split_metric("val", metric), run.data.metrics[VAL_EXACT_RECALL]),
         trainable_parameters=metrics.get("trainable_parameters"), run_id=run_id,
         trial=_trial_name(run), method=config.method.name,
         data_fingerprint=knowledge.fingerprint, trial_config=config.model_dump_json(), max_new_tokens=budget,
@@ -289,7 +270,7 @@ def _score_champion(model_version, test_rows, metric: str, old_test_rows=()) -> 
     model = mlflow.pyfunc.load_model(f"models:/{model_version.name}/{model_version.version}")
     answers = model.predict([row.question for row in [*test_rows, *old_test_rows]])
     scores = score(test_rows, answers[: len(test_rows)])[0]
-    old_recall = score(old_test_rows, answers[len(test_rows):])[0]["exact_recall"] if old_test_rows else None
+    old_recall = score(old_test_rows, answers[len(test_rows):])[0][EXACT_RECALL] if old_test_rows else None
     tags = model_version.tags
 
     def number(key, kind):
@@ -300,8 +281,8 @@ def _score_champion(model_version, test_rows, metric: str, old_test_rows=()) -> 
 
     config = tags.get("trial_config")
     return Scored(
-        role="champion", test_recall=scores[metric], val_recall=number(f"val_{metric}", float),
-        trainable_parameters=number("trainable_parameters", int), run_id=tags.get("source_run_id"),
+        role="champion", test_recall=scores[metric], val_recall=number(split_metric("val", metric), float),
+        trainable_parameters=number("trainable_parameters", int), run_id=tags.get(SOURCE_RUN_ID),
         trial=tags.get("trial"), method=json.loads(config)["method"]["name"] if config else None,
         version=str(model_version.version), data_fingerprint=tags.get("data_fingerprint"), retention_recall=old_recall,
         test_scores=scores,
@@ -313,7 +294,7 @@ def _existing_version(client, model_name: str, run_id: str):
     if _registered_model(client, model_name) is None:
         return None
     versions = client.search_model_versions(
-        f"name = {tracking.quoted(model_name)} and tags.source_run_id = {tracking.quoted(run_id)}")
+        f"name = {tracking.quoted(model_name)} and tags.{SOURCE_RUN_ID} = {tracking.quoted(run_id)}")
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
@@ -323,15 +304,14 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
     register it, described with `data` (the sweep's Knowledge, as promotion loaded it); returns the
     ModelVersion. No run of its own: a promotion run would pose as a trial in the
     sweep's nesting and charts, and hold the registry's link instead of the trial."""
-    from orchestrator.lineage import write_knowledge
     from orchestrator.registry_model import KNOWLEDGE, log_recall_model
     from trials.config import TrialConfig
 
     tags = {
-        **{f"test_{name}": f"{value:.6g}" for name, value in (best.test_scores or {}).items()},
-        f"val_{metric}": f"{best.val_recall:.6g}" if best.val_recall is not None else "",
+        **{split_metric("test", name): f"{value:.6g}" for name, value in (best.test_scores or {}).items()},
+        split_metric("val", metric): f"{best.val_recall:.6g}" if best.val_recall is not None else "",
         "objective_metric": metric,
-        "source_run_id": best.run_id,
+        SOURCE_RUN_ID: best.run_id,
         "sweep": sweep,
         "trial": best.trial or "",
         "data_fingerprint": best.data_fingerprint or "",
@@ -341,16 +321,16 @@ def _register(best: Scored, model_name: str, parent, sweep: str, champion: Score
     tags.update({key: f"{value:.6g}" for key, value in ((GENERAL_RETENTION, best.general_retention),
                                                         (GENERAL_DRIFT, best.general_drift)) if value is not None})
     if best.retention_recall is not None:  # incremental: its lineage and what it kept
-        tags.update({RETENTION_METRIC: f"{best.retention_recall:.6g}",
+        tags.update({RETENTION_EXACT_RECALL: f"{best.retention_recall:.6g}",
                      "retained_data_fingerprint": best.retained_fingerprint or "",
-                     "parent_version": parent.data.tags.get(tracking.PARENT_VERSION)
+                     "parent_version": parent.data.tags.get(PARENT_VERSION)
                      or (champion.version if champion else "") or ""})
         if champion is not None and champion.retention_recall is not None:
-            tags[PARENT_METRIC] = f"{champion.retention_recall:.6g}"
+            tags[PARENT_EXACT_RECALL] = f"{champion.retention_recall:.6g}"
     config = TrialConfig.model_validate_json(best.trial_config)
     knowledge = write_knowledge(best.files / KNOWLEDGE, config)
     mlflow.set_experiment(experiment_id=parent.info.experiment_id)  # where a logged model without a run goes
-    info = log_recall_model(best.files / "adapter", best.files / "trial_config.json",
+    info = log_recall_model(best.files / ADAPTER, best.files / TRIAL_CONFIG,
                             max_new_tokens=best.max_new_tokens, knowledge=knowledge, run_id=best.run_id)
     # An exception here leaves the logged model unregistered and the alias untouched.
     version = mlflow.register_model(info.model_uri, model_name, tags=tags)
@@ -372,8 +352,8 @@ def version_description(tags: dict[str, str], config, sweep: str, data) -> str:
     if GENERAL_RETENTION in tags:
         lines.append(f"- General knowledge: keeps {tags[GENERAL_RETENTION]} of the base model's right answers "
                      f"(drift {tags.get(GENERAL_DRIFT, '-')}).")
-    if RETENTION_METRIC in tags:
-        lines.append(f"- Earlier facts: exact recall {tags[RETENTION_METRIC]} on their test questions (data "
+    if RETENTION_EXACT_RECALL in tags:
+        lines.append(f"- Earlier facts: exact recall {tags[RETENTION_EXACT_RECALL]} on their test questions (data "
                      f"`{tags['retained_data_fingerprint']}`), parent version {tags['parent_version'] or '-'}.")
     return "\n".join(lines)
 
@@ -383,7 +363,7 @@ def set_lifts(rows, parent) -> str:
     test questions (the sweep run's base_test_<metric>, from its pre-pass); None where either is missing
     (a sweep logged before the pre-pass). Returns the metric's name."""
     metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))
-    base = parent.data.metrics.get(f"base_test_{metric}")
+    base = parent.data.metrics.get(base_metric("test", metric))
     for row in rows:
         row.lift = lift((row.test_scores or {}).get(metric), base)
     return metric
@@ -398,10 +378,10 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
     from trials.evaluate import retained_knowledge
 
     _check_inputs(sweep, top_k, model_name, min_test_recall)
-    use_store()
+    tracking.use_store()
     client = tracking.client()
     parent = _sweep_parent(client, experiment, sweep, allow_incomplete)
-    sweep_name = parent.data.tags.get(tracking.SWEEP, parent.info.run_name)
+    sweep_name = parent.data.tags.get(SWEEP, parent.info.run_name)
     runs = _ranked_runs(client, parent)
     metric = objective_metric(parent.data.params.get(OBJECTIVE_PARAM))  # what the sweep optimised, judged on test
     log(f"scoring the top {min(top_k, len(runs))} trial(s) of sweep '{sweep_name}' by its objective on the test split")
@@ -426,10 +406,10 @@ def promote(sweep: str | None = None, *, top_k: int = 3, model_name: str = DEFAU
 
         current = _current_champion(client, model_name)
         champion = _score_champion(current, test_rows, metric, old_test_rows) if current is not None else None
-        floor = float(parent.data.params.get("sweep.retention_floor", DEFAULT_RETENTION_FLOOR))
+        floor = float(parent.data.params.get(RETENTION_FLOOR_PARAM, DEFAULT_RETENTION_FLOOR))
         bar = floor * champion.retention_recall if champion and champion.retention_recall is not None else None
-        gate = parent.data.tags.get(tracking.GENERAL_GATE, "off: the sweep predates the general probe")
-        general_floor = float(parent.data.params.get("sweep.general_floor", 0.0)) if gate == "on" else None
+        gate = parent.data.tags.get(GENERAL_GATE, "off: the sweep predates the general probe")
+        general_floor = float(parent.data.params.get(GENERAL_FLOOR_PARAM, 0.0)) if gate == "on" else None
         # Candidates that keep the base's general knowledge, and (incremental) the old facts, rank before any
         # that forget them.
         candidates.sort(key=lambda c: (_below_general(c, general_floor),
@@ -533,12 +513,12 @@ def _below_general(candidate: Scored, general_floor: float | None) -> bool:
 
 def on_test(metric: str) -> str:
     """How a test score is named in promotion's messages: plain for exact recall, the default."""
-    return "on test" if metric == "exact_recall" else f"on test by {metric}"
+    return "on test" if metric == EXACT_RECALL else f"on test by {metric}"
 
 
 def _refusal(best: Scored, champion: Scored | None, bar: float | None, floor: float | None = 0.0,
              floor_by: str | None = "--min-test-recall", general_floor: float | None = None,
-             metric: str = "exact_recall") -> str | None:
+             metric: str = EXACT_RECALL) -> str | None:
     """Why `best` must not replace `champion`, or None: it must keep the base model's general knowledge
     (general retention at least `general_floor`, when the gate is on), beat the champion on test and,
     when it is incremental, keep the old facts (retention at least the floor x the champion's recall on
@@ -572,7 +552,7 @@ def comparison_table(outcome: Promotion):
         bar += f"; no champion yet: test must be above {outcome.floor:.3f}"
     if outcome.general_floor is not None:
         bar += f"; general must stay >= {outcome.general_floor:.3f}"
-    if outcome.lift_of != "exact_recall":  # val, test and lift: on the metric the sweep optimised
+    if outcome.lift_of != EXACT_RECALL:  # val, test and lift: on the metric the sweep optimised
         bar += f"; val, test and lift by {outcome.lift_of}"
     table = Table(title=f"sweep '{outcome.sweep}' -> '{outcome.model_name}': "
                         f"{outcome.test_questions} test questions{bar}")

@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from orchestrator import hints, study, tracking
+from orchestrator import hints, run_record, study, tracking
 from orchestrator.errors import SweepError
 from orchestrator.leaderboard import REPORT_COLUMNS, format_leaderboard, leaderboard
+from orchestrator.run_record import (ALIAS, EPOCHS, GENERAL_RETENTION, OBJECTIVE, PREDICTIONS, SOURCE_RUN_ID,
+                                     TEST_PREDICTIONS, VAL_ANSWER_LOSS, VAL_EXACT_RECALL)
 from trials import ledger as fact_ledger
 
-VAL_METRIC = "val_exact_recall"
-ALIAS, TEST_PREDICTIONS = "champion", "predictions_test.jsonl"  # = orchestrator.promote's (which imports torch)
 
 
 @dataclass
@@ -180,7 +180,7 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _histories(client, runs, metric: str = VAL_METRIC) -> dict[str, list]:
+def _histories(client, runs, metric: str = VAL_EXACT_RECALL) -> dict[str, list]:
     """Each trial run's history of `metric` (every epoch it reported, repeats after a resume included)."""
     return {run.info.run_id: client.get_metric_history(run.info.run_id, metric) for run in runs}
 
@@ -204,8 +204,8 @@ def _mlflow_figures(board: list[dict], histories: dict[str, list], losses: dict[
     ax.legend(fontsize=7, ncol=2)
     scatter, bx = plt.subplots(figsize=(8, 5))
     for method in methods:
-        rows = [r for r in board if r["method"] == method and r["val_exact_recall"] is not None]
-        bx.scatter([r["learning_rate"] for r in rows], [r["val_exact_recall"] for r in rows],
+        rows = [r for r in board if r["method"] == method and r[VAL_EXACT_RECALL] is not None]
+        bx.scatter([r["learning_rate"] for r in rows], [r[VAL_EXACT_RECALL] for r in rows],
                    marker=styles[method][0], label=method)
     bx.set(xscale="log", xlabel="learning rate", ylabel="final val exact recall", title="Recall by learning rate")
     bx.legend()
@@ -221,16 +221,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def _general_figure(board: list[dict], path: Path) -> Path | None:
     """Val recall against general retention, one point per trial, and the Pareto front; None without data."""
-    rows = [row for row in board if row["val_exact_recall"] is not None and row["general_retention"] is not None]
+    rows = [row for row in board if row[VAL_EXACT_RECALL] is not None and row[GENERAL_RETENTION] is not None]
     if not rows:
         return None
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter([r["general_retention"] for r in rows], [r["val_exact_recall"] for r in rows], color="tab:blue")
+    ax.scatter([r[GENERAL_RETENTION] for r in rows], [r[VAL_EXACT_RECALL] for r in rows], color="tab:blue")
     for row in rows:
-        ax.annotate(row["trial"], (row["general_retention"], row["val_exact_recall"]), fontsize=7,
+        ax.annotate(row["trial"], (row[GENERAL_RETENTION], row[VAL_EXACT_RECALL]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    front = pareto_front([(r["general_retention"], r["val_exact_recall"]) for r in rows])
+    front = pareto_front([(r[GENERAL_RETENTION], r[VAL_EXACT_RECALL]) for r in rows])
     ax.plot([x for x, _ in front], [y for _, y in front], color="tab:red", linestyle="--", marker="o",
             fillstyle="none", label="Pareto front: no trial beats these on both")
     ax.set(xlabel="general retention (share of the base model's known check questions kept)",
@@ -262,7 +262,7 @@ def _study_figures(parent, out_dir: Path) -> tuple[list[Path], list[str]]:
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as plots
 
-    name, url = parent.data.tags.get(study.STUDY_TAG), parent.data.tags.get(study.STORAGE_TAG)
+    name, url = parent.data.tags.get(run_record.OPTUNA_STUDY), parent.data.tags.get(run_record.OPTUNA_STORAGE)
     if not name:
         return [], ["Optuna's plots are left out: this sweep recorded no Optuna study (it ran before studies "
                     "were stored)"]
@@ -271,7 +271,7 @@ def _study_figures(parent, out_dir: Path) -> tuple[list[Path], list[str]]:
     except SweepError as error:
         return [], [f"Optuna's plots are left out: {error}"]
     finished = len(sweep_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    target = {"target_name": "objective"}
+    target = {"target_name": OBJECTIVE}
     wanted = [("optimization_history.png", plots.plot_optimization_history, (9, 5))] if finished else []
     notes = [] if finished else ["Optuna's plots are left out: the study has no finished trial"]
     if finished >= 2:
@@ -335,7 +335,7 @@ def mark_champion(client, sweep: str, board: list[dict]) -> str | None:
         row["champion"] = None
     versions = client.search_model_versions(f"tags.sweep = {tracking.quoted(sweep)}")
     for version in sorted(versions, key=lambda v: -int(v.version)):
-        source = version.tags.get("source_run_id")
+        source = version.tags.get(SOURCE_RUN_ID)
         aliases = client.get_registered_model(version.name).aliases or {}
         if source in by_run and str(aliases.get(ALIAS)) == str(version.version):
             by_run[source]["champion"] = f"version {version.version} of '{version.name}'"
@@ -346,7 +346,7 @@ def mark_champion(client, sweep: str, board: list[dict]) -> str | None:
 def _answers(client, board: list[dict], champion: str | None) -> Answers | None:
     """The champion's answers when it came from this sweep (`champion`: its run id), else the top trial's;
     test when promotion scored it, else val. None when no trial finished."""
-    finished = [row for row in board if row["status"] != "FAILED" and row["val_exact_recall"] is not None]
+    finished = [row for row in board if row["status"] != "FAILED" and row[VAL_EXACT_RECALL] is not None]
     if not finished:
         return None
     by_run = {row["run_id"]: row for row in finished}
@@ -355,13 +355,13 @@ def _answers(client, board: list[dict], champion: str | None) -> Answers | None:
     whose = (f"champion ({row['champion']}, trial {row['trial']})" if run_id == champion
              else f"top trial {row['trial']} (not the champion)")
     names = {artifact.path for artifact in client.list_artifacts(run_id)}
-    split, name = ("test", TEST_PREDICTIONS) if TEST_PREDICTIONS in names else ("val", "predictions_val.jsonl")
+    split, name = ("test", TEST_PREDICTIONS) if TEST_PREDICTIONS in names else ("val", PREDICTIONS)
     return Answers(whose, split, fact_ledger.read_jsonl(Path(client.download_artifacts(run_id, name))))
 
 
 def _full_epochs(runs) -> int:
     """Trial-epochs had every trial trained to its training.epochs (no early stopping)."""
-    return sum(int(run.data.params.get("training.epochs", 0)) for run in runs)
+    return sum(int(run.data.params.get(EPOCHS, 0)) for run in runs)
 
 
 def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list[Path]]:
@@ -372,11 +372,11 @@ def report(sweep: str | None, experiment: str, out_dir: Path) -> tuple[str, list
     parent = tracking.find_sweep_run(client, experiment, sweep)
     if parent is None:
         raise SweepError(hints.unknown_sweep(client, experiment, sweep, "report"))
-    name = parent.data.tags[tracking.SWEEP]
+    name = parent.data.tags[run_record.SWEEP]
     board = leaderboard(client, parent.info.run_id)
     runs = tracking.trial_runs(client, parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _mlflow_figures(board, _histories(client, runs), _histories(client, runs, "val_answer_loss"),
+    figures = _mlflow_figures(board, _histories(client, runs), _histories(client, runs, VAL_ANSWER_LOSS),
                               _full_epochs(runs), out_dir)
     study_figures, notes = _study_figures(parent, out_dir)
     general = _general_figure(board, out_dir / "general_vs_recall.png")

@@ -7,7 +7,7 @@ import base64
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator import study, tracking
+from orchestrator import run_record, tracking
 from orchestrator.leaderboard import REPORT_COLUMNS, leaderboard_columns
 
 CAPTIONS = {
@@ -89,5 +89,5 @@ def render(title: str, board: list[dict], paths: list[Path], answers, notes: lis
     return template.render(
         title=title, board=board, columns=leaderboard_columns(board, REPORT_COLUMNS), cell=_cell, figures=figures,
         answers=answers, facts=facts, notes=notes, run_id=parent.info.run_id, tracking_uri=tracking.tracking_uri(),
-        study_name=parent.data.tags.get(study.STUDY_TAG), storage=parent.data.tags.get(study.STORAGE_TAG),
+        study_name=parent.data.tags.get(run_record.OPTUNA_STUDY), storage=parent.data.tags.get(run_record.OPTUNA_STORAGE),
         when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

@@ -43,12 +43,12 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from orchestrator.run_record import OBJECTIVE, VAL_ANSWER_LOSS
+
 if TYPE_CHECKING:
     from orchestrator.config import AshaConfig, ExperimentConfig
 
-EARLY_SIGNAL = "val_answer_loss"  # the val answers' teacher-forced loss (trials/train.py answer_loss)
-# = orchestrator.sweep.METRIC, which imports this module (as mlflow_writer does, which sweep imports).
-OBJECTIVE = "objective"
+EARLY_SIGNAL = VAL_ANSWER_LOSS  # what the first rung compares by default: it moves from the first epoch
 
 
 def mode_of(metric: str) -> str:

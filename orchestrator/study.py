@@ -35,8 +35,6 @@ from orchestrator.errors import SweepError
 
 DEFAULT_FILE = "optuna.db"
 TUNE_TRIAL_ID = "tune_trial_id"  # Optuna trial user attribute: the Tune trial, = MLflow's recall.trial_id
-# Tags of the sweep's parent run: where `orchestrator report` finds the study.
-STORAGE_TAG, STUDY_TAG = "recall.optuna_storage", "recall.optuna_study"
 
 
 def study_name(experiment: str, sweep: str) -> str:

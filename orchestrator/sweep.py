@@ -54,12 +54,15 @@ from pathlib import Path
 from mlflow.entities import Metric
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator import state_signing, study, tracking, warm_start
+from orchestrator import run_record, state_signing, study, tracking, warm_start
 from orchestrator.config import ExperimentConfig
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_command
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.progress import SweepProgress, sweep_console
+from orchestrator.run_record import (BASE_GENERAL_CHECK, BASE_GENERAL_KNOWN, DEFAULT_RETENTION_FLOOR, EXACT_RECALL,
+                                     GENERAL_KNOWN, GENERAL_RETENTION, OBJECTIVE, PARENT_RETENTION_EXACT_RECALL,
+                                     RETENTION_EXACT_RECALL, VAL_EXACT_RECALL, VAL_QUESTIONS, base_metric, split_metric)
 from orchestrator.ray_leftovers import stop_leftovers
 from orchestrator.scheduling import EarlyStopping
 from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
@@ -69,7 +72,7 @@ from trials.config import OBJECTIVE_METRICS, ConfigError, TrialConfig, objective
 from trials.baseline import BasePass, base_pass, general_gate
 from trials.data import load_knowledge
 
-METRIC, MODE = "objective", "max"
+METRIC, MODE = OBJECTIVE, "max"
 # Each trial checkpoints every epoch (num_to_keep=1); Tune warns about the snapshot rate it causes.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -112,30 +115,30 @@ class Floors:
     retention floor) and the base model's general knowledge (applied when the base knew at least
     general_min_known check questions)."""
 
-    retention: float = 0.95
+    retention: float = DEFAULT_RETENTION_FLOOR
     general: float = 0.0
     general_min_known: int = 1
 
 
 # Objectives that count questions, so a tie-break worth less than half of one question never outranks them.
-COUNTED = ("exact_recall", "contains_recall")
+COUNTED = (EXACT_RECALL, "contains_recall")
 
 
-def objective(metrics: dict, floors: Floors, eval_objective: str = "exact_recall") -> float:
+def objective(metrics: dict, floors: Floors, eval_objective: str = EXACT_RECALL) -> float:
     """The val metric `eval_objective` names, ties of a counted one broken by its train value, under the
     floors (module docstring)."""
     name = OBJECTIVE_METRICS[eval_objective]
-    score = metrics[f"val_{name}"]
+    score = metrics[split_metric("val", name)]
     if eval_objective in COUNTED:
-        score += metrics[f"train_{name}"] / (2 * max(metrics["val_questions"], 1))
+        score += metrics[split_metric("train", name)] / (2 * max(metrics[VAL_QUESTIONS], 1))
     # Each floor broken scores kept / floor - 1, in [-1, 0): below every trial that keeps both, the worst breach
     # deciding, the less forgotten the higher.
     breaches = []
-    parent, kept = metrics.get("parent_retention_exact_recall"), metrics.get("retention_exact_recall")
+    parent, kept = metrics.get(PARENT_RETENTION_EXACT_RECALL), metrics.get(RETENTION_EXACT_RECALL)
     if parent is not None and kept is not None and kept < floors.retention * parent:
         breaches.append(kept / (floors.retention * parent) - 1)
-    general = metrics.get("general_retention")
-    if (general is not None and metrics.get("general_known", 0) >= floors.general_min_known
+    general = metrics.get(GENERAL_RETENTION)
+    if (general is not None and metrics.get(GENERAL_KNOWN, 0) >= floors.general_min_known
             and general < floors.general):
         breaches.append(general / floors.general - 1)
     return min(breaches) if breaches else score
@@ -143,12 +146,12 @@ def objective(metrics: dict, floors: Floors, eval_objective: str = "exact_recall
 
 def describe_baseline(report: dict[str, float], gate: str | None, floor: float) -> str:
     """One line on what the base model knows, printed as the sweep starts."""
-    private = ", ".join(f"{split} exact recall {report[f'base_{split}_exact_recall']:.3f}"
-                        for split in ("val", "test") if f"base_{split}_exact_recall" in report)
+    private = ", ".join(f"{split} exact recall {report[base_metric(split, EXACT_RECALL)]:.3f}"
+                        for split in ("val", "test") if base_metric(split, EXACT_RECALL) in report)
     line = f"base model: {private}" if private else "base model:"
-    if "base_general_known" in report:
-        line += (f"; general probe: answers {int(report['base_general_known'])} of "
-                 f"{int(report['base_general_check'])} check questions right")
+    if BASE_GENERAL_KNOWN in report:
+        line += (f"; general probe: answers {int(report[BASE_GENERAL_KNOWN])} of "
+                 f"{int(report[BASE_GENERAL_CHECK])} check questions right")
     if gate:
         return f"{line}. General floor off: {gate}."
     if floor == 0:
@@ -187,7 +190,7 @@ class SweepOutcome:
 
     @property
     def succeeded(self) -> list[dict]:
-        return [row for row in self.leaderboard if row["status"] != "FAILED" and row["val_exact_recall"] is not None]
+        return [row for row in self.leaderboard if row["status"] != "FAILED" and row[VAL_EXACT_RECALL] is not None]
 
 
 # Trials print their own progress through the driver's callback; Ray's dashboard and worker logs
@@ -282,8 +285,8 @@ def _end_study(config: ExperimentConfig, storage: SweepStorage, tags: dict[str, 
     The URL is the config's, as the sweep's run records it (the tag hides a password): a sweep resumed with
     another sweep.optuna_storage is left as it is."""
     url = _study_url(config, storage)
-    if study.STUDY_TAG in tags and tags.get(study.STORAGE_TAG) == study.hidden(url):
-        study.fail_unfinished(url, tags[study.STUDY_TAG])
+    if run_record.OPTUNA_STUDY in tags and tags.get(run_record.OPTUNA_STORAGE) == study.hidden(url):
+        study.fail_unfinished(url, tags[run_record.OPTUNA_STUDY])
 
 
 def _tune_config(config: ExperimentConfig, space: SearchSpace, new_study: NewStudy,
@@ -338,9 +341,9 @@ def _incremental(config: ExperimentConfig, start: str | None, directory: Path,
         print(f"{source}: search_space.{note}")
     config = config.model_copy(update={"init_adapter": adapter, "search_space": space,
                                        "data": config.data.model_copy(update={"retain": retain})})
-    tags = {tracking.FROM: start or str(adapter)}
+    tags = {run_record.FROM: start or str(adapter)}
     if origin and origin.version:
-        tags.update({tracking.PARENT_MODEL: origin.model_name, tracking.PARENT_VERSION: origin.version})
+        tags.update({run_record.PARENT_MODEL: origin.model_name, run_record.PARENT_VERSION: origin.version})
     return config, tags
 
 
@@ -401,14 +404,14 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
             study.discard(new_study.storage, new_study.name)
         raise
     resume_with = resume_command(source, name, overrides, start, address)
-    tags = {**lineage, tracking.RESUME_COMMAND: resume_with}
+    tags = {**lineage, run_record.RESUME_COMMAND: resume_with}
     if new_study is not None:
-        tags.update({study.STORAGE_TAG: study.hidden(new_study.url), study.STUDY_TAG: new_study.name})
+        tags.update({run_record.OPTUNA_STORAGE: study.hidden(new_study.url), run_record.OPTUNA_STUDY: new_study.name})
     if warm is not None:
         tags.update(warm.tags())
     if baseline is not None:
         gate = general_gate(baseline, config.eval.general_min_known)
-        tags[tracking.GENERAL_GATE] = f"off: {gate}" if gate else "on"
+        tags[run_record.GENERAL_GATE] = f"off: {gate}" if gate else "on"
         client.log_batch(parent_run_id, metrics=[Metric(key, float(value), int(time.time() * 1000), 0)
                                                  for key, value in baseline.items()])
         sweep_console.print(describe_baseline(baseline, gate, config.sweep.general_floor), markup=False,
@@ -425,7 +428,7 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     writer = MlflowTrials(uri, parent_run_id, experiment_id, name, base, space_dump, deadline,
                           config.sweep.tracking_outage_wait_s)
     progress = SweepProgress(name, config.sweep.num_samples, config.training.epochs, config.sweep.time_budget_s,
-                             verbose, best_by=f"val_{objective_metric(config.eval.objective)}")
+                             verbose, best_by=split_metric("val", objective_metric(config.eval.objective)))
     stop = GracefulStop()
     try:
         connect_ray(address)  # first: Ray's core installs a SIGTERM handler of its own as it starts

@@ -18,6 +18,8 @@ Layout (what `promote`, `report` and the MLflow UI read):
   trial_config.json (the full trial config, enough to rebuild or re-score it), and ledger.json: the
   per-fact ledger (trials/ledger.py), logged with log_table so the MLflow UI shows it as a table.
 
+The names of those tags, metrics, params and artifacts, and the defaults, are orchestrator/run_record.py's.
+
 Why one writer: SQLite allows one writer at a time, and trials running in parallel processes that
 each open the store race for its lock ("database is locked"). Here trials never touch MLflow:
 they report to Ray Tune, and the Tune driver, a single process, writes every run.
@@ -28,37 +30,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from orchestrator.errors import SweepError
+from orchestrator.run_record import (ADAPTER, EXPERIMENT_KIND, METRICS, PARENT, PREDICTIONS, PREDICTIONS_TABLE, ROLE,
+                                     SWEEP, SWEEP_ROLE, TRAINING_RUNS, TRIAL_CONFIG, TRIAL_ROLE)
 from trials.ledger import COLUMNS as LEDGER_COLUMNS
 from trials.ledger import LEDGER, LEDGER_TABLE, as_table, read_jsonl
 
 DEFAULT_STORE = "mlflow.db"
-ROLE, SWEEP, TRIAL_ID = "recall.role", "recall.sweep", "recall.trial_id"
-METHOD_SHAPE = "recall.method_shape"  # e.g. "r=16 alpha=32 q,v": the leaderboard's shape column
-# An incremental sweep's parent run: where it started (--from) and the registered version that is.
-FROM, PARENT_MODEL, PARENT_VERSION = "recall.from", "recall.parent_model", "recall.parent_version"
-# A sweep's base model and method set, and its warm start (orchestrator/warm_start.py); a trial's origin.
-BASE_MODEL, METHODS = "recall.base_model", "recall.methods"
-WARM_START, WARM_START_SWEEPS, WARM_START_TRIALS = ("recall.warm_start", "recall.warm_start_sweeps",
-                                                   "recall.warm_start_trials")
-ORIGIN = "recall.origin"
-# On a sweep's run: the command that continues it (the one that started it, plus --resume), for the hints.
-RESUME_COMMAND = "recall.resume_command"
-GENERAL_GATE = "recall.general_gate"  # on a sweep's run: "on", or "off: why" (trials/baseline.py general_gate)
-PARENT = "mlflow.parentRunId"
-NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page in the MLflow UI
-# What the experiment holds, for the MLflow 3 UI: training runs compared as a table, not GenAI traces.
-EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_development"
 # Files of a trial directory that become artifacts (the optimiser state does not).
-PREDICTIONS, PREDICTIONS_TABLE = "predictions_val.jsonl", "predictions_val.json"
-TRIAL_ARTIFACTS = ("adapter", PREDICTIONS, "metrics.json", "trial_config.json")
+TRIAL_ARTIFACTS = (ADAPTER, PREDICTIONS, METRICS, TRIAL_CONFIG)
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI as MLflow honours it; else a SQLite store in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+
+
+def use_store() -> str:
+    """Point MLflow's fluent API (log_model, register_model, load_model) at the sweeps' store."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
 
 
 def artifact_root(uri: str) -> str | None:
@@ -96,7 +92,7 @@ def find_sweep_run(mlflow_client: MlflowClient, experiment: str, sweep: str | No
     exp = mlflow_client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    query = f"tags.`{ROLE}` = 'sweep'" + (f" and tags.`{SWEEP}` = {quoted(sweep)}" if sweep else "")
+    query = f"tags.`{ROLE}` = {quoted(SWEEP_ROLE)}" + (f" and tags.`{SWEEP}` = {quoted(sweep)}" if sweep else "")
     runs = mlflow_client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -105,12 +101,12 @@ def sweep_runs(mlflow_client: MlflowClient, experiment_ids: list[str], max_resul
     """Parent runs of sweeps in these experiments, newest first."""
     if not experiment_ids:
         return []
-    return mlflow_client.search_runs(experiment_ids, f"tags.`{ROLE}` = 'sweep'",
+    return mlflow_client.search_runs(experiment_ids, f"tags.`{ROLE}` = {quoted(SWEEP_ROLE)}",
                                      order_by=["attributes.start_time DESC"], max_results=max_results)
 
 
 def trial_runs(mlflow_client: MlflowClient, parent_run) -> list:
-    query = f"tags.`{PARENT}` = {quoted(parent_run.info.run_id)} and tags.`{ROLE}` = 'trial'"
+    query = f"tags.`{PARENT}` = {quoted(parent_run.info.run_id)} and tags.`{ROLE}` = {quoted(TRIAL_ROLE)}"
     return mlflow_client.search_runs([parent_run.info.experiment_id], query, max_results=10_000)
 
 

@@ -30,15 +30,16 @@ Both the study and Tune's pickled trials keep it, so a resumed sweep (--resume) 
 
 from __future__ import annotations
 
-import ast
 import difflib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.errors import SweepError
-from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, check_points
+from orchestrator.run_record import (EXACT_RECALL, METHOD_NAME, OBJECTIVE, method_knobs, method_param, param_value,
+                                     split_metric, training_param, trial_params)
+from orchestrator.search_space import TRAINING_KNOBS, SearchSpace, check_points, trial_config_for
 from trials.config import objective_metric
 from trials.methods.base import comparable
 
@@ -68,8 +69,8 @@ class WarmStart:
         """Tags of the sweep's parent run: the setting and what it resolved to."""
         if self.setting is None:
             return {}
-        return {tracking.WARM_START: self.setting, tracking.WARM_START_SWEEPS: ", ".join(self.sweeps) or "-",
-                tracking.WARM_START_TRIALS: ", ".join(self.trials) or "-"}
+        return {run_record.WARM_START: self.setting, run_record.WARM_START_SWEEPS: ", ".join(self.sweeps) or "-",
+                run_record.WARM_START_TRIALS: ", ".join(self.trials) or "-"}
 
 
 def first_points(space: SearchSpace, warm_start: WarmStart | None = None) -> list[tuple[dict, str]]:
@@ -81,7 +82,7 @@ def first_points(space: SearchSpace, warm_start: WarmStart | None = None) -> lis
 def sweep_tags(config) -> dict[str, str]:
     """Tags of a new sweep's parent run that a later `warm_start: auto` matches on."""
     methods = config.search_space.methods if config.search_space is not None else []
-    return {tracking.BASE_MODEL: str(config.model), tracking.METHODS: ",".join(methods)}
+    return {run_record.BASE_MODEL: str(config.model), run_record.METHODS: ",".join(methods)}
 
 
 def resolve(config, *, sweep: str | None = None, source: str = "config", client=None, log=print) -> WarmStart:
@@ -107,7 +108,7 @@ def resolve(config, *, sweep: str | None = None, source: str = "config", client=
         parents = [_named(client, setting, sweep, experiment, want)]
     chosen = WarmStart(setting, sweeps=[_sweep(run) for run in parents])
     for earlier, run in _best(client, parents, config.sweep.warm_start_top, objective_metric(config.eval.objective)):
-        trial = f"{earlier}/{run.data.tags.get(tracking.TRIAL_ID, run.info.run_id)}"
+        trial = f"{earlier}/{run.data.tags.get(run_record.TRIAL_ID, run.info.run_id)}"
         point, problem = _point(run.data.params, config)
         if problem:
             log(f"{source}: {KEY}: trial {trial} dropped: it does not fit this search space ({problem})")
@@ -121,7 +122,7 @@ def resolve(config, *, sweep: str | None = None, source: str = "config", client=
 
 
 def _sweep(run) -> str:
-    return run.data.tags.get(tracking.SWEEP, run.info.run_name)
+    return run.data.tags.get(run_record.SWEEP, run.info.run_name)
 
 
 def _named(client, name: str, sweep: str | None, experiment: str, want: tuple):
@@ -151,70 +152,60 @@ def _model_and_methods(client, parent) -> tuple[str, frozenset] | None:
     """An earlier sweep's base model and method set: its run's tags, or (a sweep from before they were
     set) the config.yaml logged on it; None when neither can be read."""
     tags = parent.data.tags
-    if tracking.BASE_MODEL in tags and tracking.METHODS in tags:
-        return tags[tracking.BASE_MODEL], frozenset(tags[tracking.METHODS].split(","))
+    if run_record.BASE_MODEL in tags and run_record.METHODS in tags:
+        return tags[run_record.BASE_MODEL], frozenset(tags[run_record.METHODS].split(","))
     import yaml
 
     try:
         with tempfile.TemporaryDirectory(prefix="warm-start-") as directory:
-            path = client.download_artifacts(parent.info.run_id, "config.yaml", directory)
+            path = client.download_artifacts(parent.info.run_id, run_record.SWEEP_CONFIG, directory)
             config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         return str(config["model"]), frozenset(config["search_space"]["methods"])
     except Exception:  # no such artifact, or not a config: this sweep cannot be matched
         return None
 
 
-def _best(client, parents: list, top: int, metric: str = "exact_recall") -> list[tuple[str, object]]:
+def _best(client, parents: list, top: int, metric: str = EXACT_RECALL) -> list[tuple[str, object]]:
     """The `top` best trial runs of these sweeps by val `metric`, (sweep, run), each trained configuration once."""
-    ranked, judged_by = [], f"val_{metric}"
+    ranked, judged_by = [], split_metric("val", metric)
     for parent in parents:
         for run in tracking.trial_runs(client, parent):
             metrics = run.data.metrics
             if run.info.status != "FAILED" and judged_by in metrics:
-                score = (metrics[judged_by], metrics.get("objective", metrics[judged_by]))
+                score = (metrics[judged_by], metrics.get(OBJECTIVE, metrics[judged_by]))
                 ranked.append((score, -run.info.start_time, _sweep(parent), run))
     ranked.sort(key=lambda row: row[:2], reverse=True)
     seen, best = set(), []
     for _, _, sweep, run in ranked:
         trained = tuple(sorted((key, value) for key, value in run.data.params.items()
-                               if key.startswith("method.") or key.removeprefix("training.") in TRAINING_KNOBS))
+                               if key.startswith(method_param("")) or key in map(training_param, TRAINING_KNOBS)))
         if trained not in seen:
             seen.add(trained)
             best.append((sweep, run))
     return best[:top]
 
 
-def _value(text: str):
-    """An MLflow param back as the value it was logged from (str() of a number, bool, list or None)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def _point(params: dict[str, str], config) -> tuple[dict | None, str | None]:
     """A trial run's flat Optuna params in this sweep's space, rebuilt from the method it trained
     (module docstring), or the reason it does not fit the space."""
-    from orchestrator.mlflow_writer import trial_params
-    from orchestrator.search_space import trial_config_for
-
-    space, name = config.search_space, params.get("method.name")
+    space, name = config.search_space, params.get(METHOD_NAME)
     if name not in space.methods:
         return None, f"method {name} is not among {list(space.methods)}"
-    trained = {key.removeprefix("method."): _value(text) for key, text in params.items() if key.startswith("method.")}
+    trained = method_knobs(params)
     point, problem = space.space_of(name).point_of(trained)
     if problem:
         return None, problem
     for knob in TRAINING_KNOBS:
         searched = getattr(space, knob)
         if searched is not None:
-            point[knob] = float(params.get(f"training.{knob}", searched.low))
+            point[knob] = float(params.get(training_param(knob), searched.low))
     problems = check_points(space.model_copy(update={"points_to_evaluate": [point]}), "")
     if problems:
         return None, problems[0].split(": ", 2)[-1]
     rebuilt = trial_params(trial_config_for(config.trial_config(), point, space))
-    differs = sorted(key for key, text in params.items() if key.startswith("method.")
-                     and comparable(_value(rebuilt.get(key, "None"))) != comparable(_value(text)))  # module lists: any order
+    # Module lists compare in any order.
+    differs = sorted(key for key, text in params.items() if key.startswith(method_param(""))
+                     and comparable(param_value(rebuilt.get(key))) != comparable(param_value(text)))
     if differs:
         return None, f"it would not train the same {', '.join(differs)}"
     return point, None

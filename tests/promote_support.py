@@ -42,18 +42,18 @@ def trial_config(documents: list[Path], qa: Path, *, epochs: int, learning_rate:
 
 def log_sweep(name: str, trials: list[tuple[Trained, float]]) -> list[str]:
     """A sweep in the documented layout: one FINISHED child run per (trial, val recall to log)."""
-    from orchestrator import tracking
-    from orchestrator.mlflow_writer import trial_params
+    from orchestrator import run_record, tracking
+    from orchestrator.run_record import trial_params
 
     client = tracking.client()
     experiment_id = tracking.experiment_id(client, EXPERIMENT)
     parent = client.create_run(experiment_id, run_name=name,
-                               tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+                               tags={run_record.ROLE: "sweep", run_record.SWEEP: name})
     run_ids = []
     for index, (trial, val_recall) in enumerate(trials):
         run = client.create_run(experiment_id, run_name=f"{name}-{index}", tags={
-            tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial", tracking.SWEEP: name,
-            tracking.TRIAL_ID: f"{name}-t{index}"})
+            run_record.PARENT: parent.info.run_id, run_record.ROLE: "trial", run_record.SWEEP: name,
+            run_record.TRIAL_ID: f"{name}-t{index}"})
         for key, value in trial_params(trial.config).items():
             client.log_param(run.info.run_id, key, value)
         client.log_metric(run.info.run_id, "val_exact_recall", val_recall, step=trial.metrics["epochs"])

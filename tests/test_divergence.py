@@ -93,7 +93,7 @@ def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatc
     from optuna.trial import TrialState
     from sweep_support import fast_config, runs_of, store, sweep_ray
 
-    from orchestrator import study
+    from orchestrator import run_record
     from orchestrator.sweep import run_sweep
 
     uri = store(tmp_path, monkeypatch)
@@ -114,5 +114,5 @@ def test_a_diverging_sweep_trial_fails_in_mlflow_and_optuna(tmp_path, monkeypatc
 
     # The sweep's stored study, as optuna-dashboard and optuna.load_study see it.
     parent = runs_of(uri, "diverging")[1]
-    name, storage = parent.data.tags[study.STUDY_TAG], parent.data.tags[study.STORAGE_TAG]
+    name, storage = parent.data.tags[run_record.OPTUNA_STUDY], parent.data.tags[run_record.OPTUNA_STORAGE]
     assert [trial.state for trial in optuna.load_study(study_name=name, storage=storage).trials] == [TrialState.FAIL]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.leaderboard import OBJECTIVE_PARAM, format_leaderboard, leaderboard
+from orchestrator import run_record, tracking
+from orchestrator.leaderboard import format_leaderboard, leaderboard
 from orchestrator.promote import _ranked_runs
+from orchestrator.run_record import OBJECTIVE_PARAM
 from orchestrator.sweep import Floors, objective
 from trials.recall import score
 from trials.data import QARow
@@ -70,14 +71,14 @@ def logged_sweep(tmp_path):
     experiment = tracking.experiment_id(client, "recall-orchestrator")
 
     def log(eval_objective: str | None, base: dict | None = None):
-        parent = client.create_run(experiment, tags={tracking.ROLE: "sweep"})
+        parent = client.create_run(experiment, tags={run_record.ROLE: "sweep"})
         if eval_objective is not None:
             client.log_param(parent.info.run_id, OBJECTIVE_PARAM, eval_objective)
         for key, value in (base or {}).items():  # the sweep's base pre-pass
             client.log_metric(parent.info.run_id, key, value)
         for trial, metrics in METRICS.items():
-            run = client.create_run(experiment, tags={tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial",
-                                                      tracking.TRIAL_ID: trial})
+            run = client.create_run(experiment, tags={run_record.PARENT: parent.info.run_id, run_record.ROLE: "trial",
+                                                      run_record.TRIAL_ID: trial})
             reported = {**metrics, "objective": objective(metrics, Floors(), eval_objective or "exact_recall")}
             for key, value in reported.items():
                 client.log_metric(run.info.run_id, key, value)
@@ -115,7 +116,7 @@ def test_the_lift_of_a_default_sweep_is_on_val_exact_recall(logged_sweep):
 
 
 def tracking_trial(run) -> str:
-    return run.data.tags[tracking.TRIAL_ID]
+    return run.data.tags[run_record.TRIAL_ID]
 
 
 def test_the_sweeps_description_names_what_it_optimises():

@@ -136,7 +136,7 @@ def test_an_export_whose_recall_drops_is_refused_and_leaves_nothing(champions, t
     from transformers import AutoModelForCausalLM
 
     from orchestrator import export as exporting
-    from orchestrator.promote import use_store
+    from orchestrator.tracking import use_store
 
     uri, models, _ = champions
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

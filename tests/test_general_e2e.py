@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.promote import promote
 from orchestrator.sweep import run_sweep
 from general_support import self_known_probe
@@ -39,7 +39,7 @@ def test_the_base_model_is_scored_once_on_the_sweeps_run(forgetful):
     metrics = parent.data.metrics
     assert 0 < metrics["base_general_known"] <= metrics["base_general_check"]
     assert "base_val_exact_recall" in metrics and "base_test_exact_recall" in metrics
-    assert parent.data.tags[tracking.GENERAL_GATE] == "on"
+    assert parent.data.tags[run_record.GENERAL_GATE] == "on"
 
 
 def test_general_metrics_reach_mlflow_at_every_scored_epoch(forgetful):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.cli import main
 
 EXPERIMENT = "recall-orchestrator"
@@ -36,7 +36,7 @@ def make_store(migrated: Path, directory: Path, sweeps: dict[str, str | None],
         experiment_id = tracking.experiment_id(client, experiment)
         for name, status in runs.items():
             run = client.create_run(experiment_id, run_name=name,
-                                    tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+                                    tags={run_record.ROLE: "sweep", run_record.SWEEP: name})
             if status is not None:
                 client.set_terminated(run.info.run_id, status)
     return uri
@@ -88,7 +88,7 @@ def test_the_resume_command_is_the_one_that_started_the_sweep(migrated, tmp_path
     client = tracking.client(uri)
     for sweep in ("late", "stopped"):
         parent = tracking.find_sweep_run(client, EXPERIMENT, sweep)
-        client.set_tag(parent.info.run_id, tracking.RESUME_COMMAND, STARTED_WITH.replace("late", sweep))
+        client.set_tag(parent.info.run_id, run_record.RESUME_COMMAND, STARTED_WITH.replace("late", sweep))
     code, _, err = run_cli(capsys, monkeypatch, uri, "promote", "--sweep", "late")
     assert code == 2 and sentence_and_command(err)[1] == STARTED_WITH
     code, _, err = run_cli(capsys, monkeypatch, uri, "promote", "--sweep", "stopped")
@@ -198,9 +198,3 @@ def test_ui_on_a_store_with_sweeps_says_nothing_of_the_kind(nightly, capsys, mon
     out, started = start_ui(capsys, monkeypatch, nightly)
     assert "no sweep" not in out and started
 
-
-def test_the_defaults_are_promote_s():
-    from orchestrator import hints, promote
-
-    assert (hints.DEFAULT_EXPERIMENT, hints.DEFAULT_MODEL_NAME) == (promote.DEFAULT_EXPERIMENT,
-                                                                    promote.DEFAULT_MODEL_NAME)

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.promote import champion_uri, promote
+from orchestrator import run_record, tracking
+from orchestrator.promote import promote
+from orchestrator.run_record import champion_uri
 from orchestrator.sweep import run_sweep
 from sweep_support import REPO, fast_config, module_store, runs_of
 
@@ -41,8 +42,8 @@ def two_rounds(tmp_path_factory):
 def test_incremental_trials_report_retention_every_epoch(two_rounds):
     uri, v1, _ = two_rounds
     client, parent, children = runs_of(uri, "batch2")
-    assert parent.data.tags[tracking.FROM] == champion_uri()
-    assert parent.data.tags[tracking.PARENT_VERSION] == v1.version == "1"
+    assert parent.data.tags[run_record.FROM] == champion_uri()
+    assert parent.data.tags[run_record.PARENT_VERSION] == v1.version == "1"
     assert sorted(run.data.params["training.replay_fraction"] for run in children) == ["0.0", "1.0"]
     for run in children:
         assert run.data.params["init_adapter"].endswith("adapter") and run.data.params["data.retain"].endswith("qa.jsonl")

@@ -10,7 +10,7 @@ import torch
 from sweep_support import fast_config, runs_of, store, sweep_ray
 
 from orchestrator import tracking, warm_start
-from orchestrator.mlflow_writer import trial_params
+from orchestrator.run_record import trial_params
 from orchestrator.search_space import DefineByRun, trial_config_for
 from orchestrator.sweep import run_sweep
 from trials.config import ConfigError

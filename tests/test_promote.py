@@ -165,7 +165,7 @@ def test_promoting_twice_creates_no_second_version(store, trained, capsys):
 def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
     import mlflow
 
-    from orchestrator import tracking
+    from orchestrator import run_record, tracking
 
     strong, weak = trained
     log_sweep("old", [(weak, weak.metrics["val_exact_recall"])])
@@ -186,8 +186,8 @@ def test_failed_registration_leaves_the_alias(store, trained, monkeypatch):
     assert len(logged) == 2, "the model was logged before registration failed"
     # On the trial's own run, which stays as it was: no promotion run poses as a trial.
     trial_run = client.get_run(logged[0].source_run_id)
-    assert trial_run.data.tags[tracking.ROLE] == "trial" and trial_run.info.status == "FINISHED"
-    assert {run.data.tags.get(tracking.ROLE) for run in client.search_runs([experiment])} == {"sweep", "trial"}
+    assert trial_run.data.tags[run_record.ROLE] == "trial" and trial_run.info.status == "FINISHED"
+    assert {run.data.tags.get(run_record.ROLE) for run in client.search_runs([experiment])} == {"sweep", "trial"}
 
     monkeypatch.setattr(mlflow, "register_model", register_model)  # back up: the promotion goes through
     ended = client.get_run(new_run).info.end_time
@@ -366,7 +366,7 @@ def test_registry_model_answers_as_the_trial_did(champion, monkeypatch):
     import mlflow
     import pandas as pd
 
-    from orchestrator.promote import use_store
+    from orchestrator.tracking import use_store
 
     uri, strong = champion
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -408,7 +408,7 @@ def test_the_registered_model_holds_no_pickle(champion, monkeypatch, tmp_path):
     import mlflow
     import yaml
 
-    from orchestrator.promote import use_store
+    from orchestrator.tracking import use_store
 
     uri, _ = champion
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -502,9 +502,8 @@ def test_orchestrator_chat_answers_question_after_question_from_one_load(champio
     assert len(loads) == 1 and re.fullmatch(rf"loaded models:/{MODEL}@champion in \d+\.\d s", loads[0]), result.stderr
 
 
-def test_cli_defaults_match_promote():
-    from orchestrator import cli, promote as promotion
+def test_cli_asks_the_champion_promote_registers():
+    from orchestrator import cli, run_record
 
-    assert (cli.MODEL_NAME, cli.EXPERIMENT) == (promotion.DEFAULT_MODEL_NAME, promotion.DEFAULT_EXPERIMENT)
     args = cli.build_parser().parse_args(["ask", "q"])
-    assert args.model == promotion.champion_uri()
+    assert args.model == run_record.champion_uri() == f"models:/{MODEL}@champion"

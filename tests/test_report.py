@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from orchestrator import study, tracking
+from orchestrator import run_record, study, tracking
 from orchestrator.cli import main
 
 EXPERIMENT, MODEL = "recall-orchestrator", "recall-champion"
@@ -49,18 +49,18 @@ def _sweep(folder, name: str, trials: int, with_study: bool = True, general: boo
     in optuna-NAME.db; with `ledger`, each trial's per-fact ledger (FACTS) logged as the sweep logs it."""
     client = tracking.client()
     parent = client.create_run(tracking.experiment_id(client, EXPERIMENT), run_name=name,
-                               tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+                               tags={run_record.ROLE: "sweep", run_record.SWEEP: name})
     url, study_name = f"sqlite:///{folder / f'optuna-{name}.db'}", study.study_name(EXPERIMENT, name)
     sweep_study = optuna.create_study(study_name=study_name, storage=url, direction="maximize")
     if with_study:
-        client.set_tag(parent.info.run_id, study.STORAGE_TAG, url)
-        client.set_tag(parent.info.run_id, study.STUDY_TAG, study_name)
+        client.set_tag(parent.info.run_id, run_record.OPTUNA_STORAGE, url)
+        client.set_tag(parent.info.run_id, run_record.OPTUNA_STUDY, study_name)
     run_ids = []
     for index in range(trials):
         method, rate, recall = ("lora", "prefix")[index % 2], 10 ** -(2 + index / 3), 0.5 / (index + 1)
         run = client.create_run(parent.info.experiment_id, run_name=f"{name}-t{index}", tags={
-            tracking.PARENT: parent.info.run_id, tracking.ROLE: "trial", tracking.SWEEP: name,
-            tracking.TRIAL_ID: f"t{index}"})
+            run_record.PARENT: parent.info.run_id, run_record.ROLE: "trial", run_record.SWEEP: name,
+            run_record.TRIAL_ID: f"t{index}"})
         for key, value in {"method.name": method, "method.learning_rate": rate, "training.epochs": 2}.items():
             client.log_param(run.info.run_id, key, value)
         for epoch in (1, 2):
@@ -131,7 +131,7 @@ def test_optunas_plots_name_the_trials_and_the_knobs_whole(folder):
 
     client, parent_id, _ = _sweep(folder, "named", 3)
     tags = client.get_run(parent_id).data.tags
-    sweep_study = optuna.load_study(study_name=tags[study.STUDY_TAG], storage=tags[study.STORAGE_TAG])
+    sweep_study = optuna.load_study(study_name=tags[run_record.OPTUNA_STUDY], storage=tags[run_record.OPTUNA_STORAGE])
     history = plots.plot_optimization_history(sweep_study, target_name="objective")
     _label_by_trial_id(history, sweep_study)
     assert [label.get_text() for label in history.get_xticklabels()] == ["t0", "t1", "t2"]

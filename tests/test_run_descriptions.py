@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sweep_support import DEMO
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.config import load_experiment
 from orchestrator.mlflow_writer import RESULT_END, close_sweep_run, open_sweep_run, trial_note, trial_run_name
 from trials.methods.ia3 import IA3Method
@@ -39,23 +39,23 @@ def test_a_trial_description_puts_how_it_ended_above_its_knobs():
 def test_the_sweep_run_says_what_it_searched_and_once_closed_its_best_trial(tmp_path):
     client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracking.experiment_id(client, "recall-orchestrator")
-    assert client.get_experiment(experiment).tags[tracking.EXPERIMENT_KIND] == tracking.TRAINING_RUNS
+    assert client.get_experiment(experiment).tags[run_record.EXPERIMENT_KIND] == run_record.TRAINING_RUNS
     config = load_experiment(DEMO)
     parent = open_sweep_run(client, experiment, "recall-orchestrator", "bar", False, config)
-    plan = client.get_run(parent).data.tags[tracking.NOTE]
+    plan = client.get_run(parent).data.tags[run_record.NOTE]
     assert plan.startswith("Sweep `bar`: 8 trials on `embedded:tiny-llama`, up to 20 epochs each")
     assert "- lora: learning_rate 0.001–0.01 · r 8, 16, 32 · alpha 16, 32, 64" in plan
     assert "- prefix: learning_rate 0.001–0.03 · num_virtual_tokens 8, 16, 32" in plan
 
     trial = client.create_run(experiment, run_name="lora r=32 lr=0.003 · t1", tags={
-        tracking.PARENT: parent, tracking.ROLE: "trial", tracking.TRIAL_ID: "t1", tracking.METHOD_SHAPE: "r=32"})
+        run_record.PARENT: parent, run_record.ROLE: "trial", run_record.TRIAL_ID: "t1", run_record.METHOD_SHAPE: "r=32"})
     client.log_param(trial.info.run_id, "method.name", "lora")
     client.log_param(trial.info.run_id, "method.learning_rate", "0.003")
     client.log_metric(trial.info.run_id, "val_exact_recall", 0.25, step=1)
     client.set_terminated(trial.info.run_id)
     for _ in range(2):  # closed again by a resumed sweep: one result paragraph, the plan kept
         close_sweep_run(client, parent)
-        assert client.get_run(parent).data.tags[tracking.NOTE] == (
+        assert client.get_run(parent).data.tags[run_record.NOTE] == (
             f"Best of 1 trial: val_exact_recall 0.250, trial t1 (lora r=32 lr=0.003); all in leaderboard.md."
             f"{RESULT_END}{plan}")
 
@@ -115,9 +115,9 @@ def test_the_leaderboard_shows_the_cause_and_the_run_keeps_rays_whole_text(tmp_p
 
     client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracking.experiment_id(client, "recall-orchestrator")
-    parent = client.create_run(experiment, tags={tracking.ROLE: "sweep"}).info.run_id
-    trial = client.create_run(experiment, tags={tracking.PARENT: parent, tracking.ROLE: "trial",
-                                                tracking.TRIAL_ID: "t1", "recall.error": WORKER_DIED})
+    parent = client.create_run(experiment, tags={run_record.ROLE: "sweep"}).info.run_id
+    trial = client.create_run(experiment, tags={run_record.PARENT: parent, run_record.ROLE: "trial",
+                                                run_record.TRIAL_ID: "t1", "recall.error": WORKER_DIED})
     client.set_terminated(trial.info.run_id, "FAILED")
     [row] = leaderboard(client, parent)
     assert row["error"].startswith("worker process died (pid 4242)")  # not the text's tail, cut mid-word
@@ -133,13 +133,13 @@ def test_a_finished_trials_val_answers_become_a_table_of_their_own_fields(tmp_pa
                {"question": "Where does Bo work?", "expected": "Dome 3", "got": "Dome 1", "correct": False}]
     trial_dir = tmp_path / "trial"
     trial_dir.mkdir()
-    (trial_dir / tracking.PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (trial_dir / run_record.PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in records))
     failed = client.create_run(experiment).info.run_id
     tracking.log_trial_artifacts(client, failed, trial_dir, finished=False)  # a resumed trial would log it twice
-    assert tracking.PREDICTIONS_TABLE not in {a.path for a in client.list_artifacts(failed)}
+    assert run_record.PREDICTIONS_TABLE not in {a.path for a in client.list_artifacts(failed)}
     finished = client.create_run(experiment).info.run_id
     tracking.log_trial_artifacts(client, finished, trial_dir)
-    with open(client.download_artifacts(finished, tracking.PREDICTIONS_TABLE)) as handle:
+    with open(client.download_artifacts(finished, run_record.PREDICTIONS_TABLE)) as handle:
         table = json.load(handle)
     assert table["columns"] == ["question", "expected", "got", "correct"]
     assert [dict(zip(table["columns"], row)) for row in table["data"]] == records

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from orchestrator.config import load_experiment
-from orchestrator.mlflow_writer import trial_params
+from orchestrator.run_record import trial_params
 from orchestrator.search_space import DefineByRun, check_points, method_from_params, trial_config_for
 from sweep_support import DEMO, REPO
 from trials.config import ConfigError

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 from sweep_support import fast_config, store
 
-from orchestrator import study, tracking
+from orchestrator import run_record, study, tracking
 from orchestrator.errors import SweepError
 from orchestrator.storage import SweepStorage
 from orchestrator.sweep import NewStudy, _tune_config, run_sweep
@@ -101,7 +101,7 @@ def test_a_sweep_mlflow_refuses_leaves_no_study_behind(tmp_path, monkeypatch):
     uri = store(tmp_path, monkeypatch)
     client = tracking.client(uri)
     client.create_run(tracking.experiment_id(client, "recall-orchestrator"), run_name="taken",
-                      tags={tracking.ROLE: "sweep", tracking.SWEEP: "taken"})
+                      tags={run_record.ROLE: "sweep", run_record.SWEEP: "taken"})
     with pytest.raises(SweepError, match="sweep 'taken' already exists in MLflow experiment"):
         run_sweep(fast_config(tmp_path), "taken")
     assert (tmp_path / "optuna.db").exists()  # the study was created, then removed
@@ -120,9 +120,9 @@ def test_trials_the_time_budget_cuts_short_end_failed_in_the_study(tmp_path, mon
     with sweep_ray():
         run_sweep(config, "overnight")
     _, parent, children = runs_of(uri, "overnight")
-    ended = {run.data.tags[tracking.TRIAL_ID]: run.info.status for run in children}
-    trials = optuna.load_study(study_name=parent.data.tags[study.STUDY_TAG],
-                               storage=parent.data.tags[study.STORAGE_TAG]).trials
+    ended = {run.data.tags[run_record.TRIAL_ID]: run.info.status for run in children}
+    trials = optuna.load_study(study_name=parent.data.tags[run_record.OPTUNA_STUDY],
+                               storage=parent.data.tags[run_record.OPTUNA_STORAGE]).trials
     states = {trial.user_attrs[study.TUNE_TRIAL_ID]: trial.state for trial in trials}
     assert "KILLED" in ended.values() and TrialState.RUNNING not in states.values()
     assert all(states[trial_id] == {"FINISHED": TrialState.COMPLETE, "KILLED": TrialState.FAIL}[status]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator import run_record
 from orchestrator.sweep import run_sweep
 from sweep_support import IA3_POINT, PREFIX_POINT, fast_config, runs_of, store, sweep_ray
 
@@ -41,9 +41,9 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
     client, parent, children = runs_of(uri, "six")
     assert parent is not None and parent.info.status == "FINISHED"
     assert len(children) == 6 == len(outcome.leaderboard)
-    assert len({run.data.tags[tracking.TRIAL_ID] for run in children}) == 6
+    assert len({run.data.tags[run_record.TRIAL_ID] for run in children}) == 6
     for run in children:
-        assert run.data.tags[tracking.PARENT] == parent.info.run_id
+        assert run.data.tags[run_record.PARENT] == parent.info.run_id
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "val_exact_recall")
         assert [m.step for m in history][0] == 1 and 0.0 <= history[-1].value <= 1.0
@@ -53,7 +53,7 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         numeric = {key for key, value in reported.items() if isinstance(value, (int, float)) and key != "epoch"}
         assert {"val_contains_recall", "train_exact_recall", "peak_memory_mb"} <= numeric
         assert numeric <= set(run.data.metrics)
-        assert run.data.tags[tracking.METHOD_SHAPE]
+        assert run.data.tags[run_record.METHOD_SHAPE]
         adapter = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
         assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
         assert run.data.params["training.epochs"] == "2"
@@ -66,7 +66,7 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         assert sorted({(row["epoch"], row["question"]) for row in rows}) == sorted(
             (row["epoch"], row["question"]) for row in rows) and len(rows) == questions * len(history)
         assert {row["epoch"] for row in rows} == {m.step for m in history}
-        assert {row["trial"] for row in rows} == {run.data.tags[tracking.TRIAL_ID]}
+        assert {row["trial"] for row in rows} == {run.data.tags[run_record.TRIAL_ID]}
         assert '"path": "ledger.json", "type": "table"' in run.data.tags["mlflow.loggedArtifacts"]
         # ASHA (rung at epoch 1) may stop a trial there; only then is it tagged as stopped by ASHA.
         assert run.data.tags.get("recall.stopped_by") == ("asha" if len(history) == 1 else None)
@@ -186,20 +186,20 @@ def test_the_optuna_study_holds_every_finished_trial_with_its_params_and_objecti
     import yaml
     from optuna.trial import TrialState
 
-    from orchestrator import study
+    from orchestrator import run_record, study
     from orchestrator.config import ExperimentConfig
-    from orchestrator.mlflow_writer import trial_params
+    from orchestrator.run_record import trial_params
     from orchestrator.search_space import trial_config_for
 
     uri, _ = six_trials
     client, parent, children = runs_of(uri, "six")
-    name, storage = parent.data.tags[study.STUDY_TAG], parent.data.tags[study.STORAGE_TAG]
+    name, storage = parent.data.tags[run_record.OPTUNA_STUDY], parent.data.tags[run_record.OPTUNA_STORAGE]
     assert name == "recall-orchestrator/six"
     assert storage == uri.replace("mlflow.db", "optuna.db")  # beside the SQLite tracking store
     trials = optuna.load_study(study_name=name, storage=storage).trials
     # Stopped at a rung or while it waited at one, a trial is COMPLETE with its last report (orchestrator/sweep.py).
     finished = {t.user_attrs[study.TUNE_TRIAL_ID]: t for t in trials if t.state == TrialState.COMPLETE}
-    runs = {run.data.tags[tracking.TRIAL_ID]: run for run in children}
+    runs = {run.data.tags[run_record.TRIAL_ID]: run for run in children}
     assert len(trials) == 6 and finished.keys() == runs.keys()
     with open(client.download_artifacts(parent.info.run_id, "config.yaml")) as handle:
         config = ExperimentConfig.model_validate(yaml.safe_load(handle))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.leaderboard import OBJECTIVE_PARAM
 from orchestrator.promote import _ranked_runs
+from orchestrator.run_record import OBJECTIVE_PARAM
 from orchestrator.sweep import run_sweep
 from sweep_support import REPO, fast_config, runs_of, store, sweep_ray
 

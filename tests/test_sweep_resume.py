@@ -78,9 +78,9 @@ def test_resume_after_killing_the_driver(tmp_path):
     from optuna import load_study
     from optuna.trial import TrialState
 
-    from orchestrator import study
+    from orchestrator import run_record, study
 
     tags = parent.data.tags
-    trials = load_study(study_name=tags[study.STUDY_TAG], storage=tags[study.STORAGE_TAG]).trials
+    trials = load_study(study_name=tags[run_record.OPTUNA_STUDY], storage=tags[run_record.OPTUNA_STORAGE]).trials
     told = [trial.user_attrs[study.TUNE_TRIAL_ID] for trial in trials if trial.state == TrialState.COMPLETE]
     assert sorted(told) == sorted(trial_ids), [(trial.number, trial.state, trial.user_attrs) for trial in trials]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.errors import SweepError
 from orchestrator.storage import SweepStorage, check_sweep_name
 from orchestrator.sweep import run_sweep
@@ -58,9 +58,9 @@ def test_names_with_quotes_are_found_by_mlflow_filters(tmp_path):
     client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracking.experiment_id(client, "quotes")
     for name in ("it's", 'say "hi"', "plain"):
-        client.create_run(experiment, run_name=name, tags={tracking.ROLE: "sweep", tracking.SWEEP: name})
+        client.create_run(experiment, run_name=name, tags={run_record.ROLE: "sweep", run_record.SWEEP: name})
     for name in ("it's", 'say "hi"', "plain"):
-        assert tracking.find_sweep_run(client, "quotes", name).data.tags[tracking.SWEEP] == name
+        assert tracking.find_sweep_run(client, "quotes", name).data.tags[run_record.SWEEP] == name
     assert tracking.find_sweep_run(client, "quotes", "plain' or tags.`recall.sweep` = 'it's") is None
     with pytest.raises(SweepError, match="both quote characters"):
         tracking.find_sweep_run(client, "quotes", "it's \"both\"")

@@ -14,7 +14,7 @@ import time
 import pytest
 from ray.tune.experiment import Trial
 
-from orchestrator import tracking
+from orchestrator import run_record, tracking
 from orchestrator.mlflow_writer import MlflowTrials
 from orchestrator.server import stop_process_group
 from service_support import free_port, start_mlflow_server
@@ -76,7 +76,7 @@ def test_writes_wait_for_an_away_tracking_server_without_holding_tunes_loop(tmp_
         assert output.count("unreachable since") == 1 and output.count("back after") == 1, output
 
         (run,) = tracking.trial_runs(client, client.get_run(parent))
-        assert run.info.status == "FINISHED" and run.data.tags[tracking.TRIAL_ID] == "t_00000"
+        assert run.info.status == "FINISHED" and run.data.tags[run_record.TRIAL_ID] == "t_00000"
         assert run.data.params["method.r"] == "8"
         history = client.get_metric_history(run.info.run_id, "val_exact_recall")
         assert sorted((metric.step, metric.value) for metric in history) == [(1, 0.1), (2, 0.2), (3, 0.3)]

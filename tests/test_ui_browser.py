@@ -24,7 +24,7 @@ from service_support import free_port, wait_for_http, without_mlflow_uris
 from sweep_support import LEARNS, fast_config, module_store, runs_of
 
 from orchestrator.leaderboard import leaderboard
-from orchestrator import tracking
+from orchestrator import run_record
 from orchestrator.mlflow_ui import COLUMNS, RUN_COLOUR, RUN_NAME
 from orchestrator.server import stop_process_group
 
@@ -126,7 +126,7 @@ def test_the_printed_link_lands_on_the_trials_grouped_by_their_sweep_best_first(
     client, parent, trials = runs_of(promoted, SWEEP)
     board = leaderboard(client, parent.info.run_id)  # first by the sweep's objective
     page.goto(link)
-    group = f"tag.{tracking.SWEEP}.{SWEEP}"  # MLflow's id of the group of runs tagged recall.sweep=night
+    group = f"tag.{run_record.SWEEP}.{SWEEP}"  # MLflow's id of the group of runs tagged recall.sweep=night
     expect(_cell(page, group, RUN_NAME)).to_contain_text(f"Group: {SWEEP}", timeout=60_000)
     assert re.search(rf"#/experiments/{parent.info.experiment_id}/runs\?", page.url), page.url  # not GenAI's overview
     # The columns people compare are there before anyone picks columns.

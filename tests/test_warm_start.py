@@ -11,9 +11,10 @@ import optuna
 import pytest
 from sweep_support import fast_config, runs_of, store, sweep_ray
 
-from orchestrator import study, tracking, warm_start
+from orchestrator import run_record, study, tracking, warm_start
 from orchestrator.errors import SweepError
-from orchestrator.mlflow_writer import open_sweep_run, trial_params
+from orchestrator.mlflow_writer import open_sweep_run
+from orchestrator.run_record import trial_params
 from orchestrator.search_space import trial_config_for
 from orchestrator.storage import SweepStorage
 
@@ -38,8 +39,8 @@ def logged_sweep(tmp_path, name: str, trials: list[tuple[dict, float | None, str
     experiment_id = tracking.experiment_id(client, EXPERIMENT)
     parent = open_sweep_run(client, experiment_id, EXPERIMENT, name, False, config)
     for index, (point, recall, trial_status) in enumerate(trials):
-        run = client.create_run(experiment_id, tags={tracking.PARENT: parent, tracking.ROLE: "trial",
-                                                     tracking.SWEEP: name, tracking.TRIAL_ID: f"{name}-{index}"})
+        run = client.create_run(experiment_id, tags={run_record.PARENT: parent, run_record.ROLE: "trial",
+                                                     run_record.SWEEP: name, run_record.TRIAL_ID: f"{name}-{index}"})
         params = trial_params(trial_config_for(config.trial_config(), point, config.search_space))
         for key, value in params.items():
             client.log_param(run.info.run_id, key, value)
@@ -75,8 +76,8 @@ def test_the_named_sweeps_best_trials_come_first_best_first_each_once(tmp_path, 
     assert resolved.points == [lora(16, 32.0, 0.004, "all_linear"), lora(8, 16.0, 0.003), PREFIX]
     assert resolved.origins == ["warm:a"] * 3 and resolved.sweeps == ["a"] and not notes
     assert resolved.trials == ["a/a-1", "a/a-0", "a/a-4"]
-    assert resolved.tags() == {tracking.WARM_START: "a", tracking.WARM_START_SWEEPS: "a",
-                               tracking.WARM_START_TRIALS: "a/a-1, a/a-0, a/a-4"}
+    assert resolved.tags() == {run_record.WARM_START: "a", run_record.WARM_START_SWEEPS: "a",
+                               run_record.WARM_START_TRIALS: "a/a-1, a/a-0, a/a-4"}
     # They run before the config's own points_to_evaluate (the seed recipe).
     config = fast_config(tmp_path)
     first = warm_start.first_points(config.search_space, resolved)
@@ -117,7 +118,7 @@ def test_auto_takes_every_earlier_finished_sweep_on_the_same_model_and_methods(t
 def test_a_sweep_from_before_the_tags_is_matched_by_its_logged_config(tmp_path, mlflow_store):
     parent = logged_sweep(tmp_path, "old", [(lora(8, 16, 0.003), 0.3, "FINISHED")])
     client = tracking.client()
-    for key in (tracking.BASE_MODEL, tracking.METHODS):
+    for key in (run_record.BASE_MODEL, run_record.METHODS):
         client.delete_tag(parent, key)
     assert resolve(tmp_path, "sweep.warm_start=auto")[0].origins == ["warm:old"]
     assert resolve(tmp_path, "sweep.warm_start=old")[0].points == [lora(8, 16.0, 0.003)]
@@ -125,7 +126,7 @@ def test_a_sweep_from_before_the_tags_is_matched_by_its_logged_config(tmp_path, 
 
 def test_auto_finding_nothing_is_a_note_and_the_sweep_runs_cold(tmp_path, mlflow_store):
     resolved, notes = resolve(tmp_path, "sweep.warm_start=auto")  # no experiment yet
-    assert resolved.points == [] and resolved.tags()[tracking.WARM_START_SWEEPS] == "-"
+    assert resolved.points == [] and resolved.tags()[run_record.WARM_START_SWEEPS] == "-"
     assert notes == ["config: sweep.warm_start: auto found no earlier finished sweep on embedded:tiny-llama with "
                      "methods ['lora', 'prefix'] in MLflow experiment 'recall-orchestrator': the sweep starts cold"]
     logged_sweep(tmp_path, "lora-only", [(lora(8, 16, 0.003), 0.3, "FINISHED")], "search_space.methods=[lora]")
@@ -239,20 +240,20 @@ def test_a_warm_started_sweep_runs_the_earlier_best_first(tmp_path, monkeypatch)
     with sweep_ray():
         run_sweep(fast_config(tmp_path, *one_at_a_time, points(LEARNS)), "a")
         a = by_start(uri, "a")
-        assert [run.data.tags[tracking.ORIGIN] for run in a] == ["seed", "optuna"]
+        assert [run.data.tags[run_record.ORIGIN] for run in a] == ["seed", "optuna"]
         a_best = best(a)
 
         outcome = run_sweep(fast_config(tmp_path, *one_at_a_time, points(SEED), "sweep.warm_start=a",
                                         "sweep.warm_start_top=1"), "b")
         b = by_start(uri, "b")
-        assert [run.data.tags[tracking.ORIGIN] for run in b] == ["warm:a", "seed"]
+        assert [run.data.tags[run_record.ORIGIN] for run in b] == ["warm:a", "seed"]
         assert method_params(b[0]) == method_params(a_best)
         assert float(b[1].data.params["method.learning_rate"]) == 1e-6
         client, parent, _ = runs_of(uri, "b")
-        a_trial = f"a/{a_best.data.tags[tracking.TRIAL_ID]}"
-        assert {key: parent.data.tags[key] for key in (tracking.WARM_START, tracking.WARM_START_SWEEPS,
-                                                        tracking.WARM_START_TRIALS)} == {
-            tracking.WARM_START: "a", tracking.WARM_START_SWEEPS: "a", tracking.WARM_START_TRIALS: a_trial}
+        a_trial = f"a/{a_best.data.tags[run_record.TRIAL_ID]}"
+        assert {key: parent.data.tags[key] for key in (run_record.WARM_START, run_record.WARM_START_SWEEPS,
+                                                        run_record.WARM_START_TRIALS)} == {
+            run_record.WARM_START: "a", run_record.WARM_START_SWEEPS: "a", run_record.WARM_START_TRIALS: a_trial}
         # The leaderboard says where each trial came from: returned, printed and stored on the sweep's run.
         assert sorted(row["origin"] for row in outcome.leaderboard) == ["seed", "warm:a"]
         table = open(client.download_artifacts(parent.info.run_id, "leaderboard.md")).read()
@@ -266,5 +267,5 @@ def test_a_warm_started_sweep_runs_the_earlier_best_first(tmp_path, monkeypatch)
         (c,) = by_start(uri, "c")
         top = best([run for run in a + b if run is not b[0]])  # b's first trial is a's best config again
         assert method_params(c) == method_params(top)
-        assert c.data.tags[tracking.ORIGIN] == f"warm:{top.data.tags[tracking.SWEEP]}"
-        assert set(runs_of(uri, "c")[1].data.tags[tracking.WARM_START_SWEEPS].split(", ")) == {"a", "b"}
+        assert c.data.tags[run_record.ORIGIN] == f"warm:{top.data.tags[run_record.SWEEP]}"
+        assert set(runs_of(uri, "c")[1].data.tags[run_record.WARM_START_SWEEPS].split(", ")) == {"a", "b"}
