@@ -193,6 +193,18 @@ class TrainingDiverged(RuntimeError):
         return type(self), (self.epoch, self.step, self.what)
 
 
+def build_schedule(optimizer: torch.optim.Optimizer, training: TrainingConfig, total_steps: int):
+    """training.lr_scheduler after training.warmup_ratio of the `total_steps` optimiser steps spent warming up."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        training.lr_scheduler if training.lr_scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(training.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+
 class Trainer:
     """Optimiser, schedule and one-epoch step over a peft model."""
 
@@ -203,8 +215,6 @@ class Trainer:
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
                  pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = (),
                  general: list[Example] = ()):
-        from transformers import get_scheduler
-
         self.model, self.examples, self.training = model, examples, training
         # Old examples replayed: a fresh random share of them joins every epoch.
         self.replay, self.replay_count = list(replay), round(training.replay_fraction * len(replay))
@@ -220,13 +230,19 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay)
         micro_batches = math.ceil((len(examples) + self.replay_count + self.general_count) / training.batch_size)
         steps_per_epoch = math.ceil(micro_batches / training.gradient_accumulation_steps)
-        total_steps = steps_per_epoch * training.epochs
-        self.scheduler = get_scheduler(
-            training.lr_scheduler if training.lr_scheduler != "constant" else "constant_with_warmup",
-            self.optimizer,
-            num_warmup_steps=int(training.warmup_ratio * total_steps),
-            num_training_steps=total_steps,
-        )
+        self.scheduler = build_schedule(self.optimizer, training, steps_per_epoch * training.epochs)
+
+    def state_dict(self) -> dict:
+        """What a resume needs to go on as if never stopped: optimiser, schedule, both random streams
+        (the batch order's and torch's, which draws dropout)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "batch_rng": self.rng.getstate(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.setstate(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
 
     def train_epoch(self, epoch: int | None = None) -> EpochStats:
         """One pass over the examples; `epoch` only names where a TrainingDiverged happened."""
