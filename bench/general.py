@@ -57,14 +57,12 @@ def _answers(adapter_run_id: str | None, config, work: Path, questions: list[str
     from orchestrator import tracking
     from trials.config import TrialConfig
     from trials.evaluate import load_trained
-    from trials.model import load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
+    from trials.model import load_for
     from trials.recall import cut_answer, generate_answers
 
     if adapter_run_id is None:
-        device = pick_device(config.training)
-        bf16 = use_bf16(config.training, device)
-        path = resolve_model(config.model)
-        model, tokenizer = load_base_model(path, device, bf16, config.training.attention), load_tokenizer(path)
+        loaded = load_for(config)
+        model, tokenizer, device, bf16 = loaded.model, loaded.tokenizer, loaded.device, loaded.bf16
     else:
         target = work / adapter_run_id
         target.mkdir(parents=True, exist_ok=True)

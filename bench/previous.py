@@ -24,3 +24,9 @@ def full_logits_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tenso
 
 def length_key(example: Example) -> int:
     return example.num_tokens
+
+
+def as_before(trial):
+    """`trial` as the previous code loaded its model: float32 (the CPU then refused bf16) and transformers'
+    default attention, sdpa (it had no setting)."""
+    return trial.model_copy(update={"training": trial.training.model_copy(update={"bf16": False, "attention": "sdpa"})})

@@ -109,34 +109,36 @@ def _ours_once(config, work: Path, index: int) -> dict:
             "tokens_per_s": summary["train_tokens"] / summary["train_seconds"]}
 
 
-def _seed_once(base_path: str, dataset, tokenizer, token_target: int, work: Path, index: int, device, bf16) -> dict:
+def _seed_once(trial, dataset, tokenizer, token_target: int, work: Path, index: int) -> dict:
     from bench.seed_recipe import seed_model, train_seed
 
-    model = seed_model(base_path, device, bf16)  # load excluded from the timing
-    run = train_seed(model, tokenizer, dataset, work / f"seed-speed-{index}", epochs=1000, token_target=token_target,
-                     bf16=bf16)
+    seed = seed_model(trial)  # load excluded from the timing
+    run = train_seed(seed.model, tokenizer, dataset, work / f"seed-speed-{index}", epochs=1000,
+                     token_target=token_target, bf16=seed.bf16)
     return {"tokens": run.tokens, "padded_tokens": run.padded_tokens, "seconds": run.seconds,
             "steps": run.steps, "tokens_per_s": run.tokens_per_second}
 
 
-def loop_breakdown(trial, knowledge, base_path: str, device, bf16: bool, epochs: int) -> list[dict]:
+def loop_breakdown(trial, knowledge, epochs: int) -> list[dict]:
     """Where the ratio comes from: our loop (trials/train.py) with the seed's adapter at batch 2 and 16.
 
     One pass each (after a warm-up epoch), informational: loop vs HF Trainer at the same batch and
-    adapter, then the batch, then our trial's larger adapter.
+    adapter (and base model as the seed loads it), then the batch, then our trial's larger adapter.
     """
-    from trials.model import attach_method, load_base_model, load_tokenizer
+    from bench.seed_recipe import seed_base
+    from trials.model import attach_method, load_for
     from trials.train import Trainer
     from trials.trial import build_examples
 
-    tokenizer = load_tokenizer(base_path)
-    examples = build_examples(tokenizer, knowledge, trial)
     seed_adapter = SEED.method()
     rows = []
     for batch in (SEED.batch_size, trial.training.batch_size):
-        model = attach_method(load_base_model(base_path, device, bf16), seed_adapter, False)
+        loaded = load_for(seed_base(trial))
+        examples = build_examples(loaded.tokenizer, knowledge, trial)
+        model = attach_method(loaded.model, seed_adapter, False)
         training = trial.training.model_copy(update={"batch_size": batch, "epochs": epochs + 1})
-        trainer = Trainer(model, examples, training, seed_adapter.learning_rate, tokenizer.pad_token_id, device, bf16)
+        trainer = Trainer(model, examples, training, seed_adapter.learning_rate, loaded.tokenizer.pad_token_id,
+                          loaded.device, loaded.bf16)
         trainer.train_epoch()  # warm-up
         tokens = seconds = 0.0
         for _ in range(epochs):
@@ -179,10 +181,10 @@ def measure_throughput(experiment, settings: Settings, work: Path) -> dict:
             else:
                 # Same real-token count as our run of this round (ours runs first in round 0).
                 target = ours[-1]["tokens"] if ours else sum(len(ids) for ids in dataset["input_ids"]) * settings.throughput_epochs
-                seed.append(_seed_once(base_path, dataset, tokenizer, target, work, index, device, bf16))
+                seed.append(_seed_once(trial, dataset, tokenizer, target, work, index))
                 log(f"throughput round {index}: seed {seed[-1]['tokens']} tokens in {seed[-1]['seconds']:.1f}s "
                     f"= {seed[-1]['tokens_per_s']:,.0f} tok/s")
-    breakdown = loop_breakdown(trial, knowledge, base_path, device, bf16, settings.throughput_epochs)
+    breakdown = loop_breakdown(trial, knowledge, settings.throughput_epochs)
     ours_rate = sum(r["tokens"] for r in ours) / sum(r["seconds"] for r in ours)
     seed_rate = sum(r["tokens"] for r in seed) / sum(r["seconds"] for r in seed)
     seed_real = sum(r["tokens"] for r in seed)
@@ -309,15 +311,12 @@ def sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict, 
 
 def run_tiny(bench: Bench) -> dict:
     """Sections 1-4 on the embedded tiny model (configs/demo.yaml unless --config)."""
-    import torch
-
     experiment, settings, work = bench.experiment, bench.settings, bench.work
     timings: dict[str, float] = {}
     speed = timed(timings, "throughput", measure_throughput, experiment, settings, work)
     log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
         f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
-    utilisation = timed(timings, "mfu", mfu.measure, experiment.trial_config(), speed["tokens_per_s_ours"],
-                        speed["throughput_setup"]["bf16"], torch.device(speed["throughput_setup"]["device"]))
+    utilisation = timed(timings, "mfu", mfu.measure, experiment.trial_config(), speed["tokens_per_s_ours"])
     log(f"MFU {utilisation['mfu']:.4f}: {utilisation['flops_per_token'] / 1e6:.1f} MFLOP a token, peak bf16 "
         f"{utilisation['peak_gflops']['bf16']:,.0f} GFLOP/s, fp32 {utilisation['peak_gflops']['fp32']:,.0f}")
     ray_init_seconds, early, asha, flat = sweeps(bench, timings)

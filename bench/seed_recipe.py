@@ -22,7 +22,7 @@ Reproduced behaviour, and the only departures (all stated in RESULTS.md):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -102,12 +102,20 @@ def seed_dataset(tokenizer, lines: list[str]):
     return dataset.map(tokenize, batched=True, remove_columns=["text"])
 
 
-def seed_model(base_path: str, device: torch.device, bf16: bool):
+def seed_base(trial):
+    """`trial` as the recipe loads its base model: the recipe sets no attention kernel, so transformers'
+    default (sdpa) whatever the trial's; device and precision as the trial's."""
+    return trial.model_copy(update={"training": trial.training.model_copy(update={"attention": "sdpa"})})
+
+
+def seed_model(trial):
+    """The recipe's LoRA on `trial`'s base model: trials.model.Loaded, its model the peft model."""
     from peft import get_peft_model
 
-    from trials.model import load_base_model
+    from trials.model import load_for
 
-    return get_peft_model(load_base_model(base_path, device, bf16), SEED.lora_config())
+    loaded = load_for(seed_base(trial))
+    return replace(loaded, model=get_peft_model(loaded.model, SEED.lora_config()))
 
 
 @dataclass
@@ -182,16 +190,12 @@ class SeedTrained:
 def train_seed_for(trial, epochs: int, work: Path) -> SeedTrained:
     """The seed recipe on `trial`'s base model and data (its documents' lines + train QA pairs)."""
     from trials.data import load_knowledge
-    from trials.model import pick_device, resolve_model, use_bf16
 
-    device = pick_device(trial.training)
-    bf16 = use_bf16(trial.training, device)
-    base_path = resolve_model(trial.model)
-    tokenizer = seed_tokenizer(base_path)
+    seed = seed_model(trial)
+    tokenizer = seed_tokenizer(seed.base_path)
     dataset = seed_dataset(tokenizer, seed_lines(load_knowledge(trial.data), trial.data.documents))
-    model = seed_model(base_path, device, bf16)
-    run = train_seed(model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=bf16)
-    return SeedTrained(run, model, base_path, bf16, trial.model_copy(update={"method": SEED.method()}))
+    run = train_seed(seed.model, tokenizer, dataset, work / "seed-recall", epochs=epochs, bf16=seed.bf16)
+    return SeedTrained(run, seed.model, seed.base_path, seed.bf16, trial.model_copy(update={"method": SEED.method()}))
 
 
 def save_for_scoring(trained: SeedTrained, directory: Path, chat_template: bool = True) -> Path:

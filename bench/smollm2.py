@@ -34,17 +34,17 @@ REQUIRED_KEYS = (
 # -------------------------------------------------------------------------------------------- speed
 
 
-def _timed_epochs(trial, examples, base_path, tokenizer, device, bf16: bool, epochs: int, previous: bool) -> dict:
+def _timed_epochs(trial, examples, epochs: int, previous: bool) -> dict:
     """Train `epochs` epochs of `trial` on a fresh adapter; then score val + the per-epoch train questions."""
-    from bench.previous import full_logits_loss, length_key
+    from bench.previous import as_before, full_logits_loss, length_key
     from trials.data import load_knowledge
     from trials.evaluate import generation_budget, score_rows
-    from trials.model import attach_method, load_base_model
+    from trials.model import attach_method, load_for
     from trials.train import Trainer
 
-    # The previous code had no attention setting: transformers' default (sdpa).
-    attention = "sdpa" if previous else trial.training.attention
-    model = attach_method(load_base_model(base_path, device, bf16, attention), trial.method, False)
+    loaded = load_for(as_before(trial) if previous else trial)
+    tokenizer, device, bf16 = loaded.tokenizer, loaded.device, loaded.bf16
+    model = attach_method(loaded.model, trial.method, False)
     trainer = Trainer(model, examples, trial.training, trial.method.learning_rate, tokenizer.pad_token_id, device, bf16)
     if previous:
         trainer.loss_fn, trainer.group_key = full_logits_loss, length_key
@@ -89,14 +89,13 @@ def measure_speed(experiment, epochs: int, rounds: int, work: Path, log) -> dict
         for side in order:
             if side == "seed":
                 target = runs["ours"][-1]["tokens"] if runs["ours"] else sum(e.num_tokens for e in examples) * epochs
-                run = train_seed(seed_model(base_path, device, bf16), seed_tok, dataset, work / f"seed-{index}",
-                                 epochs=1000, token_target=target, bf16=bf16)
+                seed = seed_model(trial)
+                run = train_seed(seed.model, seed_tok, dataset, work / f"seed-{index}", epochs=1000,
+                                 token_target=target, bf16=seed.bf16)
                 row = {"tokens": run.tokens, "seconds": run.seconds, "tokens_per_s": run.tokens_per_second,
                        "steps": run.steps}
             else:
-                previous = side == "previous"
-                row = _timed_epochs(trial, examples, base_path, tokenizer, device, bf16 and not previous, epochs,
-                                    previous)
+                row = _timed_epochs(trial, examples, epochs, previous=side == "previous")
             runs[side].append(row)
             log(f"smollm2 speed round {index}: {side} {row['tokens']} tokens in {row['seconds']:.1f}s = "
                 f"{row['tokens_per_s']:,.0f} tok/s" + (f", eval {row['eval_seconds']:.1f}s" if "eval_seconds" in row else ""))
@@ -108,7 +107,7 @@ def measure_speed(experiment, epochs: int, rounds: int, work: Path, log) -> dict
         return sum(r["seconds"] + r["eval_seconds"] for r in runs[side]) / (len(runs[side]) * epochs)
 
     # Against the machine's peak right after (its load moves it), in the dtype the trial trains in.
-    utilisation = mfu.measure(trial, rate("ours"), bf16, device)
+    utilisation = mfu.measure(trial, rate("ours"))
     log(f"smollm2 MFU {utilisation['mfu']:.3f}: {utilisation['flops_per_token'] / 1e9:.2f} GFLOP a token at "
         f"{rate('ours'):,.0f} tok/s, peak {utilisation['peak_gflops']['bf16' if bf16 else 'fp32']:,.0f} GFLOP/s")
     return {

@@ -211,13 +211,10 @@ def _write_merged(registered: _Registered, directory: Path) -> None:
 
 def _load_merged(registered: _Registered, directory: Path):
     """Plain transformers: the checkpoint as any user loads it, no peft."""
-    from trials.model import load_base_model, pick_device, use_bf16
+    from trials.model import load_for
 
-    training = registered.config.training
-    device = pick_device(training)
-    bf16 = use_bf16(training, device)
-    return (load_base_model(str(directory), device, bf16, training.attention), load_tokenizer(str(directory)),
-            device, bf16)
+    loaded = load_for(registered.config, base_path=str(directory), tokenizer_path=str(directory))
+    return loaded.model, loaded.tokenizer, loaded.device, loaded.bf16
 
 
 def _write_adapter(registered: _Registered, directory: Path) -> None:

@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from trials.trial import TRAINER_STATE, _restore
+from trials.trial import TRAINER_STATE, read_checkpoint
 
 
 class _RunsCodeWhenUnpickled:
@@ -29,5 +29,5 @@ def test_resume_refuses_a_trainer_state_that_would_run_code(tmp_path):
     checkpoint.mkdir()
     torch.save({"optimizer": _RunsCodeWhenUnpickled(marker)}, checkpoint / TRAINER_STATE)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        _restore(checkpoint, model=None, trainer=None)  # refused before the model or trainer is touched
+        read_checkpoint(checkpoint)  # refused as it is read, before the model or trainer is touched
     assert not marker.exists()

@@ -315,6 +315,23 @@ def test_resume_continues_exactly(tmp_path, short_config):
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("optimizer", ["sgd", "adafactor"])
+def test_resume_continues_exactly_with_the_other_optimizers(tmp_path, short_config, optimizer):
+    from trials.trial import run_trial
+
+    config = short_config.model_copy(update={
+        "training": short_config.training.model_copy(update={"optimizer": optimizer})})
+    quiet = lambda line: None  # noqa: E731
+    full, resumed = [], []
+    run_trial(config, tmp_path / "A", log=quiet, on_epoch=lambda metrics, checkpoint: full.append(metrics["loss"]))
+    run_trial(config, tmp_path / "B", log=quiet, checkpoint_each_epoch=True,
+              on_epoch=lambda metrics, checkpoint: metrics["epoch"] == 2)
+    run_trial(config, tmp_path / "C", log=quiet, resume_from=tmp_path / "B" / "checkpoint",
+              on_epoch=lambda metrics, checkpoint: resumed.append(metrics["loss"]))
+    assert resumed == pytest.approx(full[2:], abs=1e-5) and full[3] != pytest.approx(full[1], abs=1e-5)
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("cut", ["adapter/adapter_model.safetensors", "trainer_state"])
 def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path, short_config, cut):
     from trials.trial import TRAINER_STATE, CheckpointUnreadable, run_trial

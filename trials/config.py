@@ -91,7 +91,13 @@ class TrainingConfig(Strict):
     epochs: int = Field(10, gt=0, description="Passes over the training examples.")
     batch_size: int = Field(16, gt=0, description="Examples per optimiser micro-batch.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimiser step.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on trainable parameters.")
+    optimizer: Literal["adamw", "sgd", "adafactor"] = Field(
+        "adamw", description="The optimiser of the trainable parameters, at the method's learning rate: adamw "
+                             "(torch.optim.AdamW); sgd (momentum 0.9: one state tensor a parameter where adamw "
+                             "keeps two); adafactor (transformers' Adafactor, factored second moments, its own "
+                             "step sizing off so the learning rate and schedule apply).")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay on trainable parameters (decoupled for "
+                                                         "adamw and adafactor, an L2 term for sgd).")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of optimiser steps spent warming up.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warm-up.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")

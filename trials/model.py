@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from trials.config import EMBEDDED_MODEL, SMOLLM2_MODEL, TrainingConfig
+from trials.config import EMBEDDED_MODEL, SMOLLM2_MODEL, TrainingConfig, TrialConfig
 from trials.methods import AnyMethod
 
 # peft 0.21 still calls transformers 5's deprecated `is_gradient_checkpointing`; harmless, and it
@@ -65,6 +67,32 @@ def load_base_model(path: str, device: torch.device, bf16: bool, attention: str 
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention).to(device)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What a config's trial runs on: its tokenizer and frozen base model, and where and how they run."""
+
+    tokenizer: Any
+    model: Any
+    device: torch.device
+    bf16: bool
+    base_path: str  # the path the base model loaded from (an embedded model's cache directory)
+
+
+def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: str | None = None) -> Loaded:
+    """The base model `config.model` on the device, in the precision and with the attention kernel that
+    `config.training` asks for, and its tokenizer.
+
+    `base_path`: a copy of that base to load instead (a registered or exported one); `tokenizer_path`:
+    a tokenizer saved beside an adapter, whose chat template may differ from the base's.
+    """
+    device = pick_device(config.training)
+    bf16 = use_bf16(config.training, device)
+    base_path = base_path or resolve_model(config.model)
+    tokenizer = load_tokenizer(tokenizer_path or base_path)
+    model = load_base_model(base_path, device, bf16, config.training.attention)
+    return Loaded(tokenizer, model, device, bf16, base_path)
+
+
 def autocast(device: torch.device, bf16: bool):
     """The precision context for training and generation alike, so a trial scores as it trained."""
     if bf16:
@@ -84,10 +112,10 @@ def attach_method(model, method: AnyMethod, gradient_checkpointing: bool, init_a
     return get_peft_model(model, method.peft_config())
 
 
-def load_adapter(adapter_dir: str, base_path: str, device: torch.device, bf16: bool = False, attention: str = "sdpa"):
+def load_adapter(base_model, adapter_dir: str):
     """A trained adapter on its base model, ready to generate."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base_model(base_path, device, bf16, attention), adapter_dir)
+    model = PeftModel.from_pretrained(base_model, adapter_dir)
     model.eval()
     return model

@@ -193,6 +193,37 @@ class TrainingDiverged(RuntimeError):
         return type(self), (self.epoch, self.step, self.what)
 
 
+# training.optimizer sgd's momentum: the usual value for fine-tuning with SGD (PyTorch's default is none).
+SGD_MOMENTUM = 0.9
+
+
+def build_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig,
+                    learning_rate: float) -> torch.optim.Optimizer:
+    """training.optimizer over the trainable parameters, at the method's learning rate (the schedule scales it)."""
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, momentum=SGD_MOMENTUM, weight_decay=training.weight_decay)
+    if training.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # Its own step sizes off (relative_step, scale_parameter, warmup_init): the method's learning rate and
+        # training.lr_scheduler set the step, as for the other optimisers, so a sweep's learning rates compare.
+        return Adafactor(params, lr=learning_rate, weight_decay=training.weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, training: TrainingConfig, total_steps: int):
+    """training.lr_scheduler after training.warmup_ratio of the `total_steps` optimiser steps spent warming up."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        training.lr_scheduler if training.lr_scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(training.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+
 class Trainer:
     """Optimiser, schedule and one-epoch step over a peft model."""
 
@@ -203,8 +234,6 @@ class Trainer:
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
                  pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = (),
                  general: list[Example] = ()):
-        from transformers import get_scheduler
-
         self.model, self.examples, self.training = model, examples, training
         # Old examples replayed: a fresh random share of them joins every epoch.
         self.replay, self.replay_count = list(replay), round(training.replay_fraction * len(replay))
@@ -216,17 +245,22 @@ class Trainer:
         prompt_learning = peft_config is not None and peft_config.is_prompt_learning
         self.share_prefix = not (prompt_learning or training.gradient_checkpointing)
         self.rng = random.Random(training.seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=training.weight_decay)
+        self.optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], training, learning_rate)
         micro_batches = math.ceil((len(examples) + self.replay_count + self.general_count) / training.batch_size)
         steps_per_epoch = math.ceil(micro_batches / training.gradient_accumulation_steps)
-        total_steps = steps_per_epoch * training.epochs
-        self.scheduler = get_scheduler(
-            training.lr_scheduler if training.lr_scheduler != "constant" else "constant_with_warmup",
-            self.optimizer,
-            num_warmup_steps=int(training.warmup_ratio * total_steps),
-            num_training_steps=total_steps,
-        )
+        self.scheduler = build_schedule(self.optimizer, training, steps_per_epoch * training.epochs)
+
+    def state_dict(self) -> dict:
+        """What a resume needs to go on as if never stopped: optimiser, schedule, both random streams
+        (the batch order's and torch's, which draws dropout)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "batch_rng": self.rng.getstate(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.setstate(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
 
     def train_epoch(self, epoch: int | None = None) -> EpochStats:
         """One pass over the examples; `epoch` only names where a TrainingDiverged happened."""

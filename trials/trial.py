@@ -1,7 +1,9 @@
-"""One trial, top to bottom: validate data -> load model -> train + score each epoch -> save.
+"""One trial in phases: setup (model, probe, examples, trainer) -> restore (when resuming) -> epoch after
+epoch (train, evaluate, checkpoint) -> save.
 
-`run_trial` is the single code path behind `orchestrator trial` and every Ray Tune trial; the
-caller gets each epoch's metrics through `on_epoch` (Tune reports them; returning True stops).
+`run_trial` is the single code path behind `orchestrator trial` and every Ray Tune trial, and reads as
+those phases in order; the caller gets each epoch's metrics through `on_epoch` (Tune reports them;
+returning True stops). `TrialRun` holds what passes from one phase to the next.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,14 +22,15 @@ from trials.config import TrialConfig, objective_metric
 from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
-from trials.general import GeneralCheck, Probe, base_answers, load_probe, protect_examples
+from trials.general import GeneralCheck, base_answers, load_probe, protect_examples
 from trials.ledger import LEDGER, ledger_rows, read_jsonl
-from trials.model import attach_method, load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
+from trials.model import attach_method, load_for
 from trials.recall import metrics_of
 from trials.shrink import Verdict, choose_shrink
-from trials.train import Trainer, answer_loss
+from trials.train import AnswerLoss, EpochStats, Trainer, answer_loss
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
+TRAINER_STATE = "trainer_state.pt"
 
 
 def set_seed(seed: int) -> None:
@@ -75,13 +79,19 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
     then re-raises: a failure is a result too.
     """
     output_dir = Path(output_dir)
-    knowledge = load_knowledge(config.data)  # raises DataError before any model is loaded
-    retained = retained_knowledge(config)
-    probe = load_probe(config.eval.general) if config.eval.general else None  # and so does the probe
+    run = TrialRun(config, output_dir, log, trial_id)  # raises DataError before any model is loaded
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_and_score(config, knowledge, retained, probe, output_dir, on_epoch, log,
-                                checkpoint_each_epoch, resume_from, trial_id)
+        run.setup()
+        if resume_from is not None:
+            run.restore(Path(resume_from))
+        run.measure_parent()
+        for epoch in run.epochs_left():
+            metrics, last = run.epoch(epoch)
+            checkpoint = run.checkpoint() if checkpoint_each_epoch else None
+            if (on_epoch and on_epoch(metrics, checkpoint)) or last:
+                break
+        return run.save(output_dir, "finished")
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
@@ -89,50 +99,157 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
         raise
 
 
-def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowledge | None, probe: Probe | None,
-                     output_dir: Path, on_epoch: EpochCallback | None, log: Callable[[str], None],
-                     checkpoint_each_epoch: bool, resume_from: Path | None, trial_id: str | None) -> dict:
-    set_seed(config.training.seed)
-    device = pick_device(config.training)
-    bf16 = use_bf16(config.training, device)
-    base_path = resolve_model(config.model)
-    tokenizer = load_tokenizer(base_path)
-    base_model = load_base_model(base_path, device, bf16, config.training.attention)
-    # The base model's replies to the general probe: from the cache, or generated now, before an adapter exists.
-    base = base_answers(base_model, tokenizer, probe, base_path, device, bf16, config.eval.batch_size) if probe else None
-    general = GeneralCheck(tokenizer, probe, base) if probe else None
-    model = attach_method(base_model, config.method, config.training.gradient_checkpointing, config.init_adapter)
-    trainable, total = count_parameters(model)
-    log(f"{config.method.name}: {trainable:,} trainable of {total:,} parameters on {device}"
-        f"{' (bf16)' if bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
+@dataclass
+class EpochScores:
+    """An epoch's evaluation: each question set's metrics_of, the answers' teacher-forced loss, the probe."""
 
-    examples = build_examples(tokenizer, knowledge, config)
-    replay = [qa_example(tokenizer, row.question, row.answer) for row in retained.split("train")] if retained else []
-    protect = protect_examples(tokenizer, probe, base) if probe and config.training.general_replay else []
-    trainer = Trainer(model, examples, config.training, config.method.learning_rate,
-                      tokenizer.pad_token_id, device, bf16, replay=replay, general=protect)
-    progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
-                "parent": {}}
-    val_records: list[dict] = []
-    ledger: list[dict] = []
-    if resume_from is not None:
-        progress = _restore(Path(resume_from), model, trainer)
-        val_records = read_jsonl(Path(resume_from) / "predictions_val.jsonl")
+    val: dict[str, float]
+    val_records: list[dict]
+    train: dict[str, float]
+    retention: dict[str, float]
+    answers: AnswerLoss
+    general: dict[str, float]
+    shrunk: dict[str, float]  # {"adapter_shrink": factor kept} where training.adapter_shrink ran
+    last: bool  # the trial's last epoch: the final one, or val reached training.stop_at_val_recall
+
+
+class TrialRun:
+    """One trial's state from phase to phase. Constructing it reads the data and the probe (cheap, and
+    wrong data fails before any model loads); `setup` loads the rest."""
+
+    def __init__(self, config: TrialConfig, output_dir: Path, log: Callable[[str], None], trial_id: str | None):
+        self.config, self.output_dir, self.log, self.trial_id = config, output_dir, log, trial_id
+        self.knowledge = load_knowledge(config.data)
+        self.retained = retained_knowledge(config)
+        self.probe = load_probe(config.eval.general) if config.eval.general else None
+        self.judged_by = objective_metric(config.eval.objective)
+        self.progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
+                         "parent": {}}
+        self.metrics: dict = {}  # the latest epoch's
+        self.val_records: list[dict] = []
+        self.ledger: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Base model, the probe's base answers, the method's adapter, the question sets and the trainer."""
+        config = self.config
+        set_seed(config.training.seed)
+        loaded = load_for(config)
+        self.tokenizer, self.device, self.bf16 = loaded.tokenizer, loaded.device, loaded.bf16
+        # The base model's replies to the general probe: from the cache, or generated now, before an adapter exists.
+        base = (base_answers(loaded.model, self.tokenizer, self.probe, loaded.base_path, self.device, self.bf16,
+                             config.eval.batch_size) if self.probe else None)
+        self.general = GeneralCheck(self.tokenizer, self.probe, base) if self.probe else None
+        self.model = attach_method(loaded.model, config.method, config.training.gradient_checkpointing,
+                                   config.init_adapter)
+        self.trainable, self.total = count_parameters(self.model)
+        self.log(f"{config.method.name}: {self.trainable:,} trainable of {self.total:,} parameters on {self.device}"
+                 f"{' (bf16)' if self.bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
+        self.trainer = self._trainer(base)
+        self._question_sets()
+
+    def _trainer(self, base) -> Trainer:
+        config, tokenizer = self.config, self.tokenizer
+        examples = build_examples(tokenizer, self.knowledge, config)
+        replay = ([qa_example(tokenizer, row.question, row.answer) for row in self.retained.split("train")]
+                  if self.retained else [])
+        protect = protect_examples(tokenizer, self.probe, base) if self.probe and config.training.general_replay else []
+        return Trainer(self.model, examples, config.training, config.method.learning_rate, tokenizer.pad_token_id,
+                       self.device, self.bf16, replay=replay, general=protect)
+
+    def _question_sets(self) -> None:
+        self.train_rows, self.val_rows = self.knowledge.split("train"), self.knowledge.split("val")
+        limit = self.config.eval.max_train_questions
+        self.per_epoch_train = self.train_rows[:limit] if limit else self.train_rows
+        # Old facts held out from training: how much of what the model knew it still knows.
+        self.retention_rows = self.retained.split("val") if self.retained else []
+        self.max_new_tokens = generation_budget(self.tokenizer, self.knowledge, self.config.eval, self.retained)
+        self.val_examples = [qa_example(self.tokenizer, row.question, row.answer) for row in self.val_rows]
+
+    # ---------------------------------------------------------------------------------------- restore
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue exactly where a checkpoint left off: adapter weights, optimiser, schedule, RNGs, and the
+        predictions and ledger rows of the epochs before it."""
+        from peft import set_peft_model_state_dict
+
+        state, weights = read_checkpoint(checkpoint)
+        set_peft_model_state_dict(self.model, weights)
+        self.trainer.load_state_dict(state)
+        self.progress = state["progress"]
+        self.metrics = self.progress["history"][-1] if self.progress["history"] else {}
+        self.val_records = read_jsonl(checkpoint / "predictions_val.jsonl")
         # The epochs before the checkpoint (a checkpoint from before the ledger existed has none).
-        earlier = Path(resume_from) / LEDGER
-        ledger = [row for row in read_jsonl(earlier) if row["epoch"] <= progress["epoch"]] if earlier.exists() else []
-        log(f"resumed from {resume_from} after epoch {progress['epoch']}")
-    train_rows, val_rows = knowledge.split("train"), knowledge.split("val")
-    # Old facts held out from training: how much of what the model knew it still knows.
-    retention_rows = retained.split("val") if retained else []
-    max_new_tokens = generation_budget(tokenizer, knowledge, config.eval, retained)
-    val_examples = [qa_example(tokenizer, row.question, row.answer) for row in val_rows]
+        earlier = checkpoint / LEDGER
+        self.ledger = ([row for row in read_jsonl(earlier) if row["epoch"] <= self.progress["epoch"]]
+                       if earlier.exists() else [])
+        self.log(f"resumed from {checkpoint} after epoch {self.progress['epoch']}")
 
-    def evaluate(*row_sets: list) -> list[tuple[dict[str, float], list[dict]]]:
+    def measure_parent(self) -> None:
+        """Warm-started with old facts: the adapter it starts from, on the same old questions, is the bar
+        retention is measured against (measured once, before epoch 1; a resumed trial has it already)."""
+        if not (self.retention_rows and self.config.init_adapter is not None and self.progress["epoch"] == 0):
+            return
+        (parent_scores, _), = self.score(self.retention_rows)
+        self.progress["parent"] = {f"parent_retention_{name}": value for name, value in parent_scores.items()}
+        self.log(f"start: retention_exact_recall {parent_scores['exact_recall']:.3f} "
+                 f"on {len(self.retention_rows)} old questions")
+
+    # ------------------------------------------------------------------------------------------ epoch
+
+    def epochs_left(self) -> range:
+        return range(self.progress["epoch"] + 1, self.config.training.epochs + 1)
+
+    def epoch(self, epoch: int) -> tuple[dict, bool]:
+        """Train one epoch and evaluate it: (its metrics, whether it is the trial's last)."""
+        stats = self.trainer.train_epoch(epoch)
+        self.progress["train_tokens"] += stats.tokens
+        self.progress["train_seconds"] += stats.seconds
+        eval_started = time.perf_counter()
+        scores = self.evaluate(epoch)
+        self.progress["eval_seconds"] += time.perf_counter() - eval_started
+        self.val_records = scores.val_records
+        self.ledger += ledger_rows(scores.val_records, epoch, self.config.eval.objective, self.trial_id)
+        self.metrics = self._epoch_metrics(epoch, stats, scores)
+        self.progress["epoch"] = epoch
+        self.progress["history"].append(self.metrics)
+        self.log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_answer_loss {scores.answers.loss:.4f}  "
+                 f"val_exact_recall {scores.val['exact_recall']:.3f}  "
+                 f"train_exact_recall {scores.train['exact_recall']:.3f}  "
+                 + "".join(f"{key} {scores.general[key]:.3f}  " for key in ("general_retention", "general_drift")
+                           if key in scores.general)
+                 + f"{stats.tokens_per_second:,.0f} tok/s")
+        return self.metrics, scores.last
+
+    def _epoch_metrics(self, epoch: int, stats: EpochStats, scores: EpochScores) -> dict:
+        progress = self.progress
+        return {
+            "epoch": epoch,
+            "loss": stats.loss,
+            **{f"val_{name}": value for name, value in scores.val.items()},
+            "val_answer_loss": scores.answers.loss,
+            "val_answer_likelihood": scores.answers.likelihood,
+            **{f"train_{name}": value for name, value in scores.train.items()},
+            **({f"retention_{name}": value for name, value in scores.retention.items()} if self.retention_rows else {}),
+            **progress.get("parent", {}),
+            **scores.general,
+            **scores.shrunk,
+            "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
+            "epoch_tokens_per_second": stats.tokens_per_second,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "train_seconds": progress["train_seconds"],
+            "eval_seconds": progress["eval_seconds"],
+            "val_questions": len(self.val_rows),
+        }
+
+    # --------------------------------------------------------------------------------------- evaluate
+
+    def score(self, *row_sets: list) -> list[tuple[dict[str, float], list[dict]]]:
         """Score several sets of questions with one pass of batched generation over all of them."""
-        _, records = score_rows(model, tokenizer, [row for rows in row_sets for row in rows],
-                                batch_size=config.eval.batch_size, max_new_tokens=max_new_tokens,
-                                device=device, bf16=bf16)
+        _, records = score_rows(self.model, self.tokenizer, [row for rows in row_sets for row in rows],
+                                batch_size=self.config.eval.batch_size, max_new_tokens=self.max_new_tokens,
+                                device=self.device, bf16=self.bf16)
         results, start = [], 0
         for rows in row_sets:
             part = records[start : start + len(rows)]
@@ -140,7 +257,60 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
             start += len(rows)
         return results
 
-    def summary(metrics: dict, status: str) -> dict:
+    def _answer_loss(self) -> AnswerLoss:
+        return answer_loss(self.model, self.val_examples, self.tokenizer.pad_token_id, self.device, self.bf16,
+                           self.config.eval.batch_size)
+
+    def evaluate(self, epoch: int) -> EpochScores:
+        """Val, train (the per-epoch sample; all of it on the last epoch) and old facts, the answers' loss,
+        and on the last epoch the shrunk update (training.adapter_shrink) and the probe."""
+        config = self.config
+        final = epoch == config.training.epochs
+        train_rows = self.train_rows if final else self.per_epoch_train
+        (val, val_records), (train, _), (retention, _) = self.score(self.val_rows, train_rows, self.retention_rows)
+        answers = self._answer_loss()
+        last = final or val[self.judged_by] >= config.training.stop_at_val_recall
+        shrunk, probe_kept = {}, {}
+        if last and config.training.adapter_shrink:  # a smaller step from the base (trials/shrink.py)
+            factor, tried, probe_kept = self._shrink(val)
+            shrunk = {"adapter_shrink": factor}
+            if factor != 1.0:  # from here on, what is measured and saved is the shrunk update (val: as tried)
+                val, val_records = tried[factor]
+                (train, _), (retention, _) = self.score(train_rows, self.retention_rows)
+                answers = self._answer_loss()
+        if last and not final and len(self.per_epoch_train) < len(self.train_rows):
+            (train, _), = self.score(self.train_rows)  # stopping early: the final train scores are on all of them
+        # The probe where early stopping compares trials (a sweep's rungs) and at the end.
+        general = (self.general.measure(self.model, self.tokenizer, self.device, self.bf16, config.eval.batch_size,
+                                        kept=probe_kept.get(shrunk.get("adapter_shrink")))
+                   if self.general and (last or epoch in config.eval.general_epochs) else {})
+        return EpochScores(val, val_records, train, retention, answers, general, shrunk, last)
+
+    def _shrink(self, val: dict[str, float]):
+        """(the factor kept, each factor's val (metrics, records), the probe's verdicts at each factor)."""
+        tried: dict[float, tuple[dict[str, float], list[dict]]] = {}
+        probe_kept: dict[float, dict[str, list[bool]]] = {}
+
+        def protect_kept(factor: float) -> int | None:
+            if not self.general:
+                return None
+            probe_kept[factor] = self.general.kept(self.model, self.tokenizer, self.device, self.bf16,
+                                                   splits=("protect",))
+            return sum(probe_kept[factor]["protect"])
+
+        def judge(factor: float) -> Verdict:
+            tried[factor] = self.score(self.val_rows)[0]
+            return Verdict(tried[factor][0][self.judged_by], protect_kept(factor))
+
+        training = self.config.training
+        factor = choose_shrink(self.model, training.adapter_shrink, training.adapter_shrink_tolerance,
+                               Verdict(val[self.judged_by], protect_kept(1.0)), judge, self.log)
+        return factor, tried, probe_kept
+
+    # ------------------------------------------------------------------------------------------- save
+
+    def summary(self, status: str) -> dict:
+        metrics, progress = self.metrics, self.progress
         return {
             "status": status,
             **{key: value for key, value in metrics.items()
@@ -148,151 +318,52 @@ def _train_and_score(config: TrialConfig, knowledge: Knowledge, retained: Knowle
             "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-            "method": config.method.name,
-            "base_model": config.model,
-            "data_fingerprint": knowledge.fingerprint,
+            "trainable_parameters": self.trainable,
+            "total_parameters": self.total,
+            "method": self.config.method.name,
+            "base_model": self.config.model,
+            "data_fingerprint": self.knowledge.fingerprint,
         }
 
-    per_epoch_train = train_rows[: config.eval.max_train_questions] if config.eval.max_train_questions else train_rows
-    if retention_rows and config.init_adapter is not None and progress["epoch"] == 0:
-        # The adapter it starts from, on the same old questions: the bar retention is measured against.
-        (parent_scores, _), = evaluate(retention_rows)
-        progress["parent"] = {f"parent_retention_{name}": value for name, value in parent_scores.items()}
-        log(f"start: retention_exact_recall {parent_scores['exact_recall']:.3f} on {len(retention_rows)} old questions")
-    metrics = progress["history"][-1] if progress["history"] else {}
-    for epoch in range(progress["epoch"] + 1, config.training.epochs + 1):
-        stats = trainer.train_epoch(epoch)
-        progress["train_tokens"] += stats.tokens
-        progress["train_seconds"] += stats.seconds
-        eval_started = time.perf_counter()
-        final_epoch = epoch == config.training.epochs
-        (val_scores, val_records), (train_scores, _), (retention_scores, _) = evaluate(
-            val_rows, train_rows if final_epoch else per_epoch_train, retention_rows)
-        early = answer_loss(model, val_examples, tokenizer.pad_token_id, device, bf16, config.eval.batch_size)
-        judged_by = objective_metric(config.eval.objective)
-        last = final_epoch or val_scores[judged_by] >= config.training.stop_at_val_recall
-        shrunk = {}
-        probe_kept: dict[float, dict[str, list[bool]]] = {}  # the probe's verdicts at each factor tried
-        if last and config.training.adapter_shrink:  # a smaller step from the base (trials/shrink.py)
-            tried: dict[float, tuple[dict[str, float], list[dict]]] = {}
+    def save(self, directory: Path, status: str) -> dict:
+        """The files a trial leaves: adapter/ (peft + tokenizer), predictions, the per-fact ledger, metrics
+        (the summary returned), its config."""
+        summary = self.summary(status)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory / "adapter")
+        self.tokenizer.save_pretrained(directory / "adapter")
+        _write_jsonl(directory / "predictions_val.jsonl", self.val_records)
+        _write_jsonl(directory / LEDGER, self.ledger)
+        (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (directory / "trial_config.json").write_text(self.config.model_dump_json(indent=2) + "\n")
+        return summary
 
-            def protect_kept(factor: float) -> int | None:
-                if not general:
-                    return None
-                probe_kept[factor] = general.kept(model, tokenizer, device, bf16, splits=("protect",))
-                return sum(probe_kept[factor]["protect"])
-
-            def judge(factor: float) -> Verdict:
-                tried[factor] = evaluate(val_rows)[0]
-                return Verdict(tried[factor][0][judged_by], protect_kept(factor))
-
-            factor = choose_shrink(model, config.training.adapter_shrink, config.training.adapter_shrink_tolerance,
-                                   Verdict(val_scores[judged_by], protect_kept(1.0)), judge, log)
-            shrunk = {"adapter_shrink": factor}
-            if factor != 1.0:  # from here on, what is measured and saved is the shrunk update (val: as tried)
-                val_scores, val_records = tried[factor]
-                (train_scores, _), (retention_scores, _) = evaluate(
-                    train_rows if final_epoch else per_epoch_train, retention_rows)
-                early = answer_loss(model, val_examples, tokenizer.pad_token_id, device, bf16, config.eval.batch_size)
-        if last and not final_epoch and len(per_epoch_train) < len(train_rows):
-            (train_scores, _), = evaluate(train_rows)  # stopping early: the final train scores are on all of them
-        # The probe where early stopping compares trials (a sweep's rungs) and at the end.
-        general_scores = (general.measure(model, tokenizer, device, bf16, config.eval.batch_size,
-                                          kept=probe_kept.get(shrunk.get("adapter_shrink")))
-                          if general and (last or epoch in config.eval.general_epochs) else {})
-        progress["eval_seconds"] += time.perf_counter() - eval_started
-        ledger += ledger_rows(val_records, epoch, config.eval.objective, trial_id)
-        metrics = {
-            "epoch": epoch,
-            "loss": stats.loss,
-            **{f"val_{name}": value for name, value in val_scores.items()},
-            "val_answer_loss": early.loss,
-            "val_answer_likelihood": early.likelihood,
-            **{f"train_{name}": value for name, value in train_scores.items()},
-            **({f"retention_{name}": value for name, value in retention_scores.items()} if retention_rows else {}),
-            **progress.get("parent", {}),
-            **general_scores,
-            **shrunk,
-            "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
-            "epoch_tokens_per_second": stats.tokens_per_second,
-            "peak_memory_mb": peak_memory_mb(device),
-            "train_seconds": progress["train_seconds"],
-            "eval_seconds": progress["eval_seconds"],
-            "val_questions": len(val_rows),
-        }
-        progress["epoch"] = epoch
-        progress["history"].append(metrics)
-        log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_answer_loss {early.loss:.4f}  "
-            f"val_exact_recall {val_scores['exact_recall']:.3f}  "
-            f"train_exact_recall {train_scores['exact_recall']:.3f}  "
-            + "".join(f"{key} {general_scores[key]:.3f}  " for key in ("general_retention", "general_drift")
-                      if key in general_scores)
-            + f"{stats.tokens_per_second:,.0f} tok/s")
-        checkpoint = None
-        if checkpoint_each_epoch:
-            checkpoint = output_dir / "checkpoint"
-            _save(checkpoint, model, tokenizer, config, val_records, summary(metrics, "running"), ledger)
-            torch.save(_trainer_state(trainer, progress), checkpoint / TRAINER_STATE)
-        stop_requested = bool(on_epoch(metrics, checkpoint)) if on_epoch else False
-        if last or stop_requested:
-            break
-
-    result = summary(metrics, "finished")
-    _save(output_dir, model, tokenizer, config, val_records, result, ledger)
-    return result
-
-
-TRAINER_STATE = "trainer_state.pt"
-
-
-def _save(directory: Path, model, tokenizer, config: TrialConfig, val_records: list[dict], summary: dict,
-          ledger: list[dict]) -> None:
-    """The files a trial leaves: adapter/ (peft + tokenizer), predictions, the per-fact ledger, metrics,
-    its config."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory / "adapter")
-    tokenizer.save_pretrained(directory / "adapter")
-    _write_jsonl(directory / "predictions_val.jsonl", val_records)
-    _write_jsonl(directory / LEDGER, ledger)
-    (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (directory / "trial_config.json").write_text(config.model_dump_json(indent=2) + "\n")
-
-
-def _trainer_state(trainer: Trainer, progress: dict) -> dict:
-    return {
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "batch_rng": trainer.rng.getstate(),
-        "torch_rng": torch.get_rng_state(),
-        "progress": progress,
-    }
+    def checkpoint(self) -> Path:
+        """`save` while running, plus what `restore` needs to continue: trainer state and progress."""
+        directory = self.output_dir / "checkpoint"
+        self.save(directory, "running")
+        torch.save({**self.trainer.state_dict(), "progress": self.progress}, directory / TRAINER_STATE)
+        return directory
 
 
 class CheckpointUnreadable(RuntimeError):
     """A checkpoint to resume from that its files cannot give back (one message argument: picklable)."""
 
 
-def _restore(checkpoint: Path, model, trainer: Trainer) -> dict:
-    """Continue exactly where a checkpoint left off: adapter weights, optimiser, schedule, RNGs."""
-    from peft import set_peft_model_state_dict
+def read_checkpoint(checkpoint: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(trainer state, adapter weights) of a checkpoint, read before anything changes, so a refused file
+    changes nothing.
+
+    Tensors and plain containers only: a checkpoint on shared storage must not be able to run code here
+    (a full unpickle would).
+    """
     from safetensors.torch import load_file
 
-    # Tensors and plain containers only: a checkpoint on shared storage must not be able to run code
-    # here (a full unpickle would). Read before the model changes, so a refused file changes nothing.
     adapter = checkpoint / "adapter" / "adapter_model.safetensors"
     try:
-        state = torch.load(checkpoint / TRAINER_STATE, weights_only=True)
-        weights = load_file(adapter)
+        return torch.load(checkpoint / TRAINER_STATE, weights_only=True), load_file(adapter)
     except pickle.UnpicklingError:
         raise  # weights_only refused what the file would run: a tampered file, not a cut-short one
     except Exception as error:  # torch and safetensors each raise their own kinds for a cut-short file
         raise CheckpointUnreadable(f"checkpoint {checkpoint} cannot be read, cut short or corrupted "
                                    f"({type(error).__name__}: {error}); the epochs before it stay logged") from error
-    set_peft_model_state_dict(model, weights)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.rng.setstate(state["batch_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["progress"]
