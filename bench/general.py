@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.goals import general_goals_met
-from bench.library import run_bench_sweep, start_ray
+from bench.library import closed, run_bench_sweep, start_ray
 from orchestrator.run_record import (ADAPTER, BASE_GENERAL_CHECK, BASE_GENERAL_KNOWN, EXACT_RECALL, GENERAL_DRIFT,
                                      GENERAL_RETENTION, OBJECTIVE, TRIAL_CONFIG, base_metric)
 
@@ -135,8 +135,5 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
         "general_best_trials": {"ours": best_ours, "plain": best_plain},
         "general_answers": answers,
         "general_sweeps": sweeps,
-        "general_ray_init_seconds": ray_init,
-        "general_section_seconds": timings,
     }
-    results["general_goals_met"] = general_goals_met(results)
-    return results
+    return closed("general", results, timings, ray_init, general_goals_met)

@@ -110,6 +110,16 @@ def score_best(sweep: dict, work: Path) -> dict:
     return {"val": scores["val"], "test": scores["test"], "run_id": run_id}
 
 
+def closed(section: str, results: dict, timings: dict[str, float], ray_init: float,
+           goals_met: Callable[[dict], dict]) -> dict:
+    """A section's results with what a section records last: the wall seconds of its parts and of ray.init,
+    and its goals, judged on the rest."""
+    results[f"{section}_ray_init_seconds"] = ray_init
+    results[f"{section}_section_seconds"] = timings
+    results[f"{section}_goals_met"] = goals_met(results)
+    return results
+
+
 def timed(timings: dict[str, float], name: str, measure: Callable, *args, **kwargs):
     """`measure(*args, **kwargs)`, its wall seconds recorded as `timings[name]`."""
     started = time.perf_counter()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.goals import sentences_goals_met
-from bench.library import run_bench_sweep, start_ray
+from bench.library import closed, run_bench_sweep, start_ray
 from orchestrator.run_record import EXACT_RECALL, TEST_PREDICTIONS, base_metric
 from trials.config import objective_metric
 
@@ -87,11 +87,8 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
                                "general_retention": champion.general_retention},
         "sentences_answers": answers,
         "sentences_sweep": sweep,
-        "sentences_ray_init_seconds": ray_init,
-        "sentences_section_seconds": timings,
     })
-    results["sentences_goals_met"] = sentences_goals_met(results)
-    return results
+    return closed("sentences", results, timings, ray_init, sentences_goals_met)
 
 
 def _test_answers(run_id: str, work: Path) -> list[dict]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from orchestrator.run_record import DEFAULT_EXPERIMENT, DEFAULT_RETENTION_FLOOR
 from orchestrator.search_space import SearchSpace, check_points
-from trials.config import TrialConfig, load_config
+from trials.config import Share, TrialConfig, load_config
 from trials.methods.base import Strict
 
 
@@ -32,7 +32,7 @@ class AshaConfig(Strict):
     reduction_factor**k, and continue only in the top 1/reduction_factor of those recorded there."""
 
     enabled: bool = Field(True, description="Stop trials that trail at a rung (asynchronous successive halving).")
-    grace_period: int = Field(1, gt=0, description="Epochs every trial gets before it can be stopped.")
+    grace_period: PositiveInt = Field(1, description="Epochs every trial gets before it can be stopped.")
     reduction_factor: float = Field(4.0, gt=1, description="Keep the top 1/reduction_factor at each rung.")
     compare_by: Literal["auto", "val_answer_loss", "objective"] = Field(
         "auto", description="What rungs compare: the teacher-forced loss of the val answers (continuous, moves from "
@@ -45,8 +45,8 @@ class AshaConfig(Strict):
 
 
 class SweepConfig(Strict):
-    num_samples: int = Field(8, gt=0, description="Trials in the sweep.")
-    max_concurrent_trials: int | None = Field(None, gt=0, description="Cap on trials running at once.")
+    num_samples: PositiveInt = Field(8, description="Trials in the sweep.")
+    max_concurrent_trials: PositiveInt | None = Field(None, description="Cap on trials running at once.")
     time_budget_s: float | None = Field(None, gt=0, description="Stop the sweep after this many seconds (overnight).")
     seed: int = Field(0, description="Seeds the TPE sampler: same seed, same suggestions.")
     startup_trials: int = Field(4, ge=1, description="Random trials before TPE starts modelling the space.")
@@ -67,15 +67,15 @@ class SweepConfig(Strict):
     tracking_outage_wait_s: float = Field(
         600, ge=0, description="A tracking server that is down when the trials end: how long the sweep waits for it "
                                "to write what it kept, before it exits non-zero (the results stay in storage_path).")
-    retention_floor: float = Field(
-        DEFAULT_RETENTION_FLOOR, ge=0.0, le=1.0,
+    retention_floor: Share = Field(
+        DEFAULT_RETENTION_FLOOR,
         description="Incremental sweeps: a trial (and a promotion) must keep old-fact recall at least this share of "
                     "the starting adapter's on the same questions.")
-    general_floor: float = Field(
-        0.95, ge=0.0, le=1.0, description="A trial (and a promotion) must still answer at least this share of the "
-                                          "general probe's check questions the base model answered right "
-                                          "(general_retention); one below it ranks below every trial that keeps it. "
-                                          "Off when the base knows fewer than eval.general_min_known of them.")
+    general_floor: Share = Field(
+        0.95, description="A trial (and a promotion) must still answer at least this share of the general probe's "
+                          "check questions the base model answered right (general_retention); one below it ranks "
+                          "below every trial that keeps it. Off when the base knows fewer than "
+                          "eval.general_min_known of them.")
 
 
 class ExperimentConfig(TrialConfig):

@@ -94,8 +94,10 @@ def _default(field) -> str:
 
 
 def _bounds(field) -> str:
+    # The field's own constraints, and an optional type's (PositiveInt | None keeps Gt(0) in its Annotated arm).
+    arms = [get_args(arg)[1:] for arg in get_args(field.annotation) if get_origin(arg) is Annotated]
     found = []
-    for constraint in field.metadata:
+    for constraint in [*field.metadata, *(meta for arm in arms for meta in arm)]:
         for name, word in BOUNDS:
             value = getattr(constraint, name, None)
             if value is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from trials.methods import METHOD_NAMES, Method, check_base, default_method, method_of_adapter
 from trials.methods.base import Strict
@@ -22,6 +22,9 @@ EMBEDDED_MODELS = (EMBEDDED_MODEL, SMOLLM2_MODEL)
 # trials by; EvalConfig.objective lists the same keys.
 OBJECTIVE_METRICS = {"exact_recall": "exact_recall", "contains_recall": "contains_recall",
                      "token_f1": "token_f1", "rouge_l": "rouge_l_recall"}
+
+
+Share = Annotated[float, Field(ge=0.0, le=1.0)]  # a fraction of something, 0 to 1
 
 
 def objective_metric(objective: str | None) -> str:
@@ -88,9 +91,9 @@ class DataConfig(Strict):
 
 
 class TrainingConfig(Strict):
-    epochs: int = Field(10, gt=0, description="Passes over the training examples.")
-    batch_size: int = Field(16, gt=0, description="Examples per optimiser micro-batch.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimiser step.")
+    epochs: PositiveInt = Field(10, description="Passes over the training examples.")
+    batch_size: PositiveInt = Field(16, description="Examples per optimiser micro-batch.")
+    gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-batches per optimiser step.")
     optimizer: Literal["adamw", "sgd", "adafactor"] = Field(
         "adamw", description="The optimiser of the trainable parameters, at the method's learning rate: adamw "
                              "(torch.optim.AdamW); sgd (momentum 0.9: one state tensor a parameter where adamw "
@@ -109,12 +112,12 @@ class TrainingConfig(Strict):
         "sdpa", description="Attention kernel (transformers' attn_implementation); eager is faster on the CPU "
                             "for short QA sequences, sdpa everywhere else.")
     include_documents: bool = Field(True, description="Train on the document passages as well as the train QA pairs.")
-    replay_fraction: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of the old facts' train rows (data.retain) mixed into each epoch, "
+    replay_fraction: Share = Field(
+        0.0, description="Share of the old facts' train rows (data.retain) mixed into each epoch, "
                                          "drawn afresh every epoch: 0 = train on the new facts alone (the seed "
                                          "recipe's way), 1 = all old rows every epoch.")
-    general_replay: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of the general probe's protect rows (the base model's own replies "
+    general_replay: Share = Field(
+        0.0, description="Share of the general probe's protect rows (the base model's own replies "
                                          "to its protect questions and chat prompts) mixed into each epoch, drawn "
                                          "afresh every epoch: self-distillation that keeps what the base knew. "
                                          "0 = off. Needs eval.general.")
@@ -139,8 +142,8 @@ class TrainingConfig(Strict):
                                           "eligible factor keeping the most of those (the smallest on a tie) is "
                                           "kept, saved and measured. A smaller update forgets less of what the "
                                           "base knew (docs/general-knowledge.md). [] = off.")
-    adapter_shrink_tolerance: float = Field(
-        0.0, ge=0.0, le=1.0, description="How far below the full update's val objective a shrunk one may score "
+    adapter_shrink_tolerance: Share = Field(
+        0.0, description="How far below the full update's val objective a shrunk one may score "
                                          "and still be kept (training.adapter_shrink).")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val reaches this, by "
                                                                      "eval.objective's metric (exact recall by default).")
@@ -148,12 +151,12 @@ class TrainingConfig(Strict):
 
 
 class EvalConfig(Strict):
-    batch_size: int = Field(64, gt=0, description="Questions per batched greedy generation.")
-    max_new_tokens: int | None = Field(
-        None, gt=0, description="Generation limit; default = longest expected answer in tokens + 8."
+    batch_size: PositiveInt = Field(64, description="Questions per batched greedy generation.")
+    max_new_tokens: PositiveInt | None = Field(
+        None, description="Generation limit; default = longest expected answer in tokens + 8."
     )
-    max_train_questions: int | None = Field(
-        None, gt=0, description="Score train recall each epoch on at most this many train questions (all at the end)."
+    max_train_questions: PositiveInt | None = Field(
+        None, description="Score train recall each epoch on at most this many train questions (all at the end)."
     )
     general: Path | None = Field(
         DEFAULT_PROBE, description="The general-knowledge probe (trials/general.py): a directory holding "
