@@ -9,8 +9,8 @@ import pytest
 import torch
 from sweep_support import fast_config, runs_of, store, sweep_ray
 
-from orchestrator import tracking, warm_start
-from orchestrator.run_record import trial_params
+from orchestrator import run_record, warm_start
+from orchestrator.run_record import ADAPTER, METHOD_NAME, VAL_EXACT_RECALL, trial_params
 from orchestrator.search_space import DefineByRun, trial_config_for
 from orchestrator.sweep import run_sweep
 from trials.config import ConfigError
@@ -68,12 +68,12 @@ def test_a_sweep_searches_lokr_and_trains_it(tmp_path, monkeypatch):
     assert not outcome.failed
     client, parent, children = runs_of(uri, "lokr")
     assert parent.info.status == "FINISHED" and len(children) == 3
-    assert {run.data.params["method.name"] for run in children} == {"lokr"}
+    assert {run.data.params[METHOD_NAME] for run in children} == {"lokr"}
     for run in children:
-        with open(client.download_artifacts(run.info.run_id, "adapter/adapter_config.json")) as handle:
+        with open(client.download_artifacts(run.info.run_id, f"{ADAPTER}/adapter_config.json")) as handle:
             assert json.load(handle)["peft_type"] == "LOKR"
     # The seed point trains: its loss falls and it recalls val questions the random base cannot.
-    seeded = next(run for run in children if run.data.tags.get(tracking.ORIGIN) == "seed")
+    seeded = next(run for run in children if run.data.tags.get(run_record.ORIGIN) == warm_start.SEED)
     losses = [m.value for m in client.get_metric_history(seeded.info.run_id, "loss")]
     assert len(losses) == 3 and losses[-1] < losses[0] / 2
-    assert seeded.data.metrics["val_exact_recall"] > 0
+    assert seeded.data.metrics[VAL_EXACT_RECALL] > 0
