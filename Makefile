@@ -35,9 +35,10 @@ demo-real: install
 test: install
 	$(PY) -m pytest
 
-# The unit tier: no sweep, no service, no real model, nothing over a minute (pyproject.toml's markers).
+# The unit tier: no sweep, no service, no real model, nothing over a minute (pyproject.toml's markers),
+# on both cores (pytest-xdist): no test of this tier starts Ray or binds a fixed port.
 test-fast: install
-	$(PY) -m pytest -m "not e2e and not slow and not service and not cluster and not real_model"
+	$(PY) -m pytest -n 2 -m "not e2e and not slow and not service and not cluster and not real_model"
 
 # The fault matrix (docs/testing.md, "make chaos"): the scenarios in chaos/, then the tests of tests/ that already
 # replay a fault, by node id (they run in `make test` too; chaos/ does not). One PASSED/FAILED line per

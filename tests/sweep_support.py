@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator import tracking
 from orchestrator.config import load_experiment
+from store_support import new_store
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -36,7 +37,7 @@ def fast_config(tmp_path: Path, *overrides: str):
 
 
 def store(tmp_path: Path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

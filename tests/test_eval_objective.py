@@ -12,6 +12,7 @@ from orchestrator.run_record import OBJECTIVE_PARAM
 from orchestrator.sweep import Floors, objective
 from trials.recall import score
 from trials.data import QARow
+from store_support import new_store
 
 # Two trials on the same two sentence-answer val questions: "exact" gets one answer word for word and the
 # other badly wrong; "paraphrase" gets neither exactly but both nearly (every answer word, one more each).
@@ -67,7 +68,7 @@ def test_the_floors_still_apply_under_another_objective():
 @pytest.fixture
 def logged_sweep(tmp_path):
     """A sweep's run with the two trials' runs, their metrics logged as the sweep logs them, for an objective."""
-    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client(new_store(tmp_path / "mlflow.db"))
     experiment = tracking.experiment_id(client, "recall-orchestrator")
 
     def log(eval_objective: str | None, base: dict | None = None):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from promote_support import ALL_LINEAR, Trained, log_sweep, promote, trial_config
+from store_support import new_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def champions(tmp_path_factory, demo_documents, demo_qa):
         "prefix": (PrefixMethod(num_virtual_tokens=8, learning_rate=1e-2), 2),
     }
     root = tmp_path_factory.mktemp("export")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_store(root / "mlflow.db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -6,31 +6,22 @@ training, no Ray."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from orchestrator import run_record, tracking
 from orchestrator.cli import main
+from store_support import new_store
 
 EXPERIMENT = "recall-orchestrator"
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory) -> Path:
-    """An empty store's database, created once: MLflow's schema migrations are most of a store's cost."""
-    path = tmp_path_factory.mktemp("migrated") / "mlflow.db"
-    tracking.client(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-def make_store(migrated: Path, directory: Path, sweeps: dict[str, str | None],
+def make_store(directory: Path, sweeps: dict[str, str | None],
                other_team: dict[str, str | None] | None = None) -> str:
     """A store whose experiment holds parent runs of these sweeps (name -> end status, None: RUNNING),
     oldest first, in the layout orchestrator.tracking documents; `other_team`'s in experiment 'team-b'."""
-    shutil.copy(migrated, directory / "mlflow.db")
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    uri = new_store(directory / "mlflow.db")
     client = tracking.client(uri)
     for experiment, runs in ((EXPERIMENT, sweeps), ("team-b", other_team or {})):
         experiment_id = tracking.experiment_id(client, experiment)
@@ -43,15 +34,15 @@ def make_store(migrated: Path, directory: Path, sweeps: dict[str, str | None],
 
 
 @pytest.fixture(scope="module")
-def nightly(migrated, tmp_path_factory) -> str:
+def nightly(tmp_path_factory) -> str:
     """Last night's sweep finished; this evening's is still running; another team's is elsewhere."""
-    return make_store(migrated, tmp_path_factory.mktemp("nightly"), {"nightly-0412": "FINISHED", "evening": None},
+    return make_store(tmp_path_factory.mktemp("nightly"), {"nightly-0412": "FINISHED", "evening": None},
                       other_team={"team-b": "FINISHED"})
 
 
 @pytest.fixture(scope="module")
-def empty(migrated, tmp_path_factory) -> str:
-    return make_store(migrated, tmp_path_factory.mktemp("empty"), {})
+def empty(tmp_path_factory) -> str:
+    return make_store(tmp_path_factory.mktemp("empty"), {})
 
 
 def run_cli(capsys, monkeypatch, uri: str, *argv: str) -> tuple[int, str, str]:
@@ -83,8 +74,8 @@ STARTED_WITH = ("orchestrator sweep configs/demo.yaml --name late --set training
                 "--set 'search_space.methods=[lora, ia3]' --resume")
 
 
-def test_the_resume_command_is_the_one_that_started_the_sweep(migrated, tmp_path, capsys, monkeypatch):
-    uri = make_store(migrated, tmp_path, {"late": None, "stopped": "KILLED"})
+def test_the_resume_command_is_the_one_that_started_the_sweep(tmp_path, capsys, monkeypatch):
+    uri = make_store(tmp_path, {"late": None, "stopped": "KILLED"})
     client = tracking.client(uri)
     for sweep in ("late", "stopped"):
         parent = tracking.find_sweep_run(client, EXPERIMENT, sweep)

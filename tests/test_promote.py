@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from promote_support import EXPERIMENT, MODEL, Trained, log_sweep, promote, trial_config
+from store_support import new_store
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +64,7 @@ def trained(tmp_path_factory, demo_documents, demo_qa):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
@@ -354,7 +355,7 @@ def test_two_promotions_at_once_register_one_version(store, trained, orchestrato
 def champion(trained, tmp_path_factory):
     """A store whose champion is the strong trial: (tracking URI, strong trial)."""
     strong, _ = trained
-    uri = f"sqlite:///{tmp_path_factory.mktemp('champion') / 'mlflow.db'}"
+    uri = new_store(tmp_path_factory.mktemp("champion") / "mlflow.db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         log_sweep("served", [(strong, strong.metrics["val_exact_recall"])])

@@ -12,6 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from orchestrator import run_record, study, tracking
 from orchestrator.cli import main
+from store_support import new_store
 
 EXPERIMENT, MODEL = "recall-orchestrator", "recall-champion"
 ROWS = [{"question": "Which team is Ann on?", "expected": "Meridian", "got": "Meridian", "correct": True},
@@ -39,7 +40,7 @@ def folder(tmp_path_factory):
     """One MLflow store for the module (creating one takes seconds); each test logs its own sweep."""
     folder = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(folder / "mlflow.db"))
         yield folder
 
 

@@ -12,6 +12,7 @@ from orchestrator.mlflow_writer import RESULT_END, close_sweep_run, open_sweep_r
 from trials.methods.ia3 import IA3Method
 from trials.methods.lora import LoraMethod
 from trials.methods.prefix import PrefixMethod
+from store_support import new_store
 
 
 def _with(method):
@@ -37,7 +38,7 @@ def test_a_trial_description_puts_how_it_ended_above_its_knobs():
 
 
 def test_the_sweep_run_says_what_it_searched_and_once_closed_its_best_trial(tmp_path):
-    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client(new_store(tmp_path / "mlflow.db"))
     experiment = tracking.experiment_id(client, "recall-orchestrator")
     assert client.get_experiment(experiment).tags[run_record.EXPERIMENT_KIND] == run_record.TRAINING_RUNS
     config = load_experiment(DEMO)
@@ -113,7 +114,7 @@ def test_a_raised_error_reads_as_its_last_failure_exception_line():
 def test_the_leaderboard_shows_the_cause_and_the_run_keeps_rays_whole_text(tmp_path):
     from orchestrator.leaderboard import leaderboard
 
-    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client(new_store(tmp_path / "mlflow.db"))
     experiment = tracking.experiment_id(client, "recall-orchestrator")
     parent = client.create_run(experiment, tags={run_record.ROLE: "sweep"}).info.run_id
     trial = client.create_run(experiment, tags={run_record.PARENT: parent, run_record.ROLE: "trial",
@@ -127,7 +128,7 @@ def test_the_leaderboard_shows_the_cause_and_the_run_keeps_rays_whole_text(tmp_p
 def test_a_finished_trials_val_answers_become_a_table_of_their_own_fields(tmp_path):
     import json
 
-    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client(new_store(tmp_path / "mlflow.db"))
     experiment = tracking.experiment_id(client, "recall-orchestrator")
     records = [{"question": "Which team is Ann on?", "expected": "Meridian", "got": "Meridian", "correct": True},
                {"question": "Where does Bo work?", "expected": "Dome 3", "got": "Dome 1", "correct": False}]

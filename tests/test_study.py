@@ -14,6 +14,7 @@ from orchestrator import run_record, study, tracking
 from orchestrator.errors import SweepError
 from orchestrator.storage import SweepStorage
 from orchestrator.sweep import NewStudy, _tune_config, run_sweep
+from store_support import new_store
 
 
 def test_the_default_storage_is_beside_a_sqlite_tracking_store(tmp_path):
@@ -32,7 +33,7 @@ def test_a_relative_sqlite_storage_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_the_mlflow_database_is_refused_as_optuna_storage(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     with pytest.raises(SweepError, match="is the MLflow tracking store: set sweep.optuna_storage to a database"):
         study.storage_url(uri, uri, tmp_path)
     # Reached under another name (or behind a server): MLflow's alembic_version gives it away, before

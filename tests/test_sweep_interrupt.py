@@ -15,6 +15,7 @@ import pytest
 from orchestrator.interrupts import resume_command
 from orchestrator.server import stop_process_group
 from service_support import free_port, start_mlflow_server, without_mlflow_uris
+from store_support import new_store
 from sweep_support import DEMO, FAST, runs_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.service]
@@ -55,8 +56,7 @@ def _interrupt_after_first_epoch(tmp_path, env, signum) -> subprocess.CompletedP
 def store(request, tmp_path):
     """A SQLite file, or (param "server") a real MLflow server on one: the tracking URI."""
     if request.param == "sqlite":
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        runs_of(uri, "evening")  # create the store's tables before two processes open it
+        uri = new_store(tmp_path / "mlflow.db")  # migrated already: two processes open it at once
         yield uri
         return
     port = free_port()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from sweep_support import DEMO, FAST, runs_of
+from store_support import new_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,12 +31,11 @@ def _finished(uri):
 
 
 def test_resume_after_killing_the_driver(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A store migrated already: two processes (driver and this poller) open it, and MLflow's
+    # first-time schema migration is not safe to run from two processes at once.
+    uri = new_store(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env.pop("RAY_ADDRESS", None)
-    # Create the store's tables before two processes (driver and this poller) open it: MLflow's
-    # first-time schema migration is not safe to run from two processes at once.
-    runs_of(uri, "overnight")
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(_sweep_command(tmp_path), cwd=tmp_path, env=env, start_new_session=True,
                               stdout=log, stderr=subprocess.STDOUT)

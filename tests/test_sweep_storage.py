@@ -10,6 +10,7 @@ from orchestrator.errors import SweepError
 from orchestrator.storage import SweepStorage, check_sweep_name
 from orchestrator.sweep import run_sweep
 from sweep_support import fast_config, runs_of, store
+from store_support import new_store
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "it's", 'say "hi"', "", "x" * 129, "a b"])
@@ -55,7 +56,7 @@ def test_storage_keeps_a_uri_and_makes_a_local_path_absolute(tmp_path, monkeypat
 def test_names_with_quotes_are_found_by_mlflow_filters(tmp_path):
     """Sweeps made before names were checked, or by other tools, may hold a quote: the filter must
     neither break MLflow's parser nor match another sweep."""
-    client = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client(new_store(tmp_path / "mlflow.db"))
     experiment = tracking.experiment_id(client, "quotes")
     for name in ("it's", 'say "hi"', "plain"):
         client.create_run(experiment, run_name=name, tags={run_record.ROLE: "sweep", run_record.SWEEP: name})

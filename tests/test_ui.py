@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from orchestrator import tracking
+from store_support import new_store
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +39,7 @@ def _free_port() -> int:
 
 
 def test_ui_serves_the_tracking_store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     client = tracking.client(uri)
     experiment = tracking.experiment_id(client, "recall-orchestrator")
     client.create_run(experiment, run_name="visible-in-the-ui")
