@@ -303,7 +303,9 @@ class GeneralCheck:
 
 @torch.no_grad()
 def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf16: bool, batch_size: int) -> float:
-    """Mean per-token KL(base || model) on the labelled tokens: the adapter on, then disabled."""
+    """Mean per-token KL(base || model) on the labelled tokens: the adapter on, then disabled. A reply whose
+    prompt the model's adapter gate sends to the base (trials/gate.py) is the base's own: it drifts by 0."""
+    from trials.gate import routes
     from trials.model import autocast
     from trials.train import kl_per_token, labelled_logits
 
@@ -311,14 +313,17 @@ def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf1
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        inputs = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        chunk = examples[start : start + batch_size]
+        inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         labels = inputs.pop("labels")
+        to_adapter = torch.tensor(routes(model, [e.input_ids[: e.prompt_tokens] for e in chunk], pad_id, device,
+                                         bf16), device=device)
         with autocast(device, bf16):
             logits, targets = labelled_logits(model, inputs, labels)
             with model.disable_adapter():
                 base_logits, _ = labelled_logits(model, inputs, labels)
         mask = targets != IGNORE_INDEX
-        total += float(kl_per_token(logits, base_logits)[mask].sum())
+        total += float((kl_per_token(logits, base_logits) * to_adapter[:, None])[mask].sum())
         tokens += int(mask.sum())
     model.train(was_training)
     return total / max(tokens, 1)

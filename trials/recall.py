@@ -7,6 +7,7 @@ a threshold (TOKEN_F1_PASS, ROUGE_L_PASS).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
 import unicodedata
@@ -62,31 +63,51 @@ def generate_token_ids(
     bf16: bool = False, temperature: float = 0.0,
 ) -> list[list[int]]:
     """The new tokens of each answer, up to and including its EOS (none when the budget ran out): greedy,
-    as every score is measured, unless a served request asks for a `temperature` above 0."""
-    from trials.formatting import left_padded, prompt_ids
-    from trials.model import autocast
-    from trials.prefix_generation import prefix_aware_generation
+    as every score is measured, unless a served request asks for a `temperature` above 0.
+
+    A model with an adapter gate (trials/gate.py) answers each batch's questions the gate sends to the
+    base with its adapter disabled: a batch the gate sends whole one way is generated as one batch."""
+    from trials.formatting import prompt_ids
+    from trials.gate import base_only, routes
 
     was_training = model.training
     model.eval()
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     answers: list[list[int]] = []
     for start in range(0, len(questions), batch_size):
         prompts = [prompt_ids(tokenizer, q) for q in questions[start : start + batch_size]]
-        batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
-        with autocast(device, bf16), prefix_aware_generation(model):
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                **({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}),
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-            )
-        for row in output[:, batch["input_ids"].shape[1] :].tolist():
-            # Generation pads a finished answer to the batch's length: cut after its EOS.
-            answers.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+        to_adapter = routes(model, prompts, tokenizer.pad_token_id, device, bf16)
+        batch_answers: list[list[int]] = [[] for _ in prompts]
+        for adapter in sorted(set(to_adapter), reverse=True):
+            indices = [i for i, sent in enumerate(to_adapter) if sent == adapter]
+            with contextlib.nullcontext(model) if adapter else base_only(model) as answering:
+                generated = _generate_batch(answering, tokenizer, [prompts[i] for i in indices], max_new_tokens,
+                                            device, bf16, temperature)
+            for index, row in zip(indices, generated, strict=True):
+                batch_answers[index] = row
+        answers += batch_answers
     model.train(was_training)
     return answers
+
+
+def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device: torch.device,
+                    bf16: bool, temperature: float) -> list[list[int]]:
+    from trials.formatting import left_padded
+    from trials.model import autocast
+    from trials.prefix_generation import prefix_aware_generation
+
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
+    with autocast(device, bf16), prefix_aware_generation(model):
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            **({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}),
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )
+    # Generation pads a finished answer to the batch's length: cut after its EOS.
+    return [row[: row.index(eos_id) + 1] if eos_id in row else row
+            for row in output[:, batch["input_ids"].shape[1] :].tolist()]
 
 
 def contains_answer(generated: str, accepted: Sequence[str]) -> bool:

@@ -22,6 +22,7 @@ from trials.config import TrialConfig, objective_metric
 from trials.data import Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
+from trials.gate import Gate, attach, fit_gate, share_to_adapter
 from trials.general import GeneralCheck, base_answers, load_probe, protect_examples
 from trials.ledger import LEDGER, ledger_rows, read_jsonl
 from trials.model import attach_method, load_for
@@ -141,13 +142,41 @@ class TrialRun:
         base = (base_answers(loaded.model, self.tokenizer, self.probe, loaded.base_path, self.device, self.bf16,
                              config.eval.batch_size) if self.probe else None)
         self.general = GeneralCheck(self.tokenizer, self.probe, base) if self.probe else None
-        self.model = attach_method(loaded.model, config.method, config.training.gradient_checkpointing,
-                                   config.init_adapter)
+        # Fitted on the bare base before the adapter exists (trials/gate.py); it routes every answer after.
+        self.gate = self._fit_gate(loaded.model) if config.training.adapter_gate else None
+        self.model = attach(attach_method(loaded.model, config.method, config.training.gradient_checkpointing,
+                                          config.init_adapter), self.gate)
+        if self.gate:
+            self._measure_gate()
         self.trainable, self.total = count_parameters(self.model)
         self.log(f"{config.method.name}: {self.trainable:,} trainable of {self.total:,} parameters on {self.device}"
                  f"{' (bf16)' if self.bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
         self.trainer = self._trainer(base)
         self._question_sets()
+
+    def _fit_gate(self, base_model) -> Gate:
+        private = [row.question for row in self.knowledge.split("train")]
+        private += [row.question for row in self.retained.split("train")] if self.retained else []
+        general = [q.question for q in self.probe.questions if q.split == "protect"]
+        general += [p.prompt for p in self.probe.prompts if p.split == "protect"]
+        return fit_gate(base_model, self.tokenizer, private, general, batch_size=self.config.eval.batch_size,
+                        device=self.device, bf16=self.bf16)
+
+    def _measure_gate(self) -> None:
+        """Where the gate sends questions it did not learn from: val (and old facts' val) to the adapter, the
+        probe's check questions and prompts to the base. Once per trial (a resumed one has it already)."""
+        if self.progress.get("gate"):
+            return
+        private = [row.question for row in self.knowledge.split("val")]
+        private += [row.question for row in self.retained.split("val")] if self.retained else []
+        general = [q.question for q in self.probe.questions if q.split == "check"]
+        general += [p.prompt for p in self.probe.prompts if p.split == "check"]
+        options = {"batch_size": self.config.eval.batch_size, "device": self.device, "bf16": self.bf16}
+        to_adapter = share_to_adapter(self.model, self.tokenizer, private, **options)
+        to_base = 1.0 - share_to_adapter(self.model, self.tokenizer, general, **options)
+        self.progress["gate"] = {"gate_val_to_adapter": to_adapter, "gate_check_to_base": to_base}
+        self.log(f"adapter gate: {to_adapter:.3f} of {len(private)} val questions to the adapter, "
+                 f"{to_base:.3f} of {len(general)} general check questions and prompts to the base")
 
     def _trainer(self, base) -> Trainer:
         config, tokenizer = self.config, self.tokenizer
@@ -233,6 +262,7 @@ class TrialRun:
             **{f"train_{name}": value for name, value in scores.train.items()},
             **({f"retention_{name}": value for name, value in scores.retention.items()} if self.retention_rows else {}),
             **progress.get("parent", {}),
+            **progress.get("gate", {}),
             **scores.general,
             **scores.shrunk,
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
@@ -314,7 +344,7 @@ class TrialRun:
         return {
             "status": status,
             **{key: value for key, value in metrics.items()
-               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_", "adapter_"))},
+               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_", "adapter_", "gate_"))},
             "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
@@ -332,6 +362,8 @@ class TrialRun:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / "adapter")
         self.tokenizer.save_pretrained(directory / "adapter")
+        if self.gate:
+            self.gate.save(directory / "adapter")
         _write_jsonl(directory / "predictions_val.jsonl", self.val_records)
         _write_jsonl(directory / LEDGER, self.ledger)
         (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,139 @@
+"""The adapter gate: the adapter answers questions like the ones it was trained on, the base model the rest.
+
+Protection in training (trials/general.py) keeps most of what the base knew, not all: on SmolLM2 a
+protected trial still lost 4 to 16 of ~85 general questions the base answered right, each a first-token
+flip of a small model whose right answers sit close to wrong ones (docs/general-knowledge.md). The gate
+avoids the question instead of the flip. Before training, a logistic regression (scikit-learn) learns to
+tell the trial's private questions from general ones, on the base model's hidden state at a prompt's last
+token (a layer two thirds of the way up): positives are the train questions (and the old facts it keeps,
+`data.retain`), negatives the probe's `protect` questions and chat prompts, which training may see anyway.
+From then on every generation (val, test, the probe, `ask`, the registry model) goes through it: each
+question routed to the base is answered with the adapter disabled (peft's `disable_adapter()`), so it gets
+exactly the base model's reply. On SmolLM2 and the demo data it routes every val and test question to the
+adapter and every probe check question and prompt to the base (docs/general-knowledge.md, "The gate").
+
+It costs one forward pass over each batch's prompts, and it is saved beside the adapter (gate.json), where
+`trials.evaluate.load_trained` finds it. A merged export has no base left to route to, so it refuses a gated
+adapter (orchestrator/export.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trials.formatting import left_padded, prompt_ids
+from trials.model import autocast
+
+GATE_FILE = "gate.json"
+_ATTRIBUTE = "recall_gate"  # where a loaded model carries its gate
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A linear classifier on one layer's hidden state at the prompt's last token: standardised
+    ((h - mean) / scale), then weights . x + bias > 0 routes to the adapter."""
+
+    layer: int
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / GATE_FILE).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> Gate | None:
+        path = Path(directory) / GATE_FILE
+        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+
+    def to_adapter(self, states: torch.Tensor) -> list[bool]:
+        """For each row of hidden states (n x hidden): whether the adapter answers it."""
+        mean, scale, weights = (torch.tensor(values) for values in (self.mean, self.scale, self.weights))
+        return (((states.float() - mean) / scale) @ weights + self.bias > 0).tolist()
+
+
+def attach(model, gate: Gate | None):
+    """Make `model` (a peft model) route every generation through `gate`; None routes nothing."""
+    setattr(model, _ATTRIBUTE, gate)
+    return model
+
+
+def gate_of(model) -> Gate | None:
+    return getattr(model, _ATTRIBUTE, None)
+
+
+@contextlib.contextmanager
+def base_only(model):
+    """The model to call for the base model's computation: a prompt-learning model's own base (peft's
+    `generate` would add the prefix even with the adapter disabled), any other peft model with its
+    adapter disabled, a bare model as it is."""
+    if not hasattr(model, "disable_adapter"):
+        yield model
+    elif model.active_peft_config.is_prompt_learning:
+        yield model.get_base_model()
+    else:
+        with model.disable_adapter():
+            yield model
+
+
+@torch.no_grad()
+def prompt_states(model, prompts: list[list[int]], layer: int, pad_id: int, device: torch.device,
+                  bf16: bool) -> torch.Tensor:
+    """The base model's hidden states at each prompt's last token (left-padded: position -1), one batch."""
+    batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
+    # Positions counted from each prompt's first real token, as generation counts them: a prompt's state
+    # does not depend on the padding its batch gives it.
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with autocast(device, bf16), base_only(model) as base:
+        hidden = base(**batch, output_hidden_states=True).hidden_states[layer]
+    return hidden[:, -1].float().cpu()
+
+
+def routes(model, prompts: list[list[int]], pad_id: int, device: torch.device, bf16: bool) -> list[bool]:
+    """For each prompt (token ids) of one batch, whether the adapter answers it: all True without a gate."""
+    gate = gate_of(model)
+    if gate is None:
+        return [True] * len(prompts)
+    return gate.to_adapter(prompt_states(model, prompts, gate.layer, pad_id, device, bf16))
+
+
+def _states(model, tokenizer, questions: list[str], layer: int, batch_size: int, device, bf16) -> torch.Tensor:
+    prompts = [prompt_ids(tokenizer, question) for question in questions]
+    return torch.cat([prompt_states(model, prompts[start : start + batch_size], layer, tokenizer.pad_token_id,
+                                    device, bf16) for start in range(0, len(prompts), batch_size)])
+
+
+def fit_gate(model, tokenizer, private: list[str], general: list[str], *, batch_size: int, device: torch.device,
+             bf16: bool) -> Gate:
+    """A gate that sends `private` questions to the adapter and `general` ones to the base, learnt on the
+    base model's hidden states (`model` may already carry an adapter: it is disabled for this)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if not private or not general:
+        raise ValueError(f"the adapter gate needs private and general questions to learn from "
+                         f"(got {len(private)} and {len(general)})")
+    layer = round(model.config.num_hidden_layers * 2 / 3)
+    states = _states(model, tokenizer, [*private, *general], layer, batch_size, device, bf16).numpy()
+    labels = [1] * len(private) + [0] * len(general)
+    scaler = StandardScaler().fit(states)
+    # Balanced: the probe's protect part may be larger or smaller than a data set's train questions.
+    classifier = LogisticRegression(max_iter=2000, class_weight="balanced").fit(scaler.transform(states), labels)
+    # StandardScaler leaves a constant feature's scale at 1, so no division by 0 when routing.
+    return Gate(layer, scaler.mean_.tolist(), scaler.scale_.tolist(), classifier.coef_[0].tolist(),
+                float(classifier.intercept_[0]))
+
+
+def share_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool) -> float:
+    """The share of `questions` the model's gate sends to the adapter."""
+    gate = gate_of(model)
+    if gate is None or not questions:
+        return 1.0
+    sent = gate.to_adapter(_states(model, tokenizer, questions, gate.layer, batch_size, device, bf16))
+    return sum(sent) / len(sent)
