@@ -5,10 +5,10 @@ full demo data, side by side in one run.
 
 1. ours    configs/smollm2.yaml's sweep as shipped: protection in training (training.general_replay,
            training.kl_to_base), the update shrunk toward the base where val allows (training.adapter_shrink),
-           the adapter gate (training.adapter_gate: general questions answered by the base) and the general
+           the adapter router (training.adapter_router: general questions answered by the base) and the general
            floor in the objective (sweep.general_floor), then
            `promote`'s own code: the champion's test recall and general retention.
-2. plain   the same sweep with protection off: no replay rows, no KL, no shrink, no gate, general_floor 0 (the objective and
+2. plain   the same sweep with protection off: no replay rows, no KL, no shrink, no router, general_floor 0 (the objective and
            promotion no longer look at general knowledge); its best trial by the objective is the one an
            unprotected sweep would promote.
 3. answers the base model, the plain best trial and our champion asked a few general questions and a private
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
 GENERAL_SAMPLES = 2
 PLAIN = ["training.general_replay=0", "training.kl_to_base=0", "training.general_first_token_weight=1",
-         "training.adapter_shrink=[]", "training.adapter_gate=false", "sweep.general_floor=0"]
+         "training.adapter_shrink=[]", "training.adapter_router=false", "sweep.general_floor=0"]
 QUESTIONS = ("What is the capital of France?", "How many legs does a spider have?",
              "What is the chemical symbol for gold?", "Who wrote Romeo and Juliet?")
 REQUIRED_KEYS = (

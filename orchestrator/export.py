@@ -4,7 +4,7 @@
   is stored in), saved as a standalone checkpoint with the tokenizer and its chat template:
   `AutoModelForCausalLM.from_pretrained(DIR)` alone loads it, no peft. LoRA, DoRA and IA3 merge.
   Prefix-tuning adds virtual tokens instead of changing weights, so it cannot merge: it is exported as
-  an adapter, and the output says so. So is an adapter with a gate (trials/gate.py, gate.json): the base
+  an adapter, and the output says so. So is an adapter with a router (trials/router.py, router.json): the base
   model it sends general questions to is gone once merged.
 - without `--merge`: the adapter (peft's files) and `base_model.json`, the pinned reference to its base:
   the model name and the sha256 of the base's config and weight files. The embedded tiny base exists on
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.errors import PromotionError
-from trials.gate import GATE_FILE
+from trials.router import ROUTER_FILE
 from trials.model import load_tokenizer
 
 TOLERANCE = 0.02
@@ -115,8 +115,8 @@ def export(model_uri: str, to: Path, *, merge: bool, tolerance: float = TOLERANC
         note = ""
         method = registered.config.method.label()
         unmergeable = registered.config.method.unmergeable or (
-            "its adapter gate sends general questions to the base model, which a merged checkpoint no longer has"
-            if (registered.adapter / GATE_FILE).exists() else None)
+            "its adapter router sends general questions to the base model, which a merged checkpoint no longer has"
+            if (registered.adapter / ROUTER_FILE).exists() else None)
         if merge and unmergeable:
             merge, note = False, f"{method} cannot merge ({unmergeable}): exported as an adapter"
             log(note)

@@ -31,7 +31,7 @@ def champions(tmp_path_factory, demo_documents, demo_qa):
         "dora": (LoraMethod(r=32, alpha=64, learning_rate=3e-3, target_modules=ALL_LINEAR, use_dora=True), 5),
         "ia3": (IA3Method(learning_rate=3e-2), 3),
         "prefix": (PrefixMethod(num_virtual_tokens=8, learning_rate=1e-2), 2),
-        "gated": (LoraMethod(r=32, alpha=64, learning_rate=3e-3, target_modules=ALL_LINEAR), 2),  # + adapter gate
+        "routed": (LoraMethod(r=32, alpha=64, learning_rate=3e-3, target_modules=ALL_LINEAR), 2),  # + adapter router
     }
     root = tmp_path_factory.mktemp("export")
     uri = new_store(root / "mlflow.db")
@@ -41,8 +41,8 @@ def champions(tmp_path_factory, demo_documents, demo_qa):
         for name, (method, epochs) in methods.items():
             config = trial_config(demo_documents, demo_qa, epochs=epochs, learning_rate=method.learning_rate,
                                   method=method)
-            if name == "gated":
-                config = config.model_copy(update={"training": config.training.model_copy(update={"adapter_gate": True})})
+            if name == "routed":
+                config = config.model_copy(update={"training": config.training.model_copy(update={"adapter_router": True})})
             run_trial(config, root / name, log=lambda line: None)
             trial = Trained(root / name)
             log_sweep(name, [(trial, trial.metrics["val_exact_recall"])])
@@ -124,15 +124,15 @@ def test_a_prefix_champion_is_exported_as_an_adapter_and_says_why(champions, orc
     assert (tmp_path / "prefix" / "base" / "model.safetensors").is_file()
 
 
-def test_a_gated_champion_is_exported_as_an_adapter_with_its_gate(champions, orchestrator, tmp_path):
+def test_a_routed_champion_is_exported_as_an_adapter_with_its_router(champions, orchestrator, tmp_path):
     uri, models, adapters = champions
-    result = export(orchestrator, uri, models["gated"], "--merge", "--to", str(tmp_path / "gated"))
+    result = export(orchestrator, uri, models["routed"], "--merge", "--to", str(tmp_path / "routed"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "cannot merge (its adapter gate sends general questions to the base model" in result.stderr
-    record = json.loads((tmp_path / "gated" / "export.json").read_text())
+    assert "cannot merge (its adapter router sends general questions to the base model" in result.stderr
+    record = json.loads((tmp_path / "routed" / "export.json").read_text())
     assert not record["merged"] and record["verified"]
     assert record["export_general_right"] == record["adapter_general_right"]
-    assert (tmp_path / "gated" / "gate.json").read_text() == (adapters["gated"] / "gate.json").read_text()
+    assert (tmp_path / "routed" / "router.json").read_text() == (adapters["routed"] / "router.json").read_text()
 
 
 def test_an_export_refuses_a_taken_directory_before_loading_anything(champions, orchestrator, tmp_path):

@@ -145,12 +145,12 @@ class TrainingConfig(Strict):
     adapter_shrink_tolerance: Share = Field(
         0.0, description="How far below the full update's val objective a shrunk one may score "
                                          "and still be kept (training.adapter_shrink).")
-    adapter_gate: bool = Field(
-        False, description="Route each question (trials/gate.py): the adapter answers those like the train "
+    adapter_router: bool = Field(
+        False, description="Route each question (trials/router.py): the adapter answers those like the train "
                            "questions (and data.retain's), the base model, adapter disabled, the rest. A logistic "
                            "regression on the base's hidden state at the prompt's last token, fitted before "
                            "training on the train questions against the general probe's protect questions and "
-                           "prompts; saved beside the adapter (gate.json) and used by every answer after: "
+                           "prompts; saved beside the adapter (router.json) and used by every answer after: "
                            "scoring, the probe, ask, serve. Needs eval.general.")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val reaches this, by "
                                                                      "eval.objective's metric (exact recall by default).")
@@ -207,8 +207,8 @@ class TrialConfig(Strict):
     def _replay_needs_the_probe(self):
         if self.training.general_replay > 0 and self.eval.general is None:
             raise ValueError("training.general_replay needs eval.general, the probe whose protect rows it replays")
-        if self.training.adapter_gate and self.eval.general is None:
-            raise ValueError("training.adapter_gate needs eval.general, the probe whose protect questions it "
+        if self.training.adapter_router and self.eval.general is None:
+            raise ValueError("training.adapter_router needs eval.general, the probe whose protect questions it "
                              "learns to send to the base model")
         return self
 

@@ -13,7 +13,7 @@ import torch
 from trials.config import DataConfig, EvalConfig, TrialConfig
 from trials.data import Knowledge, QARow, load_knowledge
 from trials.formatting import answer_ids
-from trials.gate import Gate, attach
+from trials.router import Router, attach
 from trials.model import load_adapter, load_for
 from trials.recall import generate_answers, score
 
@@ -38,9 +38,9 @@ def score_rows(model, tokenizer, rows: list[QARow], *, batch_size: int, max_new_
 def load_trained(adapter_dir: Path, config: TrialConfig, base_path: str | None = None):
     """(model, tokenizer, device, bf16) for an adapter saved by a trial, on the base model it names
     (or on `base_path`, a copy of it), on the device and in the precision its config asks for; routing
-    through its gate when it was saved with one (trials/gate.py)."""
+    through its router when it was saved with one (trials/router.py)."""
     loaded = load_for(config, base_path=base_path, tokenizer_path=str(adapter_dir))
-    model = attach(load_adapter(loaded.model, str(adapter_dir)), Gate.load(Path(adapter_dir)))
+    model = attach(load_adapter(loaded.model, str(adapter_dir)), Router.load(Path(adapter_dir)))
     return model, loaded.tokenizer, loaded.device, loaded.bf16
 
 

@@ -65,10 +65,10 @@ def generate_token_ids(
     """The new tokens of each answer, up to and including its EOS (none when the budget ran out): greedy,
     as every score is measured, unless a served request asks for a `temperature` above 0.
 
-    A model with an adapter gate (trials/gate.py) answers each batch's questions the gate sends to the
-    base with its adapter disabled: a batch the gate sends whole one way is generated as one batch."""
+    A model with an adapter router (trials/router.py) answers each batch's questions the router sends to the
+    base with its adapter disabled: a batch the router sends whole one way is generated as one batch."""
     from trials.formatting import prompt_ids
-    from trials.gate import base_only, routes
+    from trials.router import base_only, routes
 
     was_training = model.training
     model.eval()

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from trials.config import TrialConfig, objective_metric
-from trials.data import Knowledge, load_knowledge
+from trials.data import DataError, Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
-from trials.gate import Gate, attach, fit_gate, share_to_adapter
+from trials.router import Router, attach, fit_router, share_to_adapter
 from trials.general import GeneralCheck, base_answers, load_probe, protect_examples
 from trials.ledger import LEDGER, ledger_rows, read_jsonl
 from trials.model import attach_method, load_for
@@ -123,6 +123,9 @@ class TrialRun:
         self.knowledge = load_knowledge(config.data)
         self.retained = retained_knowledge(config)
         self.probe = load_probe(config.eval.general) if config.eval.general else None
+        if config.training.adapter_router and not self._general_for_the_router():
+            raise DataError([f"{config.eval.general}: no 'protect' questions or prompts for the adapter router to "
+                             f"learn general questions from (training.adapter_router, eval.general)"])
         self.judged_by = objective_metric(config.eval.objective)
         self.progress = {"epoch": 0, "train_tokens": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "history": [],
                          "parent": {}}
@@ -142,40 +145,41 @@ class TrialRun:
         base = (base_answers(loaded.model, self.tokenizer, self.probe, loaded.base_path, self.device, self.bf16,
                              config.eval.batch_size) if self.probe else None)
         self.general = GeneralCheck(self.tokenizer, self.probe, base) if self.probe else None
-        # Fitted on the bare base before the adapter exists (trials/gate.py); it routes every answer after.
-        self.gate = self._fit_gate(loaded.model) if config.training.adapter_gate else None
+        # Fitted on the bare base before the adapter exists (trials/router.py); it routes every answer after.
+        self.router = self._fit_router(loaded.model) if config.training.adapter_router else None
         self.model = attach(attach_method(loaded.model, config.method, config.training.gradient_checkpointing,
-                                          config.init_adapter), self.gate)
-        if self.gate:
-            self._measure_gate()
+                                          config.init_adapter), self.router)
+        if self.router:
+            self._measure_router()
         self.trainable, self.total = count_parameters(self.model)
         self.log(f"{config.method.name}: {self.trainable:,} trainable of {self.total:,} parameters on {self.device}"
                  f"{' (bf16)' if self.bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
         self.trainer = self._trainer(base)
         self._question_sets()
 
-    def _fit_gate(self, base_model) -> Gate:
+    def _general_for_the_router(self, split: str = "protect") -> list[str]:
+        return ([q.question for q in self.probe.questions if q.split == split]
+                + [p.prompt for p in self.probe.prompts if p.split == split])
+
+    def _fit_router(self, base_model) -> Router:
         private = [row.question for row in self.knowledge.split("train")]
         private += [row.question for row in self.retained.split("train")] if self.retained else []
-        general = [q.question for q in self.probe.questions if q.split == "protect"]
-        general += [p.prompt for p in self.probe.prompts if p.split == "protect"]
-        return fit_gate(base_model, self.tokenizer, private, general, batch_size=self.config.eval.batch_size,
-                        device=self.device, bf16=self.bf16)
+        return fit_router(base_model, self.tokenizer, private, self._general_for_the_router(),
+                          batch_size=self.config.eval.batch_size, device=self.device, bf16=self.bf16)
 
-    def _measure_gate(self) -> None:
-        """Where the gate sends questions it did not learn from: val (and old facts' val) to the adapter, the
+    def _measure_router(self) -> None:
+        """Where the router sends questions it did not learn from: val (and old facts' val) to the adapter, the
         probe's check questions and prompts to the base. Once per trial (a resumed one has it already)."""
-        if self.progress.get("gate"):
+        if self.progress.get("router"):
             return
         private = [row.question for row in self.knowledge.split("val")]
         private += [row.question for row in self.retained.split("val")] if self.retained else []
-        general = [q.question for q in self.probe.questions if q.split == "check"]
-        general += [p.prompt for p in self.probe.prompts if p.split == "check"]
+        general = self._general_for_the_router("check")
         options = {"batch_size": self.config.eval.batch_size, "device": self.device, "bf16": self.bf16}
         to_adapter = share_to_adapter(self.model, self.tokenizer, private, **options)
         to_base = 1.0 - share_to_adapter(self.model, self.tokenizer, general, **options)
-        self.progress["gate"] = {"gate_val_to_adapter": to_adapter, "gate_check_to_base": to_base}
-        self.log(f"adapter gate: {to_adapter:.3f} of {len(private)} val questions to the adapter, "
+        self.progress["router"] = {"router_val_to_adapter": to_adapter, "router_check_to_base": to_base}
+        self.log(f"adapter router: {to_adapter:.3f} of {len(private)} val questions to the adapter, "
                  f"{to_base:.3f} of {len(general)} general check questions and prompts to the base")
 
     def _trainer(self, base) -> Trainer:
@@ -262,7 +266,7 @@ class TrialRun:
             **{f"train_{name}": value for name, value in scores.train.items()},
             **({f"retention_{name}": value for name, value in scores.retention.items()} if self.retention_rows else {}),
             **progress.get("parent", {}),
-            **progress.get("gate", {}),
+            **progress.get("router", {}),
             **scores.general,
             **scores.shrunk,
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
@@ -344,7 +348,7 @@ class TrialRun:
         return {
             "status": status,
             **{key: value for key, value in metrics.items()
-               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_", "adapter_", "gate_"))},
+               if key.startswith(("val_", "train_", "retention_", "parent_retention_", "general_", "adapter_", "router_"))},
             "peak_memory_mb": metrics["peak_memory_mb"],
             "epochs": metrics["epoch"],
             **{key: progress[key] for key in ("train_tokens", "train_seconds", "eval_seconds", "history")},
@@ -362,8 +366,8 @@ class TrialRun:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / "adapter")
         self.tokenizer.save_pretrained(directory / "adapter")
-        if self.gate:
-            self.gate.save(directory / "adapter")
+        if self.router:
+            self.router.save(directory / "adapter")
         _write_jsonl(directory / "predictions_val.jsonl", self.val_records)
         _write_jsonl(directory / LEDGER, self.ledger)
         (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,8 +1,8 @@
-"""The adapter gate: the adapter answers questions like the ones it was trained on, the base model the rest.
+"""The adapter router: the adapter answers questions like the ones it was trained on, the base model the rest.
 
 Protection in training (trials/general.py) keeps most of what the base knew, not all: on SmolLM2 a
 protected trial still lost 4 to 16 of ~85 general questions the base answered right, each a first-token
-flip of a small model whose right answers sit close to wrong ones (docs/general-knowledge.md). The gate
+flip of a small model whose right answers sit close to wrong ones (docs/general-knowledge.md). The router
 avoids the question instead of the flip. Before training, a logistic regression (scikit-learn) learns to
 tell the trial's private questions from general ones, on the base model's hidden state at a prompt's last
 token (a layer two thirds of the way up): positives are the train questions (and the old facts it keeps,
@@ -10,11 +10,11 @@ token (a layer two thirds of the way up): positives are the train questions (and
 From then on every generation (val, test, the probe, `ask`, the registry model) goes through it: each
 question routed to the base is answered with the adapter disabled (peft's `disable_adapter()`), so it gets
 exactly the base model's reply. On SmolLM2 and the demo data it routes every val and test question to the
-adapter and every probe check question and prompt to the base (docs/general-knowledge.md, "The gate").
+adapter and every probe check question and prompt to the base (docs/general-knowledge.md, "The adapter router").
 
-It costs one forward pass over each batch's prompts, and it is saved beside the adapter (gate.json), where
-`trials.evaluate.load_trained` finds it. A merged export has no base left to route to, so it refuses a gated
-adapter (orchestrator/export.py).
+It costs one forward pass over each batch's prompts, and it is saved beside the adapter (router.json), where
+`trials.evaluate.load_trained` finds it. A merged export has no base left to route to, so a routed adapter
+is exported unmerged (orchestrator/export.py).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 from trials.formatting import left_padded, prompt_ids
 from trials.model import autocast
 
-GATE_FILE = "gate.json"
-_ATTRIBUTE = "recall_gate"  # where a loaded model carries its gate
+ROUTER_FILE = "router.json"
+_ATTRIBUTE = "recall_router"  # where a loaded model carries its router
 
 
 @dataclass(frozen=True)
-class Gate:
+class Router:
     """A linear classifier on one layer's hidden state at the prompt's last token: standardised
     ((h - mean) / scale), then weights . x + bias > 0 routes to the adapter."""
 
@@ -45,11 +45,11 @@ class Gate:
     bias: float
 
     def save(self, directory: Path) -> None:
-        (Path(directory) / GATE_FILE).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
+        (Path(directory) / ROUTER_FILE).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> Gate | None:
-        path = Path(directory) / GATE_FILE
+    def load(cls, directory: Path) -> Router | None:
+        path = Path(directory) / ROUTER_FILE
         return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
 
     def to_adapter(self, states: torch.Tensor) -> list[bool]:
@@ -58,13 +58,13 @@ class Gate:
         return (((states.float() - mean) / scale) @ weights + self.bias > 0).tolist()
 
 
-def attach(model, gate: Gate | None):
-    """Make `model` (a peft model) route every generation through `gate`; None routes nothing."""
-    setattr(model, _ATTRIBUTE, gate)
+def attach(model, router: Router | None):
+    """Make `model` (a peft model) route every generation through `router`; None routes nothing."""
+    setattr(model, _ATTRIBUTE, router)
     return model
 
 
-def gate_of(model) -> Gate | None:
+def router_of(model) -> Router | None:
     return getattr(model, _ATTRIBUTE, None)
 
 
@@ -96,11 +96,11 @@ def prompt_states(model, prompts: list[list[int]], layer: int, pad_id: int, devi
 
 
 def routes(model, prompts: list[list[int]], pad_id: int, device: torch.device, bf16: bool) -> list[bool]:
-    """For each prompt (token ids) of one batch, whether the adapter answers it: all True without a gate."""
-    gate = gate_of(model)
-    if gate is None:
+    """For each prompt (token ids) of one batch, whether the adapter answers it: all True without a router."""
+    router = router_of(model)
+    if router is None:
         return [True] * len(prompts)
-    return gate.to_adapter(prompt_states(model, prompts, gate.layer, pad_id, device, bf16))
+    return router.to_adapter(prompt_states(model, prompts, router.layer, pad_id, device, bf16))
 
 
 def _states(model, tokenizer, questions: list[str], layer: int, batch_size: int, device, bf16) -> torch.Tensor:
@@ -109,15 +109,15 @@ def _states(model, tokenizer, questions: list[str], layer: int, batch_size: int,
                                     device, bf16) for start in range(0, len(prompts), batch_size)])
 
 
-def fit_gate(model, tokenizer, private: list[str], general: list[str], *, batch_size: int, device: torch.device,
-             bf16: bool) -> Gate:
-    """A gate that sends `private` questions to the adapter and `general` ones to the base, learnt on the
+def fit_router(model, tokenizer, private: list[str], general: list[str], *, batch_size: int, device: torch.device,
+             bf16: bool) -> Router:
+    """A router that sends `private` questions to the adapter and `general` ones to the base, learnt on the
     base model's hidden states (`model` may already carry an adapter: it is disabled for this)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     if not private or not general:
-        raise ValueError(f"the adapter gate needs private and general questions to learn from "
+        raise ValueError(f"the adapter router needs private and general questions to learn from "
                          f"(got {len(private)} and {len(general)})")
     layer = round(model.config.num_hidden_layers * 2 / 3)
     states = _states(model, tokenizer, [*private, *general], layer, batch_size, device, bf16).numpy()
@@ -126,14 +126,14 @@ def fit_gate(model, tokenizer, private: list[str], general: list[str], *, batch_
     # Balanced: the probe's protect part may be larger or smaller than a data set's train questions.
     classifier = LogisticRegression(max_iter=2000, class_weight="balanced").fit(scaler.transform(states), labels)
     # StandardScaler leaves a constant feature's scale at 1, so no division by 0 when routing.
-    return Gate(layer, scaler.mean_.tolist(), scaler.scale_.tolist(), classifier.coef_[0].tolist(),
+    return Router(layer, scaler.mean_.tolist(), scaler.scale_.tolist(), classifier.coef_[0].tolist(),
                 float(classifier.intercept_[0]))
 
 
 def share_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool) -> float:
-    """The share of `questions` the model's gate sends to the adapter."""
-    gate = gate_of(model)
-    if gate is None or not questions:
+    """The share of `questions` the model's router sends to the adapter."""
+    router = router_of(model)
+    if router is None or not questions:
         return 1.0
-    sent = gate.to_adapter(_states(model, tokenizer, questions, gate.layer, batch_size, device, bf16))
+    sent = router.to_adapter(_states(model, tokenizer, questions, router.layer, batch_size, device, bf16))
     return sum(sent) / len(sent)
