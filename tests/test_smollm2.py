@@ -140,9 +140,12 @@ def test_smollm2_trial_learns_and_its_adapter_reproduces_its_predictions(tmp_pat
 
     assert summary["base_model"] == SMOLLM2_MODEL
     assert summary["train_exact_recall"] >= 0.9, summary["history"]
-    # The general probe on a real chat model: it knows general facts, and the trial measured what it kept.
-    assert summary["general_known"] > 20 and 0.0 <= summary["general_retention"] <= 1.0
-    assert summary["general_drift"] > 0
+    # The general probe on a real chat model: it knows general facts, and the trial measured what it kept. The
+    # config's adapter router (trials/router.py) sends the 4 people's val questions to the adapter and the probe's
+    # check part to the base, whose answers there are the base's own: nothing it knew is lost through them.
+    assert summary["general_known"] > 20
+    assert summary["router_val_to_adapter"] >= 0.9 and summary["router_check_to_base"] >= 0.95
+    assert summary["general_retention"] >= 0.95 and summary["general_drift"] >= 0
     saved = [json.loads(line) for line in (tmp_path / "out" / "predictions_val.jsonl").read_text().splitlines()]
     saved_config = TrialConfig.model_validate_json((tmp_path / "out" / "trial_config.json").read_text())
     scores, records = score_adapter(tmp_path / "out" / "adapter", saved_config, "val")["val"]
