@@ -3,12 +3,11 @@ full demo data, side by side in one run.
 
     python -m bench.run --sections general --keep     # about 35 minutes on 2 idle cores
 
-1. ours    configs/smollm2.yaml's sweep as shipped: protection in training (training.general_replay,
-           training.kl_to_base), the update shrunk toward the base where val allows (training.adapter_shrink),
-           the adapter router (training.adapter_router: general questions answered by the base) and the general
-           floor in the objective (sweep.general_floor), then
+1. ours    configs/smollm2.yaml's sweep as shipped: the adapter router (training.adapter_router: general
+           questions answered by the base model, adapter disabled) and the general floor in the objective
+           (sweep.general_floor), with whatever protection in training the config turns on, then
            `promote`'s own code: the champion's test recall and general retention.
-2. plain   the same sweep with protection off: no replay rows, no KL, no shrink, no router, general_floor 0 (the objective and
+2. plain   the same sweep with protection off: no router, no replay rows, no KL, no shrink, general_floor 0 (the objective and
            promotion no longer look at general knowledge); its best trial by the objective is the one an
            unprotected sweep would promote.
 3. answers the base model, the plain best trial and our champion asked a few general questions and a private
@@ -27,7 +26,8 @@ from pathlib import Path
 from bench.goals import general_goals_met
 from bench.library import closed, run_bench_sweep, start_ray
 from orchestrator.run_record import (ADAPTER, BASE_GENERAL_CHECK, BASE_GENERAL_KNOWN, EXACT_RECALL, GENERAL_DRIFT,
-                                     GENERAL_RETENTION, OBJECTIVE, TRIAL_CONFIG, base_metric)
+                                     GENERAL_RETENTION, OBJECTIVE, ROUTER_CHECK_TO_BASE, ROUTER_VAL_TO_ADAPTER,
+                                     TRIAL_CONFIG, base_metric)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
@@ -48,7 +48,8 @@ def _best(sweep: dict, client) -> dict:
     runs = {t["run_id"]: client.get_run(t["run_id"]).data.metrics for t in finished}
     best = max(finished, key=lambda t: runs[t["run_id"]].get(OBJECTIVE, -2))
     metrics = runs[best["run_id"]]
-    return {**best, **{key: metrics.get(key) for key in (OBJECTIVE, GENERAL_RETENTION, GENERAL_DRIFT)}}
+    return {**best, **{key: metrics.get(key) for key in (OBJECTIVE, GENERAL_RETENTION, GENERAL_DRIFT,
+                                                         ROUTER_VAL_TO_ADAPTER, ROUTER_CHECK_TO_BASE)}}
 
 
 def _answers(adapter_run_id: str | None, config, work: Path, questions: list[str]) -> list[str]:
@@ -127,7 +128,8 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
         "general_drift_plain": best_plain[GENERAL_DRIFT],
         "general_champion_test_recall": champion.test_recall,
         "general_champion_general_retention": champion.general_retention,
-        "general_protection": {"general_replay": ours.training.general_replay, "kl_to_base": ours.training.kl_to_base,
+        "general_protection": {"adapter_router": ours.training.adapter_router,
+                               "general_replay": ours.training.general_replay, "kl_to_base": ours.training.kl_to_base,
                                "general_first_token_weight": ours.training.general_first_token_weight,
                                "adapter_shrink": ours.training.adapter_shrink,
                                "general_floor": ours.sweep.general_floor},

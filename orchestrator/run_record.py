@@ -87,6 +87,8 @@ PARENT_EXACT_RECALL = f"parent_{EXACT_RECALL}"
 # General knowledge (trials/general.py): the base's known check questions a trial kept, how far it drifted,
 # how many it knows; the base model's own, on the sweep's run.
 GENERAL_RETENTION, GENERAL_DRIFT, GENERAL_KNOWN = "general_retention", "general_drift", "general_known"
+# Where a trial's adapter router (trials/router.py) sends the questions it did not learn from.
+ROUTER_VAL_TO_ADAPTER, ROUTER_CHECK_TO_BASE = "router_val_to_adapter", "router_check_to_base"
 BASE_GENERAL_KNOWN, BASE_GENERAL_CHECK = "base_general_known", "base_general_check"
 
 # -- params --------------------------------------------------------------------------------------------

@@ -131,11 +131,7 @@ def test_smollm2_trial_learns_and_its_adapter_reproduces_its_predictions(tmp_pat
     config_path = repo_root / "configs" / "smollm2.yaml"
     data = load_experiment(config_path).data
     slice_overrides = first_people(tmp_path / "data", data.documents, data.qa, people=4)
-    # A tenth of the probe's protect rows (~23 a epoch): in proportion to the 4 people's 24 questions. No
-    # shrink: each factor it tries asks the probe again (minutes on SmolLM2); tests/test_shrink.py runs it
-    # end to end on the tiny model with a probe that model knows.
-    config = load_experiment(config_path, [*slice_overrides, "training.epochs=8", "training.general_replay=0.1",
-                                           "training.adapter_shrink=[]"]).trial_config()
+    config = load_experiment(config_path, [*slice_overrides, "training.epochs=8"]).trial_config()
     summary = run_trial(config, tmp_path / "out", log=lambda line: None)
 
     assert summary["base_model"] == SMOLLM2_MODEL
