@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.errors import PromotionError
-from trials.router import ROUTER_FILE
 from trials.model import load_tokenizer
+from trials.router import ROUTER_FILE
 
 TOLERANCE = 0.02
 BASE_DIR, BASE_REFERENCE, RECORD = "base", "base_model.json", "export.json"

@@ -11,12 +11,12 @@ import torch
 from orchestrator.config import load_experiment
 from trials.config import ConfigError
 from trials.data import load_knowledge
-from trials.router import ROUTER_FILE, Router, attach, fit_router, router_of, share_to_adapter
 from trials.general import DEFAULT_PROBE, GeneralCheck, base_answers, drift, load_probe
 from trials.methods.lora import LoraMethod
 from trials.methods.prefix import PrefixMethod
 from trials.model import attach_method, load_base_model, load_tokenizer
 from trials.recall import generate_token_ids
+from trials.router import ROUTER_FILE, Router, attach, fit_router, router_of, share_to_adapter
 
 CPU = torch.device("cpu")
 

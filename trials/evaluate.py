@@ -13,9 +13,9 @@ import torch
 from trials.config import DataConfig, EvalConfig, TrialConfig
 from trials.data import Knowledge, QARow, load_knowledge
 from trials.formatting import answer_ids
-from trials.router import Router, attach
 from trials.model import load_adapter, load_for
 from trials.recall import generate_answers, score
+from trials.router import Router, attach
 
 
 def generation_budget(tokenizer, knowledge: Knowledge, eval_config: EvalConfig,

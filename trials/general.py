@@ -305,8 +305,8 @@ class GeneralCheck:
 def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf16: bool, batch_size: int) -> float:
     """Mean per-token KL(base || model) on the labelled tokens: the adapter on, then disabled. A reply whose
     prompt the model's adapter router sends to the base (trials/router.py) is the base's own: it drifts by 0."""
-    from trials.router import routes
     from trials.model import autocast
+    from trials.router import routes
     from trials.train import kl_per_token, labelled_logits
 
     was_training = model.training

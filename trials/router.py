@@ -110,7 +110,7 @@ def _states(model, tokenizer, questions: list[str], layer: int, batch_size: int,
 
 
 def fit_router(model, tokenizer, private: list[str], general: list[str], *, batch_size: int, device: torch.device,
-             bf16: bool) -> Router:
+               bf16: bool) -> Router:
     """A router that sends `private` questions to the adapter and `general` ones to the base, learnt on the
     base model's hidden states (`model` may already carry an adapter: it is disabled for this)."""
     from sklearn.linear_model import LogisticRegression
@@ -127,7 +127,7 @@ def fit_router(model, tokenizer, private: list[str], general: list[str], *, batc
     classifier = LogisticRegression(max_iter=2000, class_weight="balanced").fit(scaler.transform(states), labels)
     # StandardScaler leaves a constant feature's scale at 1, so no division by 0 when routing.
     return Router(layer, scaler.mean_.tolist(), scaler.scale_.tolist(), classifier.coef_[0].tolist(),
-                float(classifier.intercept_[0]))
+                  float(classifier.intercept_[0]))
 
 
 def share_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool) -> float:

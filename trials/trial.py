@@ -22,11 +22,11 @@ from trials.config import TrialConfig, objective_metric
 from trials.data import DataError, Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
-from trials.router import Router, attach, fit_router, share_to_adapter
 from trials.general import GeneralCheck, base_answers, load_probe, protect_examples
 from trials.ledger import LEDGER, ledger_rows, read_jsonl
 from trials.model import attach_method, load_for
 from trials.recall import metrics_of
+from trials.router import Router, attach, fit_router, share_to_adapter
 from trials.shrink import Verdict, choose_shrink
 from trials.train import AnswerLoss, EpochStats, Trainer, answer_loss
 
