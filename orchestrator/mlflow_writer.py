@@ -223,7 +223,7 @@ class MlflowTrials(Callback):
         training = self.base["training"]
         # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
         judged_by = split_metric("val", objective_metric(self.base['eval'].get('objective')))
-        ended_itself = (last.get("epoch", 0) >= training["epochs"]
+        ended_itself = (last.get("epoch", 0) >= training["epochs"] or last.get("plateaued")
                         or last.get(judged_by, 0.0) >= training["stop_at_val_recall"])
         out_of_time = self.deadline is not None and time.time() >= self.deadline
         stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"

@@ -16,7 +16,7 @@ from trials.methods.lora import LoraMethod
 from trials.methods.prefix import PrefixMethod
 from trials.model import attach_method, load_base_model, load_tokenizer
 from trials.recall import generate_token_ids
-from trials.router import ROUTER_FILE, Router, attach, fit_router, router_of, share_to_adapter
+from trials.router import ROUTER_FILE, Router, attach, fit_router, routed_and_measured, router_of, share_to_adapter
 
 CPU = torch.device("cpu")
 
@@ -62,6 +62,30 @@ def test_the_router_learns_the_private_questions_from_the_general_ones(tokenizer
     router.save(tmp_path)
     assert Router.load(tmp_path) == router and json.loads((tmp_path / ROUTER_FILE).read_text())["layer"] == router.layer
     assert Router.load(tmp_path / "nowhere") is None
+
+
+def test_a_fitted_router_and_its_measurement_are_cached_for_the_next_trial(tokenizer_path, demo_and_probe,
+                                                                            tmp_path, monkeypatch):
+    """A sweep's trials fit the same router: the second asks the cache, not the model; other questions refit."""
+    import trials.router
+
+    monkeypatch.setenv("RECALL_CACHE", str(tmp_path))
+    knowledge, probe = demo_and_probe
+    model, tokenizer = _tiny(tokenizer_path)
+    asked = {"private": [row.question for row in knowledge.split("train")],
+             "general": [q.question for q in probe.questions if q.split == "protect"],
+             "unseen_private": [row.question for row in knowledge.split("val")],
+             "unseen_general": [q.question for q in probe.questions if q.split == "check"]}
+    options = {**asked, "base_path": tokenizer_path, "batch_size": 64, "device": CPU, "bf16": False}
+    fitted, measured = routed_and_measured(model, tokenizer, **options)
+    assert measured["router_val_to_adapter"] >= 0.9 and measured["router_check_to_base"] >= 0.9
+    assert fitted == fit_router(model, tokenizer, asked["private"], asked["general"], batch_size=64, device=CPU,
+                                bf16=False)
+    fits = []
+    monkeypatch.setattr(trials.router, "fit_router", lambda *args, **kwargs: fits.append(args) or fitted)
+    assert routed_and_measured(model, tokenizer, **options) == (fitted, measured) and fits == []
+    routed_and_measured(model, tokenizer, **{**options, "private": asked["private"][1:]})
+    assert len(fits) == 1  # one train question fewer is another router
 
 
 @pytest.mark.parametrize("method", [LoraMethod(r=8, alpha=16, learning_rate=1e-2),

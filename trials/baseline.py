@@ -7,17 +7,16 @@ must keep (trials/general.py) and may already answer some "private" questions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
 from trials.config import TrialConfig
 from trials.data import load_knowledge
 from trials.evaluate import generation_budget, score_rows
-from trials.general import _model_identity, base_answers, cached_base_answers, load_probe, write_json_atomically
-from trials.model import load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
-from trials.model_cache import cache_root
+from trials.general import base_answers, cached_base_answers, load_probe
 from trials.ledger import score_and_pass
+from trials.model import load_base_model, load_tokenizer, pick_device, resolve_model, use_bf16
+from trials.model_cache import json_cache_path, model_identity, write_json_atomically
 from trials.recall import metrics_of
 
 RECIPE = 1  # bump when what is cached (or how it is computed) changes
@@ -51,9 +50,8 @@ class BasePass:
 
 def _private_path(config: TrialConfig, base_path: str, fingerprint: str, budget: int, bf16: bool):
     """Where the base's answers to the private questions are cached: everything that changes them is in the key."""
-    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), fingerprint, budget, bf16,
-                                     config.eval.batch_size, config.training.attention]).encode()).hexdigest()[:16]
-    return cache_root() / "base" / f"{key}.json"
+    return json_cache_path("base", RECIPE, model_identity(base_path), fingerprint, budget, bf16,
+                           config.eval.batch_size, config.training.attention)
 
 
 def base_pass(config: TrialConfig) -> BasePass:

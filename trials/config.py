@@ -154,6 +154,10 @@ class TrainingConfig(Strict):
                            "scoring, the probe, ask, serve. Needs eval.general.")
     stop_at_val_recall: float = Field(1.0, gt=0.0, le=1.0, description="Stop once val reaches this, by "
                                                                      "eval.objective's metric (exact recall by default).")
+    patience: PositiveInt | None = Field(
+        None, description="Stop once the val objective (eval.objective's metric) has not beaten its best for this "
+                          "many epochs in a row: training.epochs is then a maximum. The adapter of the last epoch "
+                          "is the one saved. null = off, every trial runs its epochs.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = the GPU assigned to this process, else CPU.")
 
 

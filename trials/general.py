@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +41,7 @@ import torch
 
 from trials.data import DataError, QARow, _read_text
 from trials.formatting import IGNORE_INDEX, Example, collate, prompt_ids
-from trials.model_cache import cache_root
+from trials.model_cache import json_cache_path, model_identity, write_json_atomically
 from trials.recall import generate_token_ids, normalize
 
 DEFAULT_PROBE = Path(__file__).resolve().parent.parent / "data" / "general"
@@ -176,11 +174,6 @@ class BaseAnswers:
         return sum(k for k, q in zip(self.known, probe.questions, strict=True) if split in (None, q.split))
 
 
-def _model_identity(base_path: str) -> str:
-    config = Path(base_path) / "config.json"
-    return base_path + (hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else "")
-
-
 def _generate(model, tokenizer, prompts: list[str], budget: int, batch_size: int, device, bf16):
     ids = generate_token_ids(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=budget,
                              device=device, bf16=bf16)
@@ -188,9 +181,8 @@ def _generate(model, tokenizer, prompts: list[str], budget: int, batch_size: int
 
 
 def _answers_path(probe: Probe, base_path: str, bf16: bool, batch_size: int) -> Path:
-    key = hashlib.sha256(json.dumps([RECIPE, _model_identity(base_path), probe.fingerprint, ANSWER_TOKENS,
-                                     CHAT_TOKENS, bf16, batch_size]).encode()).hexdigest()[:16]
-    return cache_root() / "general" / f"{key}.json"
+    return json_cache_path("general", RECIPE, model_identity(base_path), probe.fingerprint, ANSWER_TOKENS,
+                           CHAT_TOKENS, bf16, batch_size)
 
 
 def cached_base_answers(probe: Probe, base_path: str, bf16: bool, batch_size: int) -> BaseAnswers | None:
@@ -236,15 +228,6 @@ def _right(model, tokenizer, questions: list[ProbeQuestion], indices: list[int],
     replies, _ = _generate(model, tokenizer, [questions[i].question for i in indices], ANSWER_TOKENS, batch_size,
                            device, bf16)
     return [mentions(reply, questions[i].accepted) for i, reply in zip(indices, replies, strict=True)]
-
-
-def write_json_atomically(path: Path, obj) -> None:
-    """A cache file appears whole or not at all: two sweeps starting at once may both write it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".writing-", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(obj, file)
-    os.replace(staging, path)
 
 
 def reply_example(tokenizer, prompt: str, reply_ids: list[int], distill: bool = False) -> Example:

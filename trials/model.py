@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,19 +79,54 @@ class Loaded:
     base_path: str  # the path the base model loaded from (an embedded model's cache directory)
 
 
-def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: str | None = None) -> Loaded:
+def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: str | None = None,
+             reuse: bool = False) -> Loaded:
     """The base model `config.model` on the device, in the precision and with the attention kernel that
     `config.training` asks for, and its tokenizer.
 
     `base_path`: a copy of that base to load instead (a registered or exported one); `tokenizer_path`:
-    a tokenizer saved beside an adapter, whose chat template may differ from the base's.
+    a tokenizer saved beside an adapter, whose chat template may differ from the base's. `reuse`: the base
+    kept by `keep_base` after this process's last trial, when it is the same one (a trial's own path).
     """
     device = pick_device(config.training)
     bf16 = use_bf16(config.training, device)
     base_path = base_path or resolve_model(config.model)
     tokenizer = load_tokenizer(tokenizer_path or base_path)
-    model = load_base_model(base_path, device, bf16, config.training.attention)
+    key = (base_path, str(device), bf16, config.training.attention)
+    model = _kept.pop(key, None) if reuse and reuse_enabled() else None
+    _kept.clear()  # one base kept at most: a different one's weights are let go
+    if model is None:
+        model = load_base_model(base_path, device, bf16, config.training.attention)
+        _use_cache[key] = model.config.use_cache
     return Loaded(tokenizer, model, device, bf16, base_path)
+
+
+# The base model a finished trial gives back, for the next trial in the same process: Ray Tune runs a sweep's
+# trials in reused workers (reuse_actors), so a sweep loads its base once per worker, not once per trial.
+# Keyed by (path, device, precision, attention); RECALL_REUSE_BASE=0 turns reuse off.
+_kept: dict[tuple, Any] = {}
+_use_cache: dict[tuple, bool] = {}  # each base's own config.use_cache, which attach_method changes
+
+
+def reuse_enabled() -> bool:
+    return os.environ.get("RECALL_REUSE_BASE", "1") != "0"
+
+
+def keep_base(peft_model, loaded: Loaded, attention: str) -> None:
+    """Take the adapter out of a finished trial's model (peft's `unload`: its layers removed, nothing merged;
+    a prompt-learning method never changed the base) and keep the bare base, exactly as loaded, for the next
+    trial of this process."""
+    if not reuse_enabled():
+        return
+    key = (loaded.base_path, str(loaded.device), loaded.bf16, attention)
+    base = peft_model.get_base_model() if peft_model.active_peft_config.is_prompt_learning else peft_model.unload()
+    if getattr(base, "is_gradient_checkpointing", False):
+        base.gradient_checkpointing_disable()
+    base.config.use_cache = _use_cache.get(key, True)
+    base.requires_grad_(True)  # as from_pretrained gives it; attach_method freezes it again
+    base.eval()
+    _kept.clear()
+    _kept[key] = base
 
 
 def autocast(device: torch.device, bf16: bool):

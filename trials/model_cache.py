@@ -6,6 +6,8 @@ that is renamed into place, so a reader sees either no model or a whole one, nev
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +20,27 @@ COMPLETE_MARKER = "config.json"
 
 def cache_root() -> Path:
     return Path(os.environ.get("RECALL_CACHE", Path.home() / ".cache" / "recall-orchestrator"))
+
+
+def model_identity(base_path: str) -> str:
+    """What a cache entry computed by a base model is keyed by: its path and its config's hash."""
+    config = Path(base_path) / "config.json"
+    return base_path + (hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else "")
+
+
+def json_cache_path(kind: str, *key) -> Path:
+    """`cache_root()/kind/<hash of key>.json`: where a result computed from `key` (JSON-able parts) is kept."""
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    return cache_root() / kind / f"{digest}.json"
+
+
+def write_json_atomically(path: Path, obj) -> None:
+    """A cache file appears whole or not at all: two sweeps starting at once may both write it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".writing-", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(obj, file)
+    os.replace(staging, path)
 
 
 def build_once(name: str, build: Callable[[Path], None]) -> Path:

@@ -13,7 +13,8 @@ exactly the base model's reply. On SmolLM2 and the demo data it routes every val
 adapter and every probe check question and prompt to the base (docs/general-knowledge.md, "The adapter router").
 
 It costs one forward pass over each batch's prompts, and it is saved beside the adapter (router.json), where
-`trials.evaluate.load_trained` finds it. A merged export has no base left to route to, so a routed adapter
+`trials.evaluate.load_trained` finds it. Every trial of a sweep fits the same router (same base, same questions),
+so the fit and its measurement are cached (`routed_and_measured`): only a sweep's first trial pays for them. A merged export has no base left to route to, so a routed adapter
 is exported unmerged (orchestrator/export.py).
 """
 
@@ -28,8 +29,10 @@ import torch
 
 from trials.formatting import left_padded, prompt_ids
 from trials.model import autocast
+from trials.model_cache import json_cache_path, model_identity, write_json_atomically
 
 ROUTER_FILE = "router.json"
+RECIPE = 1  # bump when the fit or the measurement changes: cached routers are keyed by it
 _ATTRIBUTE = "recall_router"  # where a loaded model carries its router
 
 
@@ -130,10 +133,34 @@ def fit_router(model, tokenizer, private: list[str], general: list[str], *, batc
                   float(classifier.intercept_[0]))
 
 
-def share_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool) -> float:
-    """The share of `questions` the model's router sends to the adapter."""
-    router = router_of(model)
+def share_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool,
+                     router: Router | None = None) -> float:
+    """The share of `questions` that `router` (by default the model's own) sends to the adapter."""
+    router = router or router_of(model)
     if router is None or not questions:
         return 1.0
     sent = router.to_adapter(_states(model, tokenizer, questions, router.layer, batch_size, device, bf16))
     return sum(sent) / len(sent)
+
+
+def routed_and_measured(model, tokenizer, *, private: list[str], general: list[str], unseen_private: list[str],
+                        unseen_general: list[str], base_path: str, batch_size: int, device: torch.device,
+                        bf16: bool) -> tuple[Router, dict[str, float]]:
+    """The router `fit_router` learns from `private` against `general`, and where it sends questions it did not
+    learn from: router_val_to_adapter (the share of `unseen_private`), router_check_to_base (of `unseen_general`).
+
+    From the cache, or computed now and cached atomically, keyed by everything that changes them: the base
+    model, device type, precision, batch size and the four question lists. A sweep's trials share all of these,
+    so only its first trial fits (~18 s of SmolLM2's setup on 2 cores); trials running at once may both fit,
+    and either's file is whole."""
+    path = json_cache_path("routers", RECIPE, model_identity(base_path), device.type, bf16, batch_size, private,
+                           general, unseen_private, unseen_general)
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        return Router(**cached["router"]), cached["measured"]
+    router = fit_router(model, tokenizer, private, general, batch_size=batch_size, device=device, bf16=bf16)
+    options = {"batch_size": batch_size, "device": device, "bf16": bf16, "router": router}
+    measured = {"router_val_to_adapter": share_to_adapter(model, tokenizer, unseen_private, **options),
+                "router_check_to_base": 1.0 - share_to_adapter(model, tokenizer, unseen_general, **options)}
+    write_json_atomically(path, {"router": asdict(router), "measured": measured})
+    return router, measured

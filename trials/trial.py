@@ -24,9 +24,9 @@ from trials.evaluate import generation_budget, retained_knowledge, score_rows
 from trials.formatting import passage_examples, qa_example
 from trials.general import GeneralCheck, base_answers, load_probe, protect_examples
 from trials.ledger import LEDGER, ledger_rows, read_jsonl
-from trials.model import attach_method, load_for
+from trials.model import attach_method, keep_base, load_for
 from trials.recall import metrics_of
-from trials.router import Router, attach, fit_router, share_to_adapter
+from trials.router import Router, attach, routed_and_measured
 from trials.shrink import Verdict, choose_shrink
 from trials.train import AnswerLoss, EpochStats, Trainer, answer_loss
 
@@ -92,12 +92,21 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
             checkpoint = run.checkpoint() if checkpoint_each_epoch else None
             if (on_epoch and on_epoch(metrics, checkpoint)) or last:
                 break
-        return run.save(output_dir, "finished")
+        summary = run.save(output_dir, "finished")
+        run.release()
+        return summary
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
         (output_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
         raise
+
+
+def has_plateaued(objectives: list[float], patience: int | None) -> bool:
+    """Whether the last `patience` of a trial's val objectives, epoch by epoch, are none better than the best before
+    them (training.patience; None = never)."""
+    return (patience is not None and len(objectives) > patience
+            and max(objectives[-patience:]) <= max(objectives[:-patience]))
 
 
 @dataclass
@@ -111,7 +120,8 @@ class EpochScores:
     answers: AnswerLoss
     general: dict[str, float]
     shrunk: dict[str, float]  # {"adapter_shrink": factor kept} where training.adapter_shrink ran
-    last: bool  # the trial's last epoch: the final one, or val reached training.stop_at_val_recall
+    last: bool  # the trial's last epoch: the final one, val reached training.stop_at_val_recall, or it plateaued
+    plateaued: bool  # the val objective has not beaten its best for training.patience epochs
 
 
 class TrialRun:
@@ -139,18 +149,16 @@ class TrialRun:
         """Base model, the probe's base answers, the method's adapter, the question sets and the trainer."""
         config = self.config
         set_seed(config.training.seed)
-        loaded = load_for(config)
+        self.loaded = loaded = load_for(config, reuse=True)
         self.tokenizer, self.device, self.bf16 = loaded.tokenizer, loaded.device, loaded.bf16
         # The base model's replies to the general probe: from the cache, or generated now, before an adapter exists.
         base = (base_answers(loaded.model, self.tokenizer, self.probe, loaded.base_path, self.device, self.bf16,
                              config.eval.batch_size) if self.probe else None)
         self.general = GeneralCheck(self.tokenizer, self.probe, base) if self.probe else None
         # Fitted on the bare base before the adapter exists (trials/router.py); it routes every answer after.
-        self.router = self._fit_router(loaded.model) if config.training.adapter_router else None
+        self.router = self._router(loaded) if config.training.adapter_router else None
         self.model = attach(attach_method(loaded.model, config.method, config.training.gradient_checkpointing,
                                           config.init_adapter), self.router)
-        if self.router:
-            self._measure_router()
         self.trainable, self.total = count_parameters(self.model)
         self.log(f"{config.method.name}: {self.trainable:,} trainable of {self.total:,} parameters on {self.device}"
                  f"{' (bf16)' if self.bf16 else ''}{f', from {config.init_adapter}' if config.init_adapter else ''}")
@@ -161,26 +169,22 @@ class TrialRun:
         return ([q.question for q in self.probe.questions if q.split == split]
                 + [p.prompt for p in self.probe.prompts if p.split == split])
 
-    def _fit_router(self, base_model) -> Router:
-        private = [row.question for row in self.knowledge.split("train")]
-        private += [row.question for row in self.retained.split("train")] if self.retained else []
-        return fit_router(base_model, self.tokenizer, private, self._general_for_the_router(),
-                          batch_size=self.config.eval.batch_size, device=self.device, bf16=self.bf16)
+    def _router(self, loaded) -> Router:
+        """The router, learnt from the train questions (and data.retain's) against the probe's protect part, and
+        where it sends those it did not learn from: val (and old facts' val) to the adapter, the probe's check
+        questions and prompts to the base (router_* metrics)."""
+        def questions(split: str) -> list[str]:
+            rows = self.knowledge.split(split) + (self.retained.split(split) if self.retained else [])
+            return [row.question for row in rows]
 
-    def _measure_router(self) -> None:
-        """Where the router sends questions it did not learn from: val (and old facts' val) to the adapter, the
-        probe's check questions and prompts to the base. Once per trial (a resumed one has it already)."""
-        if self.progress.get("router"):
-            return
-        private = [row.question for row in self.knowledge.split("val")]
-        private += [row.question for row in self.retained.split("val")] if self.retained else []
-        general = self._general_for_the_router("check")
-        options = {"batch_size": self.config.eval.batch_size, "device": self.device, "bf16": self.bf16}
-        to_adapter = share_to_adapter(self.model, self.tokenizer, private, **options)
-        to_base = 1.0 - share_to_adapter(self.model, self.tokenizer, general, **options)
-        self.progress["router"] = {"router_val_to_adapter": to_adapter, "router_check_to_base": to_base}
-        self.log(f"adapter router: {to_adapter:.3f} of {len(private)} val questions to the adapter, "
-                 f"{to_base:.3f} of {len(general)} general check questions and prompts to the base")
+        router, measured = routed_and_measured(
+            loaded.model, self.tokenizer, private=questions("train"), general=self._general_for_the_router(),
+            unseen_private=questions("val"), unseen_general=self._general_for_the_router("check"),
+            base_path=loaded.base_path, batch_size=self.config.eval.batch_size, device=self.device, bf16=self.bf16)
+        self.progress["router"] = measured
+        self.log(f"adapter router: {measured['router_val_to_adapter']:.3f} of the val questions to the adapter, "
+                 f"{measured['router_check_to_base']:.3f} of the general check questions and prompts to the base")
+        return router
 
     def _trainer(self, base) -> Trainer:
         config, tokenizer = self.config, self.tokenizer
@@ -269,6 +273,7 @@ class TrialRun:
             **progress.get("router", {}),
             **scores.general,
             **scores.shrunk,
+            **({"plateaued": 1.0} if scores.plateaued else {}),  # ended itself (training.patience), not stopped
             "train_tokens_per_second": progress["train_tokens"] / progress["train_seconds"],
             "epoch_tokens_per_second": stats.tokens_per_second,
             "peak_memory_mb": peak_memory_mb(self.device),
@@ -303,7 +308,9 @@ class TrialRun:
         train_rows = self.train_rows if final else self.per_epoch_train
         (val, val_records), (train, _), (retention, _) = self.score(self.val_rows, train_rows, self.retention_rows)
         answers = self._answer_loss()
-        last = final or val[self.judged_by] >= config.training.stop_at_val_recall
+        plateaued = has_plateaued([metrics[f"val_{self.judged_by}"] for metrics in self.progress["history"]]
+                                  + [val[self.judged_by]], config.training.patience)
+        last = final or plateaued or val[self.judged_by] >= config.training.stop_at_val_recall
         shrunk, probe_kept = {}, {}
         if last and config.training.adapter_shrink:  # a smaller step from the base (trials/shrink.py)
             factor, tried, probe_kept = self._shrink(val)
@@ -318,7 +325,7 @@ class TrialRun:
         general = (self.general.measure(self.model, self.tokenizer, self.device, self.bf16, config.eval.batch_size,
                                         kept=probe_kept.get(shrunk.get("adapter_shrink")))
                    if self.general and (last or epoch in config.eval.general_epochs) else {})
-        return EpochScores(val, val_records, train, retention, answers, general, shrunk, last)
+        return EpochScores(val, val_records, train, retention, answers, general, shrunk, last, plateaued)
 
     def _shrink(self, val: dict[str, float]):
         """(the factor kept, each factor's val (metrics, records), the probe's verdicts at each factor)."""
@@ -373,6 +380,11 @@ class TrialRun:
         (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         (directory / "trial_config.json").write_text(self.config.model_dump_json(indent=2) + "\n")
         return summary
+
+    def release(self) -> None:
+        """The base model, adapter taken out, kept for this process's next trial (trials/model.keep_base). Only
+        after a trial that finished: a failed one may have left the model in any state, and the next loads anew."""
+        keep_base(self.model, self.loaded, self.config.training.attention)
 
     def checkpoint(self) -> Path:
         """`save` while running, plus what `restore` needs to continue: trainer state and progress."""
