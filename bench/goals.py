@@ -28,6 +28,11 @@ GENERAL_CHAMPION_TEST_RECALL = 0.95  # the protected sweep's promoted champion, 
 SENTENCES_TEST_ROUGE_L = 0.9  # the promoted champion's mean test ROUGE-L recall...
 SENTENCES_LIFT_OVER_BASE = 0.4  # ...and its margin over the base model's on the same questions
 
+# The time_to_champion section (bench/time_to_champion.py, configs/smollm2.yaml).
+TIME_TO_CHAMPION_SPEEDUP = 2  # previous path's seconds from `sweep` to a promoted champion over ours...
+TIME_TO_CHAMPION_TEST_RECALL = 0.95  # ...with our champion's test recall at least this...
+TIME_TO_CHAMPION_TOLERANCE = 0.02  # ...and at most this far below the previous path's champion's
+
 
 def asha_recall_kept(results: dict) -> bool:
     asha, flat = results["asha_best_test"], results["noasha_best_test"]
@@ -67,3 +72,10 @@ def sentences_goals_met(results: dict) -> dict[str, bool]:
     rouge, lift = results["sentences_champion_test_rouge_l"], results["sentences_champion_lift"]
     return {"sentences_champion_test_rouge_l": rouge is not None and rouge >= SENTENCES_TEST_ROUGE_L,
             "sentences_champion_lift": lift is not None and lift >= SENTENCES_LIFT_OVER_BASE}
+
+
+def time_to_champion_goals_met(results: dict) -> dict[str, bool]:
+    ours, previous = results["time_to_champion_ours_test_recall"], results["time_to_champion_previous_test_recall"]
+    return {"time_to_champion_speedup": results["time_to_champion_speedup"] >= TIME_TO_CHAMPION_SPEEDUP,
+            "time_to_champion_ours_test_recall": (ours is not None and ours >= TIME_TO_CHAMPION_TEST_RECALL
+                                                  and (previous is None or ours >= previous - TIME_TO_CHAMPION_TOLERANCE))}

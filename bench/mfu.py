@@ -36,7 +36,7 @@ def gemm_gflops(m: int, k: int, n: int, dtype, device, seconds: float = 1.0) -> 
     a @ b
     sync()
     runs, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or runs < 3:
+    while time.perf_counter() - started < seconds or runs < 3:
         a @ b
         runs += 1
         if runs % 8 == 0:

@@ -7,6 +7,7 @@
     python -m bench.run --sections incremental   # adding facts later: forgetting (bench/incremental.py)
     python -m bench.run --sections general   # general knowledge kept, SmolLM2 (bench/general.py)
     python -m bench.run --sections sentences # sentence answers by ROUGE-L, SmolLM2 (bench/sentences.py)
+    python -m bench.run --sections time_to_champion  # sweep to promoted champion, then vs now (bench/time_to_champion.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
@@ -52,6 +53,7 @@ from bench.library import exact_recall, run_bench_sweep, score_best, start_ray, 
 from bench.seed_recipe import SEED
 from bench.sentences import REQUIRED_KEYS as SENTENCES_REQUIRED_KEYS
 from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_REQUIRED_KEYS
+from bench.time_to_champion import REQUIRED_KEYS as TIME_TO_CHAMPION_REQUIRED_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
@@ -390,6 +392,17 @@ def run_sentences(bench: Bench) -> dict:
     return sentences.run(bench.overrides, bench.settings, bench.work, log)
 
 
+def run_time_to_champion(bench: Bench) -> dict:
+    """From `sweep` to a promoted champion (bench/time_to_champion.py), the previous path and ours, on SmolLM2."""
+    from bench import time_to_champion
+
+    return time_to_champion.run(bench.overrides, bench.settings, bench.work, log)
+
+
+def is_time_to_champion_key(key: str) -> bool:
+    return key.startswith("time_to_champion_")
+
+
 def is_sentences_key(key: str) -> bool:
     return key.startswith("sentences_")
 
@@ -408,7 +421,8 @@ def is_incremental_key(key: str) -> bool:
 
 def is_tiny_key(key: str) -> bool:
     # The tiny sections came first, with unprefixed keys: every key no other section claims is theirs.
-    return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key) or is_sentences_key(key))
+    return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key) or is_sentences_key(key)
+                or is_time_to_champion_key(key))
 
 
 @dataclass(frozen=True)
@@ -425,6 +439,7 @@ SECTIONS: dict[str, Section] = {
     "incremental": Section(run_incremental, INCREMENTAL_REQUIRED_KEYS, is_incremental_key),
     "general": Section(run_general, GENERAL_REQUIRED_KEYS, is_general_key),
     "sentences": Section(run_sentences, SENTENCES_REQUIRED_KEYS, is_sentences_key),
+    "time_to_champion": Section(run_time_to_champion, TIME_TO_CHAMPION_REQUIRED_KEYS, is_time_to_champion_key),
 }
 
 

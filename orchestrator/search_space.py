@@ -14,7 +14,7 @@ method, named after it, so adding a method adds its section here without an edit
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
