@@ -75,18 +75,18 @@ class SetUp:
     compare_at_least: int
     first_rung_by: str | None = None  # what the first rung compares instead, if not compare_by
 
-    def scheduler(self, max_t: int) -> ComparingASHA:
+    def scheduler(self, max_t: int, num_samples: int | None = None) -> ComparingASHA:
         first = (self.first_rung_by, mode_of(self.first_rung_by)) if self.first_rung_by else None
         return ComparingASHA(self.compare_by, mode_of(self.compare_by), max_t=max_t, grace_period=self.grace_period,
                              reduction_factor=self.reduction_factor, compare_at_least=self.compare_at_least,
-                             first_rung=first)
+                             first_rung=first, num_samples=num_samples)
 
 
 def replay(curves: list[dict[str, list[float]]], set_up: SetUp, slots: int) -> dict:
     """Run `curves` (one per trial, in start order: metric -> value at epochs 1..max_t) through the set-up
     with `slots` trials at a time; what it spends and what it keeps."""
     max_t = min(len(curve[VAL_EXACT_RECALL]) for curve in curves)
-    scheduler = set_up.scheduler(max_t)
+    scheduler = set_up.scheduler(max_t, len(curves))
     limiter = SlotLimiter(NextTrial(), slots)  # the sweep's own: a trial waiting at a rung frees its slot
     trials: list[FakeTrial] = []
     controller = FakeController(trials, scheduler, limiter)

@@ -16,6 +16,13 @@ then it and they are judged together, and the waiter is resumed or stopped. When
 running or pending, no other trial can come (the sweep is at its end), so the waiters are judged
 among what is recorded and, without anyone to compare with, resumed.
 
+Waiting only pays when another trial can use the freed slot. When none can (the sweep has started all its
+trials and none is pending or paused to resume), a first arrival would idle its slot until a running trial
+reaches the rung (measured: a sweep's overhead went from 8% of wall without early stopping to 24% with it).
+So it runs on instead, provisionally: when enough others are recorded at its rung it is judged as a waiter
+would be, and one judged to trail is stopped at its next report (one epoch spent on a slot that had no
+other use).
+
 A waiting trial does not hold a slot: `SlotLimiter`, in place of Tune's max_concurrent_trials, counts
 only trials that are not waiting, so a new trial starts in its place, and on a single slot (one GPU)
 the first trial to reach a rung is still compared with the next. The scheduler tells the limiter who
@@ -89,12 +96,13 @@ class EarlyStopping:
     max_t: int  # training.epochs: a trial's last epoch, past every rung
     rungs: list[int]  # the epochs at which trials are compared, ascending; empty when off
     compared: tuple[str, str]  # the metric the first rung compares, and the one the later rungs compare
+    num_samples: int | None = None  # the sweep's trials (sweep.num_samples)
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> EarlyStopping:
         asha, max_t = config.sweep.asha, config.training.epochs
         at = rungs(asha.grace_period, asha.reduction_factor, max_t) if asha.enabled else []
-        return cls(asha, max_t, at, rung_metrics(config))
+        return cls(asha, max_t, at, rung_metrics(config), config.sweep.num_samples)
 
     def scheduler(self) -> TrialScheduler:
         if not self.asha.enabled:
@@ -102,7 +110,7 @@ class EarlyStopping:
         first, later = self.compared
         return ComparingASHA(later, mode_of(later), max_t=self.max_t, grace_period=self.asha.grace_period,
                              reduction_factor=self.asha.reduction_factor, compare_at_least=self.asha.compare_at_least,
-                             first_rung=(first, mode_of(first)))
+                             first_rung=(first, mode_of(first)), num_samples=self.num_samples)
 
     def searcher(self, searcher: Searcher, slots: int | None) -> Searcher:
         """`searcher` as the sweep runs it: at most `slots` trials at a time (Tune's max_concurrent_trials,
@@ -125,10 +133,11 @@ class ComparingASHA(FIFOScheduler):
 
     def __init__(self, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float,
                  compare_at_least: int = 2, first_rung: tuple[str, str] | None = None,
-                 time_attr: str = "training_iteration"):
+                 time_attr: str = "training_iteration", num_samples: int | None = None):
         super().__init__()
         self.max_t, self.reduction_factor, self.time_attr = max_t, reduction_factor, time_attr
         self.compare_at_least = compare_at_least
+        self.num_samples = num_samples  # the sweep's trials: none new once this many exist (None: always may come)
         self.recorded: dict[int, dict[str, float]] = {rung: {} for rung in rungs(grace_period, reduction_factor, max_t)}
         # rung -> (metric, +1 to maximise or -1 to minimise)
         self.compared = {rung: (metric, 1.0 if mode == "max" else -1.0) for rung in self.recorded}
@@ -138,6 +147,8 @@ class ComparingASHA(FIFOScheduler):
         # Waiters judged to stop, stopped once their pause has saved: Tune registers a paused trial's checkpoint
         # when the save completes, and the sweep's MLflow run takes its adapter from it.
         self.doomed: set[str] = set()
+        self.provisional: dict[str, int] = {}  # trial id -> the rung it passed uncompared, running on (docstring)
+        self.condemned: set[str] = set()  # provisional trials judged to trail: stopped at their next report
         self.stopped = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
@@ -152,6 +163,24 @@ class ComparingASHA(FIFOScheduler):
         if not others:
             return False
         return recorded[trial_id] < np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100)
+
+    def _judge_provisional(self, rung: int) -> None:
+        if len(self.recorded[rung]) < self.compare_at_least:
+            return
+        for trial_id in [trial_id for trial_id, at in self.provisional.items() if at == rung]:
+            del self.provisional[trial_id]
+            if self._trails(trial_id, rung):
+                self.condemned.add(trial_id)
+
+    def _slot_would_idle(self, tune_controller, waiter: Trial) -> bool:
+        """Whether no other trial could run in `waiter`'s slot: all the sweep's trials exist and none is
+        pending, or paused and free to resume."""
+        trials = tune_controller.get_trials()
+        if self.num_samples is None or len(trials) < self.num_samples:
+            return False
+        held = {*self.waiting, *self.doomed}
+        return not any(trial.status == Trial.PENDING or (trial.status == Trial.PAUSED and trial.trial_id not in held)
+                       for trial in trials if trial is not waiter)
 
     def _judge_waiters(self, tune_controller, rung: int, force: bool = False) -> None:
         for trial in [t for t in tune_controller.get_trials() if self.waiting.get(t.trial_id) == rung]:
@@ -179,6 +208,10 @@ class ComparingASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         if self.time_attr not in result:
             return TrialScheduler.CONTINUE
+        if trial.trial_id in self.condemned:
+            self.condemned.discard(trial.trial_id)
+            self.stopped += 1
+            return TrialScheduler.STOP
         if result[self.time_attr] >= self.max_t:
             return TrialScheduler.STOP
         reached = [rung for rung in self.recorded if result[self.time_attr] >= rung
@@ -190,8 +223,12 @@ class ComparingASHA(FIFOScheduler):
         if metric not in result:
             return TrialScheduler.CONTINUE
         self.recorded[rung][trial.trial_id] = sign * float(result[metric])
+        self._judge_provisional(rung)
         self._judge_waiters(tune_controller, rung)
         if len(self.recorded[rung]) < self.compare_at_least:
+            if self._slot_would_idle(tune_controller, trial):
+                self.provisional[trial.trial_id] = rung
+                return TrialScheduler.CONTINUE
             self.waiting[trial.trial_id] = rung
             _tell_slots(tune_controller, trial.trial_id, waits=True)
             return TrialScheduler.PAUSE
@@ -217,12 +254,15 @@ class ComparingASHA(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         self.waiting.pop(trial.trial_id, None)
+        self.provisional.pop(trial.trial_id, None)
         self.doomed.discard(trial.trial_id)
+        self.condemned.discard(trial.trial_id)
         _tell_slots(tune_controller, trial.trial_id, waits=False)
 
     def debug_string(self) -> str:
         cutoffs = ", ".join(f"epoch {rung}: {len(recorded)} recorded" for rung, recorded in self.recorded.items())
-        return f"ComparingASHA: {self.stopped} stopped, {len(self.waiting)} waiting; {cutoffs}"
+        return (f"ComparingASHA: {self.stopped} stopped, {len(self.waiting)} waiting, {len(self.provisional)} running on "
+                f"uncompared; {cutoffs}")
 
 
 def _tell_slots(tune_controller, trial_id: str, waits: bool) -> None:

@@ -238,3 +238,45 @@ def test_a_resumed_sweep_starts_without_waiters_and_its_scheduler_frees_slots_of
     assert limiter.waiting == {"b"}
     limiter.on_trial_complete("c", {"objective": 0.5})
     assert limiter.suggest("d") == {}  # b waits, c is done: a and d hold the two slots
+
+
+# -- no slot idles for a waiter when nothing could take it --------------------------------------------------------
+
+
+def test_a_first_arrival_runs_on_when_no_other_trial_could_use_its_slot_and_stops_if_it_trails():
+    """Both of the sweep's trials are running: pausing the first at the rung would idle its slot until the other
+    arrives, so it runs on, and is stopped at its next report once the other's arrival shows it trails."""
+    scheduler = loss_asha(num_samples=2)
+    first, second = FakeTrial("first"), FakeTrial("second")
+    limiter = SlotLimiter(NextTrial(), max_concurrent=2)
+    controller = FakeController([first, second], scheduler, limiter)
+    second.status = Trial.RUNNING
+    assert report(scheduler, controller, first, 2, 7.8) == CONTINUE  # would be PAUSE if a third trial could come
+    assert scheduler.provisional == {"first": 2} and limiter.waiting == set()
+    assert report(scheduler, controller, second, 2, 2.6) == CONTINUE  # compared with first: second leads
+    assert scheduler.provisional == {} and scheduler.condemned == {"first"}
+    assert report(scheduler, controller, first, 3, 7.5) == STOP
+    assert report(scheduler, controller, second, 3, 2.0) == CONTINUE
+
+
+def test_a_provisional_trial_that_leads_runs_on_and_the_later_arrival_is_judged_as_usual():
+    scheduler = loss_asha(num_samples=2)
+    first, second = FakeTrial("first"), FakeTrial("second")
+    controller = FakeController([first, second], scheduler)
+    second.status = Trial.RUNNING
+    assert report(scheduler, controller, first, 2, 2.6) == CONTINUE
+    assert report(scheduler, controller, second, 2, 7.8) == STOP
+    assert scheduler.condemned == set() and report(scheduler, controller, first, 3, 2.0) == CONTINUE
+
+
+def test_a_first_arrival_still_waits_while_a_new_trial_could_take_its_slot():
+    scheduler = loss_asha(num_samples=3)  # a third trial is still to come
+    first, second = FakeTrial("first"), FakeTrial("second")
+    controller = FakeController([first, second], scheduler)
+    second.status = Trial.RUNNING
+    assert report(scheduler, controller, first, 2, 7.8) == PAUSE
+    paused = FakeTrial("paused-to-resume")  # all trials exist, but one paused (not waiting) can take the slot
+    scheduler = loss_asha(num_samples=3)
+    controller = FakeController([first, second, paused], scheduler)
+    paused.status = Trial.PAUSED
+    assert report(scheduler, controller, first, 2, 7.8) == PAUSE
