@@ -11,7 +11,8 @@ import time
 
 from orchestrator import run_record, tracking
 from orchestrator.run_record import (GENERAL_DRIFT, GENERAL_RETENTION, LEARNING_RATE, METHOD_NAME, OBJECTIVE_PARAM,
-                                     TEST_EXACT_RECALL, VAL_EXACT_RECALL, base_metric, param_value, split_metric)
+                                     TEST_EXACT_RECALL, VAL_ANSWER_LOSS, VAL_EXACT_RECALL, base_metric, param_value,
+                                     split_metric)
 from trials.config import objective_metric
 
 # lift: the trial's val figure under the objective minus the base model's (the sweep run's base_val_<metric>).
@@ -80,7 +81,7 @@ def leaderboard(client, parent_run_id: str) -> list[dict]:
             # What it kept of the base model's general knowledge (trials/general.py), and how far it drifted.
             GENERAL_RETENTION: metrics.get(GENERAL_RETENTION),
             GENERAL_DRIFT: metrics.get(GENERAL_DRIFT),
-            "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, VAL_EXACT_RECALL)}),
+            "epochs": len({m.step for m in client.get_metric_history(run.info.run_id, VAL_ANSWER_LOSS)}),  # every epoch
             "stopped_by": run.data.tags.get(run_record.STOPPED_BY),
             "seconds": round((end - run.info.start_time) / 1000, 1),
             # warm:<earlier sweep>, seed (points_to_evaluate) or optuna: orchestrator/warm_start.py

@@ -25,7 +25,8 @@ from orchestrator.errors import SweepError
 from orchestrator.leaderboard import failure_cause, format_leaderboard, leaderboard
 from orchestrator.mlflow_ui import RUN_COLOUR, trial_colour
 from orchestrator.progress import sweep_console as console  # under the live progress line
-from orchestrator.run_record import OBJECTIVE_PARAM, VAL_EXACT_RECALL, split_metric, sweep_params, trial_params
+from orchestrator.run_record import (OBJECTIVE, OBJECTIVE_PARAM, VAL_EXACT_RECALL, split_metric, sweep_params,
+                                     trial_params)
 from orchestrator.scheduling import EarlyStopping
 from orchestrator.search_space import SearchSpace, trial_config_for
 from orchestrator.warm_start import ORIGIN, sweep_tags
@@ -56,13 +57,15 @@ def trial_note(config: TrialConfig, sweep: str, outcome: str = "") -> str:
     return f"{outcome}\n\n{knobs}" if outcome else knobs
 
 
-def trial_metrics(result: dict, step: int) -> list[Metric]:
+def trial_metrics(result: dict, step: int, scored: bool = True) -> list[Metric]:
     """Every numeric value a trial reported, as MLflow metrics at `step`: no list of names to keep in
     step with the trial. Tune's own bookkeeping (timestamps, iteration counters, pid) is left out, and
-    so is `epoch`, which is the step."""
+    so is `epoch`, which is the step; so is the objective of an epoch the trial did not score (not
+    `scored`: eval.recall_every), which only carries the last scored one for Tune."""
     now = int(time.time() * 1000)
     return [Metric(key, float(value), now, step) for key, value in result.items()
-            if key not in TUNE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)]
+            if key not in TUNE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (scored or key != OBJECTIVE)]
 
 
 class MlflowTrials(Callback):
@@ -208,7 +211,8 @@ class MlflowTrials(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._open(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = trial_metrics(result, step)
+        scored = split_metric("val", objective_metric(self.base["eval"].get("objective"))) in result
+        metrics = trial_metrics(result, step, scored)
         writes = [lambda: self.client.log_batch(self._runs[trial.trial_id], metrics=metrics)]
         if trial.trial_id not in self._tagged:
             self._tagged.add(trial.trial_id)

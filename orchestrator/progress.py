@@ -213,9 +213,10 @@ class SweepProgress(Callback):
         self._note(trial.trial_id, result)
         self._update(trials)
         if self.verbose:  # the format tests and people grep for: "  trial ID epoch N: ..."
-            recall, loss = result.get(VAL_EXACT_RECALL, 0), result.get("loss", 0)
-            self.open().line(Text(f"  trial {trial.trial_id} epoch {epochs_of(result)}: loss {loss:.3f}  "
-                                  f"{VAL_EXACT_RECALL} {recall:.3f}"))
+            recall, loss = result.get(VAL_EXACT_RECALL), result.get("loss", 0)
+            scored = (f"{VAL_EXACT_RECALL} {recall:.3f}" if recall is not None  # else not scored: eval.recall_every
+                      else f"val_answer_loss {result.get('val_answer_loss', 0):.3f}")
+            self.open().line(Text(f"  trial {trial.trial_id} epoch {epochs_of(result)}: loss {loss:.3f}  {scored}"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended[trial.trial_id] = False

@@ -93,10 +93,16 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
 
+    scored = split_metric("val", OBJECTIVE_METRICS[config.eval.objective])
+    last = {METRIC: 0.0}  # the objective at the last scored epoch
+
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report({**metrics, METRIC: objective(metrics, floors, config.eval.objective), **placement},
-                    checkpoint=checkpoint)
+        # Tune wants the objective in every result; an epoch the trial did not score (eval.recall_every) carries
+        # the last one, and MLflow does not log it there (orchestrator/mlflow_writer.trial_metrics).
+        if scored in metrics:
+            last[METRIC] = objective(metrics, floors, config.eval.objective)
+        tune.report({**metrics, METRIC: last[METRIC], **placement}, checkpoint=checkpoint)
 
     checkpoint = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix="resume-") as copy:

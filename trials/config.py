@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 
 from trials.methods import METHOD_NAMES, Method, check_base, default_method, method_of_adapter
 from trials.methods.base import Strict
@@ -169,6 +169,12 @@ class EvalConfig(Strict):
     max_train_questions: PositiveInt | None = Field(
         None, description="Score train recall each epoch on at most this many train questions (all at the end)."
     )
+    recall_every: NonNegativeInt = Field(
+        1, description="Generate and score answers (val, the train sample, old facts) every this many epochs, and "
+                       "always at eval.general_epochs (a sweep's rungs) and a trial's last epoch; 0 = only there. "
+                       "Generation is most of a trial's evaluation: between scored epochs a trial reports its val "
+                       "answers' teacher-forced loss (val_answer_loss) alone. training.patience and "
+                       "stop_at_val_recall are judged at scored epochs.")
     general: Path | None = Field(
         DEFAULT_PROBE, description="The general-knowledge probe (trials/general.py): a directory holding "
                                    "questions.jsonl (question, answer, aliases, topic, split protect|check) and "

@@ -111,7 +111,8 @@ def has_plateaued(objectives: list[float], patience: int | None) -> bool:
 
 @dataclass
 class EpochScores:
-    """An epoch's evaluation: each question set's metrics_of, the answers' teacher-forced loss, the probe."""
+    """An epoch's evaluation: each question set's metrics_of, the answers' teacher-forced loss, the probe. At an
+    epoch not scored (eval.recall_every) only the answers' loss: the rest is empty."""
 
     val: dict[str, float]
     val_records: list[dict]
@@ -121,7 +122,7 @@ class EpochScores:
     general: dict[str, float]
     shrunk: dict[str, float]  # {"adapter_shrink": factor kept} where training.adapter_shrink ran
     last: bool  # the trial's last epoch: the final one, val reached training.stop_at_val_recall, or it plateaued
-    plateaued: bool  # the val objective has not beaten its best for training.patience epochs
+    plateaued: bool  # the val objective has not beaten its best for training.patience (scored) epochs
 
 
 class TrialRun:
@@ -246,14 +247,15 @@ class TrialRun:
         eval_started = time.perf_counter()
         scores = self.evaluate(epoch)
         self.progress["eval_seconds"] += time.perf_counter() - eval_started
-        self.val_records = scores.val_records
-        self.ledger += ledger_rows(scores.val_records, epoch, self.config.eval.objective, self.trial_id)
+        if scores.val:  # a scored epoch (eval.recall_every)
+            self.val_records = scores.val_records
+            self.ledger += ledger_rows(scores.val_records, epoch, self.config.eval.objective, self.trial_id)
         self.metrics = self._epoch_metrics(epoch, stats, scores)
         self.progress["epoch"] = epoch
         self.progress["history"].append(self.metrics)
         self.log(f"epoch {epoch:3d}  loss {stats.loss:.4f}  val_answer_loss {scores.answers.loss:.4f}  "
-                 f"val_exact_recall {scores.val['exact_recall']:.3f}  "
-                 f"train_exact_recall {scores.train['exact_recall']:.3f}  "
+                 + (f"val_exact_recall {scores.val['exact_recall']:.3f}  "
+                    f"train_exact_recall {scores.train['exact_recall']:.3f}  " if scores.val else "")
                  + "".join(f"{key} {scores.general[key]:.3f}  " for key in ("general_retention", "general_drift")
                            if key in scores.general)
                  + f"{stats.tokens_per_second:,.0f} tok/s")
@@ -301,14 +303,19 @@ class TrialRun:
                            self.config.eval.batch_size)
 
     def evaluate(self, epoch: int) -> EpochScores:
-        """Val, train (the per-epoch sample; all of it on the last epoch) and old facts, the answers' loss,
-        and on the last epoch the shrunk update (training.adapter_shrink) and the probe."""
+        """The answers' loss; at a scored epoch (eval.recall_every, the rungs, the last) also val, train (the
+        per-epoch sample; all of it on the last epoch) and old facts; on the last epoch the shrunk update
+        (training.adapter_shrink) and the probe, which the rungs score too."""
         config = self.config
         final = epoch == config.training.epochs
+        every = config.eval.recall_every
+        if not (final or epoch in config.eval.general_epochs or (every and epoch % every == 0)):
+            return EpochScores({}, [], {}, {}, self._answer_loss(), {}, {}, last=False, plateaued=False)
         train_rows = self.train_rows if final else self.per_epoch_train
         (val, val_records), (train, _), (retention, _) = self.score(self.val_rows, train_rows, self.retention_rows)
         answers = self._answer_loss()
-        plateaued = has_plateaued([metrics[f"val_{self.judged_by}"] for metrics in self.progress["history"]]
+        judged = f"val_{self.judged_by}"
+        plateaued = has_plateaued([metrics[judged] for metrics in self.progress["history"] if judged in metrics]
                                   + [val[self.judged_by]], config.training.patience)
         last = final or plateaued or val[self.judged_by] >= config.training.stop_at_val_recall
         shrunk, probe_kept = {}, {}
@@ -351,7 +358,10 @@ class TrialRun:
     # ------------------------------------------------------------------------------------------- save
 
     def summary(self, status: str) -> dict:
-        metrics, progress = self.metrics, self.progress
+        progress = self.progress
+        # A trial stopped from outside (on_epoch) may end on an epoch it did not score: its scores are its last ones.
+        scored = [epoch for epoch in progress["history"] if f"val_{self.judged_by}" in epoch]
+        metrics = {**(scored[-1] if scored else {}), **self.metrics}
         return {
             "status": status,
             **{key: value for key, value in metrics.items()
