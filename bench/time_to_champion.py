@@ -51,6 +51,7 @@ def _to_champion(experiment, name: str, reuse: bool, log) -> dict:
     """ray.init, the sweep and its promotion, timed: the sweep's figures and the champion's."""
     import ray
 
+    from orchestrator import tracking
     from orchestrator.promote import promote
 
     os.environ[REUSE] = "1" if reuse else "0"  # Ray's workers start from this process's environment
@@ -66,7 +67,10 @@ def _to_champion(experiment, name: str, reuse: bool, log) -> dict:
     log(f"{name}: {sweep['num_trials']} trials, {sweep['trial_epochs']} trial-epochs, champion test "
         f"{champion.test_recall:.3f} after {seconds:.0f}s ({outcome.reason})")
     trials = sweep["trials"]
+    client = tracking.client()
+    reused = sum(client.get_run(t["run_id"]).data.metrics.get("base_reused", 0.0) for t in trials)
     return {"seconds": seconds, "ray_init_seconds": ray_init, "test_recall": champion.test_recall,
+            "trials_reusing_base": reused,
             "champion": {"trial": champion.trial, "promoted": outcome.promoted, "reason": outcome.reason,
                          "val": champion.val_recall, "general_retention": champion.general_retention},
             "train_seconds": sum(t["train_seconds"] for t in trials), "eval_seconds": sum(t["eval_seconds"] for t in trials),

@@ -38,7 +38,7 @@ def test_trials_in_one_process_load_the_base_once_and_train_as_on_a_fresh_load(t
     first = run_trial(lora, tmp_path / "first", **quiet)
     run_trial(prefix, tmp_path / "prefix", **quiet)  # a prompt-learning adapter on the same base in between
     again = run_trial(lora, tmp_path / "again", **quiet)
-    assert len(loads) == 1
+    assert len(loads) == 1 and first["history"][0]["base_reused"] == 0.0 and again["history"][0]["base_reused"] == 1.0
     assert again["val_exact_recall"] == first["val_exact_recall"] and again["history"][-1]["loss"] == first["history"][-1]["loss"]
     weights, weights_again = _adapter(tmp_path / "first"), _adapter(tmp_path / "again")
     assert weights.keys() == weights_again.keys() and all(torch.equal(weights[k], weights_again[k]) for k in weights)

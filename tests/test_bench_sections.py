@@ -72,6 +72,7 @@ def test_the_sentences_figures_are_the_champions_test_scores_and_the_base_pass()
 
 def _path(seconds: float, test: float) -> dict:
     return {"seconds": seconds, "test_recall": test, "train_seconds": seconds / 2, "eval_seconds": seconds / 4,
+            "trials_reusing_base": 2.0,
             "champion": {"general_retention": 1.0}, "sweep": {"num_trials": 4, "trial_epochs": 20}}
 
 
@@ -97,5 +98,5 @@ def test_time_to_champion_needs_half_the_time_and_a_champion_as_good(ours_second
         "time_to_champion_ours_test_recall"] is False  # more than 0.02 below previous
     committed = json.loads((Path(__file__).parent.parent / "bench" / "results" / "latest.json").read_text())
     page = render({**committed, **results})
-    assert "| previous | 2400 | 20 |" in page and f"Speedup **{2400.0 / ours_seconds:.2f}x**" in page
+    assert "| previous | 2400 | 20 | 1200 | 600 | 2 of 4 |" in page and f"Speedup **{2400.0 / ours_seconds:.2f}x**" in page
     assert "21.0 s from nothing, 2.5 s as a sweep's next trial" in page

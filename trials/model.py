@@ -77,6 +77,7 @@ class Loaded:
     device: torch.device
     bf16: bool
     base_path: str  # the path the base model loaded from (an embedded model's cache directory)
+    reused: bool = False  # the base kept by this process's previous trial, not loaded again (keep_base)
 
 
 def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: str | None = None,
@@ -95,10 +96,11 @@ def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: 
     key = (base_path, str(device), bf16, config.training.attention)
     model = _kept.pop(key, None) if reuse and reuse_enabled() else None
     _kept.clear()  # one base kept at most: a different one's weights are let go
-    if model is None:
+    reused = model is not None
+    if not reused:
         model = load_base_model(base_path, device, bf16, config.training.attention)
         _use_cache[key] = model.config.use_cache
-    return Loaded(tokenizer, model, device, bf16, base_path)
+    return Loaded(tokenizer, model, device, bf16, base_path, reused)
 
 
 # The base model a finished trial gives back, for the next trial in the same process: Ray Tune runs a sweep's

@@ -273,6 +273,7 @@ class TrialRun:
             **({f"retention_{name}": value for name, value in scores.retention.items()} if self.retention_rows else {}),
             **progress.get("parent", {}),
             **progress.get("router", {}),
+            "base_reused": float(self.loaded.reused),  # which trials of a sweep found their base model loaded
             **scores.general,
             **scores.shrunk,
             **({"plateaued": 1.0} if scores.plateaued else {}),  # ended itself (training.patience), not stopped
