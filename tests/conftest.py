@@ -79,3 +79,20 @@ def tokenizer_path() -> str:
     from trials.model import resolve_model
 
     return resolve_model("embedded:tiny-llama")
+
+
+# Longest first: `make test` hands whole files to its two workers in collection order (xdist's --dist loadfile),
+# so a long file collected last would end the suite on one worker alone. A file's rank is its slowest tier.
+TIERS = ("real_model", "slow", "cluster", "service", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    def tier(item) -> int:
+        return next((rank for rank, marker in enumerate(TIERS) if item.get_closest_marker(marker)), len(TIERS))
+
+    files: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        files[path] = min(files.get(path, len(TIERS)), tier(item))
+    order = {item.nodeid: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (files[item.nodeid.split("::")[0]], order[item.nodeid]))
