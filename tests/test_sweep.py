@@ -72,6 +72,10 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         assert run.data.tags.get("recall.stopped_by") == ("asha" if len(history) == 1 else None)
     methods = {run.data.params["method.name"] for run in children}
     assert methods == {"lora", "prefix", "ia3"}
+    # Tune reuses its workers (at most 2 at once) for the 6 trials, and each worker keeps the base model a trial
+    # ends with (finished, or stopped by early stopping at its report): only a worker's first trial loads it.
+    loaded = [run.data.metrics["base_reused"] for run in children].count(0.0)
+    assert 1 <= loaded <= 2, loaded
 
 
 def test_points_to_evaluate_run_first_with_their_exact_knobs(six_trials):

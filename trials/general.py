@@ -222,6 +222,17 @@ def share_right(model, tokenizer, questions: list[ProbeQuestion], batch_size: in
     return sum(right) / len(right) if right else 0.0
 
 
+def _to_adapter(model, tokenizer, prompts: list[str], batch_size: int, device, bf16: bool) -> list[bool]:
+    """Where the model's adapter router sends each prompt (all to the adapter without a router)."""
+    from trials.router import router_of, routes
+
+    if router_of(model) is None:
+        return [True] * len(prompts)
+    ids = [prompt_ids(tokenizer, prompt) for prompt in prompts]
+    return [to_adapter for start in range(0, len(ids), batch_size)
+            for to_adapter in routes(model, ids[start : start + batch_size], tokenizer.pad_token_id, device, bf16)]
+
+
 def _right(model, tokenizer, questions: list[ProbeQuestion], indices: list[int], batch_size: int, device,
            bf16: bool) -> list[bool]:
     """Whether each of those questions, asked in batches in this order, is answered right."""
@@ -255,12 +266,19 @@ class GeneralCheck:
 
     def kept(self, model, tokenizer, device, bf16: bool,
              splits: tuple[str, ...] = PROBE_SPLITS) -> dict[str, list[bool]]:
-        """{split: for each question of that split the base knew, whether the model still answers it right}."""
+        """{split: for each question of that split the base knew, whether the model still answers it right}.
+
+        A question the model's adapter router sends to the base (trials/router.py) gets the base's own answer,
+        which it knew: only those sent to the adapter are generated (with a router, nearly none of the probe)."""
         verdicts = {}
         for split in splits:
             indices = self.asked[split]
-            right = _right(model, tokenizer, self.probe_questions, indices, self.batch_size, device, bf16)
-            verdicts[split] = [r for index, r in zip(indices, right, strict=True) if self.known[index]]
+            sent = _to_adapter(model, tokenizer, [self.probe_questions[i].question for i in indices], self.batch_size,
+                               device, bf16)
+            asked = [index for index, to_adapter in zip(indices, sent, strict=True) if to_adapter]
+            right = dict(zip(asked, _right(model, tokenizer, self.probe_questions, asked, self.batch_size, device,
+                                           bf16) if asked else [], strict=True))
+            verdicts[split] = [right.get(index, True) for index in indices if self.known[index]]
         return verdicts
 
     def measure(self, model, tokenizer, device, bf16: bool, batch_size: int,
@@ -297,17 +315,20 @@ def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf1
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
+        # The replies' labelled tokens (the first label, a prompt token's, is never one), routed or not.
+        tokens += sum(label != IGNORE_INDEX for example in chunk for label in example.labels[1:])
+        to_adapter = routes(model, [e.input_ids[: e.prompt_tokens] for e in chunk], pad_id, device, bf16)
+        chunk = [example for example, sent in zip(chunk, to_adapter, strict=True) if sent]
+        if not chunk:  # every reply the base's own
+            continue
         inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         labels = inputs.pop("labels")
-        to_adapter = torch.tensor(routes(model, [e.input_ids[: e.prompt_tokens] for e in chunk], pad_id, device,
-                                         bf16), device=device)
         with autocast(device, bf16):
             logits, targets = labelled_logits(model, inputs, labels)
             with model.disable_adapter():
                 base_logits, _ = labelled_logits(model, inputs, labels)
         mask = targets != IGNORE_INDEX
-        total += float((kl_per_token(logits, base_logits) * to_adapter[:, None])[mask].sum())
-        tokens += int(mask.sum())
+        total += float(kl_per_token(logits, base_logits)[mask].sum())
     model.train(was_training)
     return total / max(tokens, 1)
 

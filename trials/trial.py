@@ -90,7 +90,14 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
         for epoch in run.epochs_left():
             metrics, last = run.epoch(epoch)
             checkpoint = run.checkpoint() if checkpoint_each_epoch else None
-            if (on_epoch and on_epoch(metrics, checkpoint)) or last:
+            try:
+                stop = on_epoch(metrics, checkpoint) if on_epoch else False
+            except SystemExit:
+                # Ray Tune ends a trial it stops (early stopping, a reused worker's next trial) with sys.exit inside
+                # its report: between two epochs, so the base is whole and the worker's next trial may have it.
+                run.release()
+                raise
+            if stop or last:
                 break
         summary = run.save(output_dir, "finished")
         run.release()
