@@ -107,6 +107,11 @@ class MlflowTrials(Callback):
         self._final: set[str] = set()
         self._writes = WriteQueue(self.uri)
 
+    @property
+    def judged_by(self) -> str:
+        """The val metric of the sweep's eval.objective."""
+        return split_metric("val", objective_metric(self.base["eval"].get("objective")))
+
     def __getstate__(self):  # pickled into Tune's experiment state for --resume
         return {key: value for key, value in self.__dict__.items()
                 if key in ("uri", "parent_run_id", "experiment_id", "sweep", "base", "space", "deadline",
@@ -211,8 +216,7 @@ class MlflowTrials(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._open(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        scored = split_metric("val", objective_metric(self.base["eval"].get("objective"))) in result
-        metrics = trial_metrics(result, step, scored)
+        metrics = trial_metrics(result, step, scored=self.judged_by in result)
         writes = [lambda: self.client.log_batch(self._runs[trial.trial_id], metrics=metrics)]
         if trial.trial_id not in self._tagged:
             self._tagged.add(trial.trial_id)
@@ -226,9 +230,8 @@ class MlflowTrials(Callback):
         last = trial.last_result or {}
         training = self.base["training"]
         # Tune marks a stopped trial's last result done too, so judge by what the trial reached.
-        judged_by = split_metric("val", objective_metric(self.base['eval'].get('objective')))
         ended_itself = (last.get("epoch", 0) >= training["epochs"] or last.get("plateaued")
-                        or last.get(judged_by, 0.0) >= training["stop_at_val_recall"])
+                        or last.get(self.judged_by, 0.0) >= training["stop_at_val_recall"])
         out_of_time = self.deadline is not None and time.time() >= self.deadline
         stopped_by = None if ended_itself else "time_budget" if out_of_time else "asha"
         status = "KILLED" if stopped_by == "time_budget" else "FINISHED"

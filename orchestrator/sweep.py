@@ -93,7 +93,7 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
 
-    scored = split_metric("val", OBJECTIVE_METRICS[config.eval.objective])
+    scored = split_metric("val", objective_metric(config.eval.objective))
     last = {METRIC: 0.0}  # the objective at the last scored epoch
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:

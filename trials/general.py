@@ -222,17 +222,6 @@ def share_right(model, tokenizer, questions: list[ProbeQuestion], batch_size: in
     return sum(right) / len(right) if right else 0.0
 
 
-def _to_adapter(model, tokenizer, prompts: list[str], batch_size: int, device, bf16: bool) -> list[bool]:
-    """Where the model's adapter router sends each prompt (all to the adapter without a router)."""
-    from trials.router import router_of, routes
-
-    if router_of(model) is None:
-        return [True] * len(prompts)
-    ids = [prompt_ids(tokenizer, prompt) for prompt in prompts]
-    return [to_adapter for start in range(0, len(ids), batch_size)
-            for to_adapter in routes(model, ids[start : start + batch_size], tokenizer.pad_token_id, device, bf16)]
-
-
 def _right(model, tokenizer, questions: list[ProbeQuestion], indices: list[int], batch_size: int, device,
            bf16: bool) -> list[bool]:
     """Whether each of those questions, asked in batches in this order, is answered right."""
@@ -270,11 +259,13 @@ class GeneralCheck:
 
         A question the model's adapter router sends to the base (trials/router.py) gets the base's own answer,
         which it knew: only those sent to the adapter are generated (with a router, nearly none of the probe)."""
+        from trials.router import sent_to_adapter
+
         verdicts = {}
         for split in splits:
             indices = self.asked[split]
-            sent = _to_adapter(model, tokenizer, [self.probe_questions[i].question for i in indices], self.batch_size,
-                               device, bf16)
+            sent = sent_to_adapter(model, tokenizer, [self.probe_questions[i].question for i in indices],
+                                   batch_size=self.batch_size, device=device, bf16=bf16)
             asked = [index for index, to_adapter in zip(indices, sent, strict=True) if to_adapter]
             right = dict(zip(asked, _right(model, tokenizer, self.probe_questions, asked, self.batch_size, device,
                                            bf16) if asked else [], strict=True))

@@ -77,7 +77,18 @@ class Loaded:
     device: torch.device
     bf16: bool
     base_path: str  # the path the base model loaded from (an embedded model's cache directory)
+    attention: str  # the attention kernel it runs (training.attention)
+    use_cache: bool  # its own config.use_cache, which attach_method changes and keep_base puts back
     reused: bool = False  # the base kept by this process's previous trial, not loaded again (keep_base)
+
+    @property
+    def reuse_key(self) -> tuple:
+        return reuse_key(self.base_path, self.device, self.bf16, self.attention)
+
+
+def reuse_key(base_path: str, device: torch.device, bf16: bool, attention: str) -> tuple:
+    """What a kept base must match to be reused (keep_base): path, device, precision and attention kernel."""
+    return base_path, str(device), bf16, attention
 
 
 def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: str | None = None,
@@ -93,42 +104,40 @@ def load_for(config: TrialConfig, base_path: str | None = None, tokenizer_path: 
     bf16 = use_bf16(config.training, device)
     base_path = base_path or resolve_model(config.model)
     tokenizer = load_tokenizer(tokenizer_path or base_path)
-    key = (base_path, str(device), bf16, config.training.attention)
-    model = _kept.pop(key, None) if reuse and reuse_enabled() else None
+    attention = config.training.attention
+    model = _kept.pop(reuse_key(base_path, device, bf16, attention), None) if reuse and reuse_enabled() else None
     _kept.clear()  # one base kept at most: a different one's weights are let go
     reused = model is not None
     if not reused:
-        model = load_base_model(base_path, device, bf16, config.training.attention)
-        _use_cache[key] = model.config.use_cache
-    return Loaded(tokenizer, model, device, bf16, base_path, reused)
+        model = load_base_model(base_path, device, bf16, attention)
+    # A kept base had its use_cache put back, so either way this is the model's own.
+    return Loaded(tokenizer, model, device, bf16, base_path, attention, model.config.use_cache, reused)
 
 
 # The base model a finished trial gives back, for the next trial in the same process: Ray Tune runs a sweep's
 # trials in reused workers (reuse_actors), so a sweep loads its base once per worker, not once per trial.
-# Keyed by (path, device, precision, attention); RECALL_REUSE_BASE=0 turns reuse off.
+# Keyed by Loaded.reuse_key; RECALL_REUSE_BASE=0 turns reuse off.
 _kept: dict[tuple, Any] = {}
-_use_cache: dict[tuple, bool] = {}  # each base's own config.use_cache, which attach_method changes
 
 
 def reuse_enabled() -> bool:
     return os.environ.get("RECALL_REUSE_BASE", "1") != "0"
 
 
-def keep_base(peft_model, loaded: Loaded, attention: str) -> None:
+def keep_base(peft_model, loaded: Loaded) -> None:
     """Take the adapter out of a finished trial's model (peft's `unload`: its layers removed, nothing merged;
     a prompt-learning method never changed the base) and keep the bare base, exactly as loaded, for the next
     trial of this process."""
     if not reuse_enabled():
         return
-    key = (loaded.base_path, str(loaded.device), loaded.bf16, attention)
     base = peft_model.get_base_model() if peft_model.active_peft_config.is_prompt_learning else peft_model.unload()
     if getattr(base, "is_gradient_checkpointing", False):
         base.gradient_checkpointing_disable()
-    base.config.use_cache = _use_cache.get(key, True)
+    base.config.use_cache = loaded.use_cache
     base.requires_grad_(True)  # as from_pretrained gives it; attach_method freezes it again
     base.eval()
     _kept.clear()
-    _kept[key] = base
+    _kept[loaded.reuse_key] = base
 
 
 def autocast(device: torch.device, bf16: bool):

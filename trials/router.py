@@ -133,14 +133,22 @@ def fit_router(model, tokenizer, private: list[str], general: list[str], *, batc
                   float(classifier.intercept_[0]))
 
 
+def sent_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool,
+                    router: Router | None = None) -> list[bool]:
+    """For each of `questions`, whether `router` (by default the model's own) sends it to the adapter: all of
+    them without a router."""
+    router = router or router_of(model)
+    if router is None or not questions:
+        return [True] * len(questions)
+    return router.to_adapter(_states(model, tokenizer, questions, router.layer, batch_size, device, bf16))
+
+
 def share_to_adapter(model, tokenizer, questions: list[str], *, batch_size: int, device, bf16: bool,
                      router: Router | None = None) -> float:
     """The share of `questions` that `router` (by default the model's own) sends to the adapter."""
-    router = router or router_of(model)
-    if router is None or not questions:
-        return 1.0
-    sent = router.to_adapter(_states(model, tokenizer, questions, router.layer, batch_size, device, bf16))
-    return sum(sent) / len(sent)
+    sent = sent_to_adapter(model, tokenizer, questions, batch_size=batch_size, device=device, bf16=bf16,
+                           router=router)
+    return sum(sent) / len(sent) if sent else 1.0
 
 
 def routed_and_measured(model, tokenizer, *, private: list[str], general: list[str], unseen_private: list[str],

@@ -402,7 +402,7 @@ class TrialRun:
     def release(self) -> None:
         """The base model, adapter taken out, kept for this process's next trial (trials/model.keep_base). Only
         after a trial that finished: a failed one may have left the model in any state, and the next loads anew."""
-        keep_base(self.model, self.loaded, self.config.training.attention)
+        keep_base(self.model, self.loaded)
 
     def checkpoint(self) -> Path:
         """`save` while running, plus what `restore` needs to continue: trainer state and progress."""
