@@ -11,6 +11,7 @@ import jinja2
 
 from bench import goals
 from bench.seed_recipe import SEED
+from bench.steps import KEEP_SPEEDUP
 
 TEMPLATE = "RESULTS.md.j2"
 
@@ -119,7 +120,7 @@ def render(r: dict) -> str:
     return _environment().get_template(TEMPLATE).render(
         r=r, g=goals, recipe=SEED, failed=failed_sections(r),
         asha_view=asha_view(r) if tiny else None, overhead=overhead_view(r) if tiny else None,
-        early_view=early_view(r) if tiny else None,
+        early_view=early_view(r) if tiny else None, keep_speedup=KEEP_SPEEDUP,
     )
 
 

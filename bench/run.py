@@ -8,6 +8,7 @@
     python -m bench.run --sections general   # general knowledge kept, SmolLM2 (bench/general.py)
     python -m bench.run --sections sentences # sentence answers by ROUGE-L, SmolLM2 (bench/sentences.py)
     python -m bench.run --sections time_to_champion  # sweep to promoted champion, then vs now (bench/time_to_champion.py)
+    python -m bench.run --sections steps     # a training step's MFU, and faster steps side by side (bench/steps.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
@@ -45,7 +46,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import mfu
 from bench.general import REQUIRED_KEYS as GENERAL_REQUIRED_KEYS
 from bench.goals import tiny_goals_met
 from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
@@ -53,6 +53,8 @@ from bench.library import exact_recall, run_bench_sweep, score_best, start_ray, 
 from bench.seed_recipe import SEED
 from bench.sentences import REQUIRED_KEYS as SENTENCES_REQUIRED_KEYS
 from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_REQUIRED_KEYS
+from bench.steps import MFU_KEYS
+from bench.steps import REQUIRED_KEYS as STEPS_REQUIRED_KEYS
 from bench.time_to_champion import REQUIRED_KEYS as TIME_TO_CHAMPION_REQUIRED_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +63,7 @@ DEFAULT_OUT = REPO / "bench" / "results"
 DEFAULT_MARKDOWN = REPO / "bench" / "RESULTS.md"
 
 TINY_REQUIRED_KEYS = (
-    "tiny_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
+    "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
     "recall_best_val", "recall_best_test", "recall_seed_val", "recall_seed_test",
     "overhead_fraction", "per_trial_overhead_s",
     "asha_trial_epochs", "noasha_trial_epochs", "asha_best_val", "noasha_best_val",
@@ -318,9 +320,6 @@ def run_tiny(bench: Bench) -> dict:
     speed = timed(timings, "throughput", measure_throughput, experiment, settings, work)
     log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
         f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
-    utilisation = timed(timings, "mfu", mfu.measure, experiment.trial_config(), speed["tokens_per_s_ours"])
-    log(f"MFU {utilisation['mfu']:.4f}: {utilisation['flops_per_token'] / 1e6:.1f} MFLOP a token, peak bf16 "
-        f"{utilisation['peak_gflops']['bf16']:,.0f} GFLOP/s, fp32 {utilisation['peak_gflops']['fp32']:,.0f}")
     ray_init_seconds, early, asha, flat = sweeps(bench, timings)
     best = timed(timings, "score_best", score_best, asha, work)
     seed = timed(timings, "seed_equal_compute", seed_at_equal_compute, experiment, asha["trial_epochs"], work)
@@ -330,11 +329,6 @@ def run_tiny(bench: Bench) -> dict:
         "throughput_ratio_vs_seed": speed["throughput_ratio_vs_seed"],
         "tokens_per_s_ours": speed["tokens_per_s_ours"],
         "tokens_per_s_seed": speed["tokens_per_s_seed"],
-        "tiny_mfu": utilisation["mfu"],
-        "tiny_flops_per_token": utilisation["flops_per_token"],
-        "peak_bf16_gflops": utilisation["peak_gflops"]["bf16"],
-        "peak_fp32_gflops": utilisation["peak_gflops"]["fp32"],
-        "peak_gflops": utilisation["peak_gflops"],
         "recall_best_val": asha["best_val"],
         "recall_best_test": best["test"],
         "recall_seed_val": seed["val"],
@@ -399,6 +393,17 @@ def run_time_to_champion(bench: Bench) -> dict:
     return time_to_champion.run(bench.overrides, bench.settings, bench.work, log)
 
 
+def run_steps(bench: Bench) -> dict:
+    """A training step's MFU, and the ways to make it faster side by side (bench/steps.py)."""
+    from bench import steps
+
+    return steps.run(bench, log)
+
+
+def is_steps_key(key: str) -> bool:
+    return key.startswith("steps_") or key in MFU_KEYS
+
+
 def is_time_to_champion_key(key: str) -> bool:
     return key.startswith("time_to_champion_")
 
@@ -412,7 +417,7 @@ def is_general_key(key: str) -> bool:
 
 
 def is_smollm2_key(key: str) -> bool:
-    return key.startswith("smollm2_")
+    return key.startswith("smollm2_") and not is_steps_key(key)
 
 
 def is_incremental_key(key: str) -> bool:
@@ -422,7 +427,7 @@ def is_incremental_key(key: str) -> bool:
 def is_tiny_key(key: str) -> bool:
     # The tiny sections came first, with unprefixed keys: every key no other section claims is theirs.
     return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key) or is_sentences_key(key)
-                or is_time_to_champion_key(key))
+                or is_time_to_champion_key(key) or is_steps_key(key))
 
 
 @dataclass(frozen=True)
@@ -440,6 +445,7 @@ SECTIONS: dict[str, Section] = {
     "general": Section(run_general, GENERAL_REQUIRED_KEYS, is_general_key),
     "sentences": Section(run_sentences, SENTENCES_REQUIRED_KEYS, is_sentences_key),
     "time_to_champion": Section(run_time_to_champion, TIME_TO_CHAMPION_REQUIRED_KEYS, is_time_to_champion_key),
+    "steps": Section(run_steps, STEPS_REQUIRED_KEYS, is_steps_key),
 }
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench import mfu
 from bench.goals import smollm2_goals_met
 from bench.library import exact_recall, run_bench_sweep, start_ray
 from orchestrator.run_record import ADAPTER, TRIAL_CONFIG
@@ -26,7 +25,7 @@ from orchestrator.run_record import ADAPTER, TRIAL_CONFIG
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "smollm2.yaml"
 REQUIRED_KEYS = (
-    "smollm2_mfu", "smollm2_champion_test_recall", "smollm2_champion_train_recall", "smollm2_seed_test_recall",
+    "smollm2_champion_test_recall", "smollm2_champion_train_recall", "smollm2_seed_test_recall",
     "smollm2_throughput_ratio_vs_seed", "smollm2_speedup_vs_previous",
 )
 
@@ -106,14 +105,7 @@ def measure_speed(experiment, epochs: int, rounds: int, work: Path, log) -> dict
     def epoch_wall(side: str) -> float:
         return sum(r["seconds"] + r["eval_seconds"] for r in runs[side]) / (len(runs[side]) * epochs)
 
-    # Against the machine's peak right after (its load moves it), in the dtype the trial trains in.
-    utilisation = mfu.measure(trial, rate("ours"))
-    log(f"smollm2 MFU {utilisation['mfu']:.3f}: {utilisation['flops_per_token'] / 1e9:.2f} GFLOP a token at "
-        f"{rate('ours'):,.0f} tok/s, peak {utilisation['peak_gflops']['bf16' if bf16 else 'fp32']:,.0f} GFLOP/s")
     return {
-        "smollm2_mfu": utilisation["mfu"],
-        "smollm2_flops_per_token": utilisation["flops_per_token"],
-        "smollm2_peak_gflops": utilisation["peak_gflops"],
         "smollm2_tokens_per_s_ours": rate("ours"),
         "smollm2_tokens_per_s_previous": rate("previous"),
         "smollm2_tokens_per_s_seed": rate("seed"),

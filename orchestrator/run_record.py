@@ -46,7 +46,8 @@ OPTUNA_STORAGE, OPTUNA_STUDY = "recall.optuna_storage", "recall.optuna_study"
 # On a trial's run: why it ended early (asha, time_budget), Tune's error text, "diverged", and a run a
 # killed driver left behind.
 STOPPED_BY, ERROR, FAILURE, ORPHANED = "recall.stopped_by", "recall.error", "recall.failure", "recall.orphaned"
-PLACEMENT = ("node_id", "gpu_ids", "cuda_visible_devices")  # where a trial ran: each a tag, placement_tag(key)
+# Where and on what a trial ran: each a tag, placement_tag(key).
+PLACEMENT = ("node_id", "gpu_ids", "cuda_visible_devices", "torch_threads")
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page in the MLflow UI
 # What the experiment holds, for the MLflow 3 UI: training runs compared as a table, not GenAI traces.

@@ -77,9 +77,19 @@ METRIC, MODE = OBJECTIVE, "max"
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def trial_threads(resources: dict[str, float]) -> int:
+    """torch's threads for a trial given `resources` (Tune's sums: {"CPU": 1.0, ...}): its whole CPUs, at least one.
+
+    Ray sets OMP_NUM_THREADS so only where the driver's environment has none: an inherited OMP_NUM_THREADS=2 ran two
+    1-CPU trials on 2 cores with 2 threads each, 4x slower than 1 each (bench/steps.py, `threads`).
+    """
+    return max(1, int(resources.get("CPU", 1)))
+
+
 def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> None:
     """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch."""
     import ray
+    import torch
     from ray import tune
 
     from trials.trial import CheckpointUnreadable, run_trial
@@ -87,10 +97,12 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
     config = trial_config_for(TrialConfig.model_validate(base), params, SearchSpace.model_validate(space))
     context = tune.get_context()
     output_dir = Path(context.get_trial_dir()) / "output"
+    torch.set_num_threads(trial_threads(context.get_trial_resources().required_resources))
     placement = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": ",".join(str(gpu) for gpu in ray.get_gpu_ids()),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "torch_threads": str(torch.get_num_threads()),  # a tag, like the rest: not a metric
     }
 
     scored = split_metric("val", objective_metric(config.eval.objective))

@@ -21,8 +21,12 @@ LEARNING_POINT = ("{method: lora, lora_r: 32, lora_alpha: 64, lora_learning_rate
 @pytest.fixture(scope="module")
 def local_ray():
     # Two fake GPUs: Ray schedules by declared resources, so GPU placement is testable on CPU.
-    with sweep_ray(num_gpus=2):
-        yield
+    # OMP_NUM_THREADS=2 inherited from the shell: Ray then leaves it to the trials, and each must still take the
+    # threads of the one CPU it is given (orchestrator.sweep.trial_threads).
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with sweep_ray(num_gpus=2):
+            yield
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,7 @@ def test_sweep_logs_one_parent_and_one_child_run_per_trial(six_trials):
         assert {"val_contains_recall", "train_exact_recall", "peak_memory_mb"} <= numeric
         assert numeric <= set(run.data.metrics)
         assert run.data.tags[run_record.METHOD_SHAPE]
+        assert run.data.tags[run_record.placement_tag("torch_threads")] == "1"  # sweep.resources.cpu: 1
         adapter = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
         assert "adapter/adapter_config.json" in adapter and "adapter/adapter_model.safetensors" in adapter
         assert run.data.params["training.epochs"] == "2"

@@ -227,9 +227,10 @@ def build_schedule(optimizer: torch.optim.Optimizer, training: TrainingConfig, t
 class Trainer:
     """Optimiser, schedule and one-epoch step over a peft model."""
 
-    # The bench swaps in the previous full-logits loss and length-only grouping to compare.
+    # The bench swaps in the previous full-logits loss and length-only grouping, and other batchings, to compare.
     loss_fn = staticmethod(batch_loss)
     group_key = staticmethod(group_key)
+    batcher = staticmethod(batches_for_epoch)
 
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
                  pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = (),
@@ -269,7 +270,7 @@ class Trainer:
         accumulate = self.training.gradient_accumulation_steps
         examples = (self.examples + self.rng.sample(self.replay, self.replay_count)
                     + self.rng.sample(self.general, self.general_count))
-        batches = batches_for_epoch(examples, self.training.batch_size, self.rng, self.group_key)
+        batches = self.batcher(examples, self.training.batch_size, self.rng, self.group_key)
         loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(batches, start=1):

@@ -1,0 +1,243 @@
+"""The `steps` section: how fast one training step is against the machine's peak, and what makes it faster, each
+way side by side with today's step in one run (issue 26).
+
+    python -m bench.run --sections steps     # about 25 minutes on 2 idle cores
+
+1. mfu       the tiny model's trial (configs/demo.yaml) and SmolLM2's (configs/smollm2.yaml): training tokens/s over
+             STEP_EPOCHS epochs after a warm-up epoch, then the GEMM peaks right after, on the threads a trial gets
+             (bench/mfu.py counts the FLOPs): tiny_mfu, smollm2_mfu, peak_bf16_gflops, peak_fp32_gflops.
+2. variants  SmolLM2's step as shipped (`ours`) against each way to make it faster, each on a fresh adapter with the
+             same seed, so the same batches; ours first and last, to bracket a drift in the machine's load:
+               bf16_linear   the frozen Linear weights held in bf16 once, which autocast casts on every call;
+               bf16_base     the whole frozen base in bf16 (norms, embeddings and the residual stream too);
+               compile       every decoder layer under torch.compile(dynamic=True), eager where compiling fails;
+               token_budget  batches filled up to a token budget (batch_size x the mean example's tokens, padding
+                             included) in place of a fixed number of rows;
+             each: tokens/s of its timed epoch, its ratio to ours, and the training loss after the same epochs.
+             A variant at least KEEP_SPEEDUP faster is then trained the whole trial beside ours, and both answer
+             the val questions (the adapter alone, no router): worth shipping only if recall is unchanged.
+3. threads   two SmolLM2 trainings at once, as a 2-core sweep runs two 1-CPU trials: each on 1 thread (what
+             orchestrator.sweep.trial_threads gives them) and each on 2 (an OMP_NUM_THREADS=2 inherited from the
+             shell, or torch's default of every core): tokens/s each way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench import mfu
+
+REPO = Path(__file__).resolve().parent.parent
+SMOLLM2 = REPO / "configs" / "smollm2.yaml"
+STEP_EPOCHS = 2  # timed epochs for the MFU, after a warm-up epoch
+KEEP_SPEEDUP = 1.05  # a variant this much faster than ours gets its recall checked over a whole trial
+MFU_KEYS = ("tiny_mfu", "smollm2_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "tiny_flops_per_token",
+            "smollm2_flops_per_token", "peak_gflops", "smollm2_peak_gflops")
+REQUIRED_KEYS = ("tiny_mfu", "smollm2_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "steps_variants",
+                 "steps_threads")
+
+
+# ------------------------------------------------------------------------------------------- variants
+
+
+def _frozen_linears_bf16(model) -> None:
+    output = model.get_output_embeddings()  # tied to the input embeddings in SmolLM2: left as it is
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not output:
+            module.to(torch.bfloat16)
+
+
+def _base_bf16(model) -> None:
+    model.to(torch.bfloat16)
+
+
+def _compile_layers(model) -> None:
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # the fallback: a frame that fails to compile runs eagerly
+    for layer in model.model.layers:
+        layer.compile(dynamic=True)
+
+
+def token_budget_batches(examples, batch_size: int, rng, key) -> list[list]:
+    """trials.train.batches_for_epoch's shuffled, length-sorted windows, cut where the next example would take the
+    batch (rows x its longest example) past a budget of batch_size x the mean example's tokens."""
+    from trials.train import LENGTH_GROUP_WINDOW
+
+    budget = batch_size * sum(example.num_tokens for example in examples) / len(examples)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * LENGTH_GROUP_WINDOW
+    batches = []
+    for start in range(0, len(order), window):
+        batch: list = []
+        for index in sorted(order[start : start + window], key=lambda i: key(examples[i])):
+            longest = max([examples[index].num_tokens] + [example.num_tokens for example in batch])
+            if batch and (len(batch) + 1) * longest > budget:
+                batches.append(batch)
+                batch = []
+            batch.append(examples[index])
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+# name -> (applied to the bare base before the adapter, applied to the Trainer)
+VARIANTS: dict[str, tuple[Callable | None, Callable | None]] = {
+    "ours": (None, None),
+    "bf16_linear": (_frozen_linears_bf16, None),
+    "bf16_base": (_base_bf16, None),
+    "compile": (_compile_layers, None),
+    "token_budget": (None, lambda trainer: setattr(trainer, "batcher", token_budget_batches)),
+}
+
+
+def _trainer(trial, variant: str):
+    """A fresh adapter on a freshly loaded base, `variant` applied, seeded as the trial is."""
+    from trials.data import load_knowledge
+    from trials.model import attach_method, load_for
+    from trials.train import Trainer
+    from trials.trial import build_examples
+
+    on_base, on_trainer = VARIANTS[variant]
+    loaded = load_for(trial)
+    examples = build_examples(loaded.tokenizer, load_knowledge(trial.data), trial)
+    if on_base:
+        on_base(loaded.model)
+    torch.manual_seed(trial.training.seed)
+    model = attach_method(loaded.model, trial.method, False)
+    for parameter in model.parameters():  # the adapter trains in float32 whatever the base holds
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    trainer = Trainer(model, examples, trial.training, trial.method.learning_rate, loaded.tokenizer.pad_token_id,
+                      loaded.device, loaded.bf16)
+    if on_trainer:
+        on_trainer(trainer)
+    return loaded, model, trainer
+
+
+def timed_epochs(trial, variant: str, epochs: int) -> dict:
+    """A warm-up epoch (compiling, for `compile`), then `epochs` timed ones: tokens/s and the last epoch's loss."""
+    _, _, trainer = _trainer(trial, variant)
+    started = time.perf_counter()
+    warm = trainer.train_epoch()
+    warm_up_seconds = time.perf_counter() - started
+    tokens = seconds = 0.0
+    for _ in range(epochs):
+        stats = trainer.train_epoch()
+        tokens, seconds = tokens + stats.tokens, seconds + stats.seconds
+    return {"tokens_per_s": tokens / seconds, "tokens": int(tokens), "seconds": seconds,
+            "warm_up_seconds": warm_up_seconds, "warm_up_loss": warm.loss, "loss": stats.loss}
+
+
+def trained_recall(trial, variant: str) -> dict:
+    """The whole trial's epochs, then the adapter's val exact recall (no router: the same for every variant)."""
+    from trials.data import load_knowledge
+    from trials.evaluate import generation_budget, score_rows
+
+    loaded, model, trainer = _trainer(trial, variant)
+    seconds = 0.0
+    for _ in range(trial.training.epochs):
+        seconds += trainer.train_epoch().seconds
+    knowledge = load_knowledge(trial.data)
+    metrics, _ = score_rows(model, loaded.tokenizer, knowledge.split("val"), batch_size=trial.eval.batch_size,
+                            max_new_tokens=generation_budget(loaded.tokenizer, knowledge, trial.eval),
+                            device=loaded.device, bf16=loaded.bf16)
+    return {"val_exact_recall": metrics["exact_recall"], "train_seconds": seconds, "epochs": trial.training.epochs}
+
+
+def compare_variants(trial, log) -> dict:
+    """Each variant's timed epoch against ours (measured first and last), and the recall of the faster ones."""
+    runs = {}
+    for variant in ("ours", *[name for name in VARIANTS if name != "ours"], "ours"):
+        run = timed_epochs(trial, variant, epochs=1)
+        runs.setdefault(variant, []).append(run)
+        log(f"steps {variant}: {run['tokens_per_s']:,.0f} tok/s, loss {run['loss']:.4f} "
+            f"(warm-up {run['warm_up_seconds']:.1f}s)")
+    ours_rate = sum(run["tokens_per_s"] for run in runs["ours"]) / len(runs["ours"])
+    table = {variant: {**done[0], "speedup": done[0]["tokens_per_s"] / ours_rate}
+             for variant, done in runs.items() if variant != "ours"}
+    table["ours"] = {"tokens_per_s": ours_rate, "runs": runs["ours"], "speedup": 1.0, "loss": runs["ours"][0]["loss"]}
+    faster = [variant for variant, row in table.items() if row["speedup"] >= KEEP_SPEEDUP]
+    if faster:
+        table["ours"]["recall"] = trained_recall(trial, "ours")
+        for variant in faster:
+            table[variant]["recall"] = trained_recall(trial, variant)
+            log(f"steps {variant} over the whole trial: val {table[variant]['recall']['val_exact_recall']:.3f}, "
+                f"ours {table['ours']['recall']['val_exact_recall']:.3f}")
+    return table
+
+
+# -------------------------------------------------------------------------------------------- threads
+
+
+def _train_on(threads: int, trial, epochs: int, results) -> None:
+    torch.set_num_threads(threads)
+    results.put(timed_epochs(trial, "ours", epochs)["tokens_per_s"])
+
+
+def two_at_once(trial, epochs: int) -> dict[str, list[float]]:
+    """tokens/s of two trainings run at once in two processes, on 1 thread each and on 2 each."""
+    context = multiprocessing.get_context("spawn")
+    found = {}
+    for threads in (1, 2):
+        results = context.Queue()
+        workers = [context.Process(target=_train_on, args=(threads, trial, epochs, results)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        rates = [results.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        found[f"{threads}_thread{'s' if threads > 1 else ''}_each"] = rates
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- mfu
+
+
+def step_mfu(trial, epochs: int) -> dict:
+    speed = timed_epochs(trial, "ours", epochs)
+    return {**mfu.measure(trial, speed["tokens_per_s"]), "tokens_per_s": speed["tokens_per_s"]}
+
+
+def run(bench, log) -> dict:
+    from orchestrator.config import load_experiment
+
+    smoke = bench.settings.smoke
+    epochs = 1 if smoke else STEP_EPOCHS
+    extra = ["training.epochs=1"] if smoke else []
+    smollm2 = load_experiment(SMOLLM2, [*bench.overrides, *extra]).trial_config()
+    tiny = bench.experiment.trial_config()
+    # The variants and the threads on the tiny model in a smoke run, their code paths in seconds; in bf16 autocast,
+    # as SmolLM2's config trains, which the bf16 variants need.
+    subject = tiny.model_copy(update={"training": tiny.training.model_copy(update={"bf16": True})}) if smoke else smollm2
+    timings: dict[str, float] = {}
+    results: dict = {}
+    for name, trial in (("tiny", tiny), ("smollm2", smollm2)):
+        started = time.perf_counter()
+        found = step_mfu(trial, epochs)
+        timings[f"{name}_mfu"] = time.perf_counter() - started
+        peak = found["peak_gflops"]
+        log(f"{name} MFU {found['mfu']:.3f}: {found['flops_per_token'] / 1e6:,.1f} MFLOP a token at "
+            f"{found['tokens_per_s']:,.0f} tok/s; peak bf16 {peak['bf16']:,.0f}, fp32 {peak['fp32']:,.0f} GFLOP/s")
+        results.update({f"{name}_mfu": found["mfu"], f"{name}_flops_per_token": found["flops_per_token"],
+                        f"steps_{name}_tokens_per_s": found["tokens_per_s"]})
+        if name == "tiny":
+            results.update({"peak_bf16_gflops": peak["bf16"], "peak_fp32_gflops": peak["fp32"], "peak_gflops": peak})
+        else:
+            results["smollm2_peak_gflops"] = peak
+    started = time.perf_counter()
+    results["steps_variants"] = compare_variants(subject, log)
+    timings["variants"] = time.perf_counter() - started
+    started = time.perf_counter()
+    results["steps_threads"] = two_at_once(subject, epochs=1)
+    timings["threads"] = time.perf_counter() - started
+    log(f"steps threads, two trainings at once: {results['steps_threads']}")
+    results.update({"steps_subject": "tiny" if smoke else "smollm2", "steps_section_seconds": timings,
+                    "steps_torch_threads": torch.get_num_threads()})
+    return results
