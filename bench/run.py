@@ -9,6 +9,7 @@
     python -m bench.run --sections sentences # sentence answers by ROUGE-L, SmolLM2 (bench/sentences.py)
     python -m bench.run --sections time_to_champion  # sweep to promoted champion, then vs now (bench/time_to_champion.py)
     python -m bench.run --sections steps     # a training step's MFU, and faster steps side by side (bench/steps.py)
+    python -m bench.run --sections rungs     # early stopping replayed on SmolLM2's learning curves (bench/rungs.py)
     python -m bench.run --smoke --out /tmp/b   # the same code paths on a tiny slice (tests)
 
 Sections not run keep their figures from the previous latest.json (each section records its own
@@ -51,6 +52,7 @@ from bench.goals import tiny_goals_met
 from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
 from bench.library import exact_recall, run_bench_sweep, score_best, start_ray, timed
 from bench.seed_recipe import SEED
+from bench.rungs import REQUIRED_KEYS as RUNGS_REQUIRED_KEYS
 from bench.sentences import REQUIRED_KEYS as SENTENCES_REQUIRED_KEYS
 from bench.smollm2 import REQUIRED_KEYS as SMOLLM2_REQUIRED_KEYS
 from bench.steps import MFU_KEYS
@@ -400,6 +402,17 @@ def run_steps(bench: Bench) -> dict:
     return steps.run(bench, log)
 
 
+def run_rungs(bench: Bench) -> dict:
+    """Early stopping's set-ups replayed on SmolLM2's own learning curves (bench/rungs.py)."""
+    from bench import rungs
+
+    return rungs.run(bench.overrides, bench.settings, bench.work, log)
+
+
+def is_rungs_key(key: str) -> bool:
+    return key.startswith("rungs_")
+
+
 def is_steps_key(key: str) -> bool:
     return key.startswith("steps_") or key in MFU_KEYS
 
@@ -427,7 +440,7 @@ def is_incremental_key(key: str) -> bool:
 def is_tiny_key(key: str) -> bool:
     # The tiny sections came first, with unprefixed keys: every key no other section claims is theirs.
     return not (is_smollm2_key(key) or is_incremental_key(key) or is_general_key(key) or is_sentences_key(key)
-                or is_time_to_champion_key(key) or is_steps_key(key))
+                or is_time_to_champion_key(key) or is_steps_key(key) or is_rungs_key(key))
 
 
 @dataclass(frozen=True)
@@ -446,6 +459,7 @@ SECTIONS: dict[str, Section] = {
     "sentences": Section(run_sentences, SENTENCES_REQUIRED_KEYS, is_sentences_key),
     "time_to_champion": Section(run_time_to_champion, TIME_TO_CHAMPION_REQUIRED_KEYS, is_time_to_champion_key),
     "steps": Section(run_steps, STEPS_REQUIRED_KEYS, is_steps_key),
+    "rungs": Section(run_rungs, RUNGS_REQUIRED_KEYS, is_rungs_key),
 }
 
 

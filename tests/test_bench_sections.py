@@ -17,9 +17,12 @@ PREVIOUS = {
     "general_retention_ours": 0.88, "general_goals_met": {"general_retention_ours": False},
     "sentences_champion_test_rouge_l": 0.93, "sentences_goals_met": {"sentences_champion_lift": True},
     "time_to_champion_speedup": 2.5, "time_to_champion_goals_met": {"time_to_champion_speedup": True},
+    # The steps section owns the MFU figures of both models, and the peaks, whatever their prefix.
+    "smollm2_mfu": 0.4, "tiny_mfu": 0.5, "peak_bf16_gflops": 400.0, "steps_threads": {"1_thread_each": [1.0]},
     "sections": {"tiny": {"date": "tiny-day"}, "smollm2": {"date": "smollm2-day"},
                  "incremental": {"date": "incremental-day"}, "general": {"date": "general-day"},
-                 "sentences": {"date": "sentences-day"}, "time_to_champion": {"date": "ttc-day"}},
+                 "sentences": {"date": "sentences-day"}, "time_to_champion": {"date": "ttc-day"},
+                 "steps": {"date": "steps-day"}},
 }
 
 
@@ -28,7 +31,8 @@ PREVIOUS = {
                                           ("incremental", "incremental_retention_ours"),
                                           ("general", "general_retention_ours"),
                                           ("sentences", "sentences_champion_test_rouge_l"),
-                                          ("time_to_champion", "time_to_champion_speedup")])
+                                          ("time_to_champion", "time_to_champion_speedup"),
+                                          ("steps", "smollm2_mfu")])
 def test_a_section_replaces_only_its_own_keys(tmp_path, ran, new_key):
     previous = tmp_path / "latest.json"
     previous.write_text(json.dumps(PREVIOUS))
@@ -40,7 +44,8 @@ def test_a_section_replaces_only_its_own_keys(tmp_path, ran, new_key):
               "incremental": ("incremental_retention_ours", "incremental_new_recall_seed_way"),
               "general": ("general_retention_ours", "general_goals_met"),
               "sentences": ("sentences_champion_test_rouge_l", "sentences_goals_met"),
-              "time_to_champion": ("time_to_champion_speedup", "time_to_champion_goals_met")}
+              "time_to_champion": ("time_to_champion_speedup", "time_to_champion_goals_met"),
+              "steps": ("smollm2_mfu", "tiny_mfu", "peak_bf16_gflops", "steps_threads")}
     for section, keys in others.items():
         if section == ran:
             # Its previous figures are gone, not mixed with this run's.

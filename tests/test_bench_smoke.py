@@ -9,12 +9,12 @@ of the demo data (and of its second batch), writing into a temporary directory.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_support import bench_env
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -31,13 +31,6 @@ REQUIRED_KEYS = (
 )
 
 
-def _env() -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def _stamp(path: Path):
     return path.stat().st_mtime_ns if path.exists() else None
 
@@ -50,7 +43,7 @@ def test_bench_smoke_writes_every_key(tmp_path):
     # The tiny-model sections. SmolLM2's has the next test; `general`'s two SmolLM2 sweeps are measured
     # by `make bench-general` on their own.
     done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--sections", "tiny,incremental",
-                           "--out", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=890)
+                           "--out", str(out)], cwd=REPO, env=bench_env(), capture_output=True, text=True, timeout=890)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((out / "latest.json").read_text())
@@ -104,7 +97,7 @@ def test_bench_smollm2_smoke_writes_every_key_and_keeps_the_other_sections(tmp_p
     earlier = {"throughput_ratio_vs_seed": 1.7, "sections": {"tiny": {"date": "earlier"}}, "smoke": True}
     (out / "latest.json").write_text(json.dumps(earlier))
     done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--sections", "smollm2", "--out", str(out)],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1190)
+                          cwd=REPO, env=bench_env(), capture_output=True, text=True, timeout=1190)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     results = json.loads((out / "latest.json").read_text())
@@ -130,7 +123,7 @@ def test_gpu_bench_code_paths_on_cpu(tmp_path):
     """bench/gpu.py --tiny: the GPU bench's two training loops on a tiny model on CPU."""
     out = tmp_path / "gpu.json"
     done = subprocess.run([sys.executable, "-m", "bench.gpu", "--tiny", "--out", str(out)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=590)
+                          env=bench_env(), capture_output=True, text=True, timeout=590)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["ours"]["tokens"] == result["data"]["real_tokens"]
