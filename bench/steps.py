@@ -8,8 +8,9 @@ way side by side with today's step in one run (issue 26).
              (bench/mfu.py counts the FLOPs): tiny_mfu, smollm2_mfu, peak_bf16_gflops, peak_fp32_gflops.
 2. variants  SmolLM2's step as shipped (`ours`) against each way to make it faster, each on a fresh adapter with the
              same seed, so the same batches; ours first and last, to bracket a drift in the machine's load:
-               bf16_linear   the frozen Linear weights held in bf16 once, which autocast casts on every call;
-               bf16_base     the whole frozen base in bf16 (norms, embeddings and the residual stream too);
+               float32_base  the frozen base in float32 under the same bf16 autocast, as before it was held in
+                             bf16 (trials/model.load_base_model): autocast casts each weight on every call, and
+                             norms and the residual stream run in float32;
                compile       every decoder layer under torch.compile(dynamic=True), eager where compiling fails;
                token_budget  batches filled up to a token budget (batch_size x the mean example's tokens, padding
                              included) in place of a fixed number of rows;
@@ -45,15 +46,8 @@ REQUIRED_KEYS = ("tiny_mfu", "smollm2_mfu", "peak_bf16_gflops", "peak_fp32_gflop
 # ------------------------------------------------------------------------------------------- variants
 
 
-def _frozen_linears_bf16(model) -> None:
-    output = model.get_output_embeddings()  # tied to the input embeddings in SmolLM2: left as it is
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not output:
-            module.to(torch.bfloat16)
-
-
-def _base_bf16(model) -> None:
-    model.to(torch.bfloat16)
+def _base_float32(model) -> None:
+    model.to(torch.float32)
 
 
 def _compile_layers(model) -> None:
@@ -90,8 +84,7 @@ def token_budget_batches(examples, batch_size: int, rng, key) -> list[list]:
 # name -> (applied to the bare base before the adapter, applied to the Trainer)
 VARIANTS: dict[str, tuple[Callable | None, Callable | None]] = {
     "ours": (None, None),
-    "bf16_linear": (_frozen_linears_bf16, None),
-    "bf16_base": (_base_bf16, None),
+    "float32_base": (_base_float32, None),
     "compile": (_compile_layers, None),
     "token_budget": (None, lambda trainer: setattr(trainer, "batcher", token_budget_batches)),
 }
@@ -111,9 +104,6 @@ def _trainer(trial, variant: str):
         on_base(loaded.model)
     torch.manual_seed(trial.training.seed)
     model = attach_method(loaded.model, trial.method, False)
-    for parameter in model.parameters():  # the adapter trains in float32 whatever the base holds
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
     trainer = Trainer(model, examples, trial.training, trial.method.learning_rate, loaded.tokenizer.pad_token_id,
                       loaded.device, loaded.bf16)
     if on_trainer:
@@ -213,8 +203,8 @@ def run(bench, log) -> dict:
     extra = ["training.epochs=1"] if smoke else []
     smollm2 = load_experiment(SMOLLM2, [*bench.overrides, *extra]).trial_config()
     tiny = bench.experiment.trial_config()
-    # The variants and the threads on the tiny model in a smoke run, their code paths in seconds; in bf16 autocast,
-    # as SmolLM2's config trains, which the bf16 variants need.
+    # The variants and the threads on the tiny model in a smoke run, their code paths in seconds; in bf16, as
+    # SmolLM2's config trains, so that float32_base differs from ours.
     subject = tiny.model_copy(update={"training": tiny.training.model_copy(update={"bf16": True})}) if smoke else smollm2
     timings: dict[str, float] = {}
     results: dict = {}

@@ -50,7 +50,7 @@ PROBE_SPLITS = ("protect", "check")
 # Generation budgets of the base model's replies: a short answer fits in 24 tokens, and a reply's
 # first line is all that is scored; a chat reply's first 48 tokens carry its style and content.
 ANSWER_TOKENS, CHAT_TOKENS = 24, 48
-RECIPE = 3  # bump when what is cached (or how it is computed) changes
+RECIPE = 4  # bump when what is cached (or how it is computed) changes
 CONTENT = ("question", "answer", "aliases", "topic", "split")  # what the probe's fingerprint is of
 
 

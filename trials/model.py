@@ -59,12 +59,13 @@ def load_tokenizer(path: str):
 
 
 def load_base_model(path: str, device: torch.device, bf16: bool, attention: str = "sdpa"):
-    """The frozen base. bf16 weights on a GPU (half the memory of a 7B model); on the CPU the weights
-    stay float32 under bf16 autocast: a bf16 copy measured no faster there (SmolLM2, 2 cores: 345 vs
-    369 tokens/s) and float32 keeps the base exactly as converted."""
+    """The frozen base, its weights in bf16 when the trial computes in bf16 (the adapter's stay float32: peft's
+    autocast_adapter_dtype). On a GPU that halves a 7B model's memory; on the CPU, where autocast would cast every
+    float32 weight on every call and norms and the residual stream would run in float32, SmolLM2 trained 1.18x
+    faster at the same val recall (bench/RESULTS.md, "Training steps": bf16_base)."""
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if bf16 else torch.float32
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention).to(device)
 
 

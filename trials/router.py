@@ -32,7 +32,7 @@ from trials.model import autocast
 from trials.model_cache import json_cache_path, model_identity, write_json_atomically
 
 ROUTER_FILE = "router.json"
-RECIPE = 1  # bump when the fit or the measurement changes: cached routers are keyed by it
+RECIPE = 2  # bump when the fit or the measurement changes: cached routers are keyed by it
 _ATTRIBUTE = "recall_router"  # where a loaded model carries its router
 
 
