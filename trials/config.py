@@ -106,7 +106,8 @@ class TrainingConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     seed: int = Field(0, description="Seeds data order, adapter init and dropout.")
     bf16: Literal["auto"] | bool = Field(
-        "auto", description="bf16 autocast; auto = on where the GPU supports it; true also on the CPU (fast on AVX512-BF16).")
+        "auto", description="bf16 autocast, the frozen base held in bf16 and the adapter in float32; auto = on "
+                            "where the GPU supports it; true also on the CPU (fast on AVX512-BF16).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (7B models).")
     attention: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel (transformers' attn_implementation); eager is faster on the CPU "
