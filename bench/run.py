@@ -34,6 +34,7 @@ The tiny sections, all measured in this one process, one after another:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -360,53 +361,17 @@ def run_tiny(bench: Bench) -> dict:
     return results
 
 
-def run_smollm2(bench: Bench) -> dict:
-    """The real-model sections (bench/smollm2.py), on configs/smollm2.yaml."""
-    from bench import smollm2
+def module_section(name: str, takes_bench: bool = False) -> Callable[[Bench], dict]:
+    """The run of the section in bench/<name>.py, imported only when it runs (its heavy imports stay out of the
+    others): `run(bench, log)` where `takes_bench`, else `run(overrides, settings, work, log)`."""
 
-    return smollm2.run(bench.overrides, bench.settings, bench.work, log)
+    def run(bench: Bench) -> dict:
+        module = importlib.import_module(f"bench.{name}")
+        if takes_bench:
+            return module.run(bench, log)
+        return module.run(bench.overrides, bench.settings, bench.work, log)
 
-
-def run_incremental(bench: Bench) -> dict:
-    """Adding facts later (bench/incremental.py), on the tiny model and the demo's two batches."""
-    from bench import incremental
-
-    return incremental.run(bench, log)
-
-
-def run_general(bench: Bench) -> dict:
-    """General knowledge kept (bench/general.py), on configs/smollm2.yaml with the full demo data."""
-    from bench import general
-
-    return general.run(bench.overrides, bench.settings, bench.work, log)
-
-
-def run_sentences(bench: Bench) -> dict:
-    """Sentence answers (bench/sentences.py), on configs/sentences.yaml: swept and promoted by ROUGE-L."""
-    from bench import sentences
-
-    return sentences.run(bench.overrides, bench.settings, bench.work, log)
-
-
-def run_time_to_champion(bench: Bench) -> dict:
-    """From `sweep` to a promoted champion (bench/time_to_champion.py), the previous path and ours, on SmolLM2."""
-    from bench import time_to_champion
-
-    return time_to_champion.run(bench.overrides, bench.settings, bench.work, log)
-
-
-def run_steps(bench: Bench) -> dict:
-    """A training step's MFU, and the ways to make it faster side by side (bench/steps.py)."""
-    from bench import steps
-
-    return steps.run(bench, log)
-
-
-def run_rungs(bench: Bench) -> dict:
-    """Early stopping's set-ups replayed on SmolLM2's own learning curves (bench/rungs.py)."""
-    from bench import rungs
-
-    return rungs.run(bench.overrides, bench.settings, bench.work, log)
+    return run
 
 
 def is_rungs_key(key: str) -> bool:
@@ -453,13 +418,22 @@ class Section:
 # `--sections` chooses among these, run in the order given.
 SECTIONS: dict[str, Section] = {
     "tiny": Section(run_tiny, TINY_REQUIRED_KEYS, is_tiny_key),
-    "smollm2": Section(run_smollm2, SMOLLM2_REQUIRED_KEYS, is_smollm2_key),
-    "incremental": Section(run_incremental, INCREMENTAL_REQUIRED_KEYS, is_incremental_key),
-    "general": Section(run_general, GENERAL_REQUIRED_KEYS, is_general_key),
-    "sentences": Section(run_sentences, SENTENCES_REQUIRED_KEYS, is_sentences_key),
-    "time_to_champion": Section(run_time_to_champion, TIME_TO_CHAMPION_REQUIRED_KEYS, is_time_to_champion_key),
-    "steps": Section(run_steps, STEPS_REQUIRED_KEYS, is_steps_key),
-    "rungs": Section(run_rungs, RUNGS_REQUIRED_KEYS, is_rungs_key),
+    # The real model against the seed recipe and our previous code path, on configs/smollm2.yaml.
+    "smollm2": Section(module_section("smollm2"), SMOLLM2_REQUIRED_KEYS, is_smollm2_key),
+    # Adding facts later, on the tiny model and the demo's two batches.
+    "incremental": Section(module_section("incremental", takes_bench=True), INCREMENTAL_REQUIRED_KEYS,
+                           is_incremental_key),
+    # General knowledge kept, on configs/smollm2.yaml with the full demo data.
+    "general": Section(module_section("general"), GENERAL_REQUIRED_KEYS, is_general_key),
+    # Sentence answers, configs/sentences.yaml swept and promoted by ROUGE-L.
+    "sentences": Section(module_section("sentences"), SENTENCES_REQUIRED_KEYS, is_sentences_key),
+    # From `sweep` to a promoted SmolLM2 champion, the previous path and ours.
+    "time_to_champion": Section(module_section("time_to_champion"), TIME_TO_CHAMPION_REQUIRED_KEYS,
+                                is_time_to_champion_key),
+    # A training step's MFU, and the ways to make it faster side by side.
+    "steps": Section(module_section("steps", takes_bench=True), STEPS_REQUIRED_KEYS, is_steps_key),
+    # Early stopping's set-ups replayed on SmolLM2's own learning curves.
+    "rungs": Section(module_section("rungs"), RUNGS_REQUIRED_KEYS, is_rungs_key),
 }
 
 
