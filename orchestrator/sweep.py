@@ -81,7 +81,8 @@ def trial_threads(resources: dict[str, float]) -> int:
     """torch's threads for a trial given `resources` (Tune's sums: {"CPU": 1.0, ...}): its whole CPUs, at least one.
 
     Ray sets OMP_NUM_THREADS so only where the driver's environment has none: an inherited OMP_NUM_THREADS=2 ran two
-    1-CPU trials on 2 cores with 2 threads each, 4x slower than 1 each (bench/steps.py, `threads`).
+    1-CPU trials on 2 cores with 2 threads each, 4x (tiny model) to 18x (SmolLM2) slower than 1 each (bench/steps.py,
+    `threads`).
     """
     return max(1, int(resources.get("CPU", 1)))
 
