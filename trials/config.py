@@ -109,6 +109,10 @@ class TrainingConfig(Strict):
         "auto", description="bf16 autocast, the frozen base held in bf16 and the adapter in float32; auto = on "
                             "where the GPU supports it; true also on the CPU (fast on AVX512-BF16).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory (7B models).")
+    neftune_alpha: float = Field(
+        0.0, ge=0.0, description="NEFTune: uniform noise added to the input embeddings while training, of size "
+                                 "alpha / sqrt(tokens x hidden size) a batch (transformers' neftune_post_forward_hook; "
+                                 "HF Trainer's neftune_noise_alpha). 0 = off; the paper used 5 to 15.")
     attention: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel (transformers' attn_implementation); eager is faster on the CPU "
                             "for short QA sequences, sdpa everywhere else.")

@@ -266,6 +266,18 @@ class Trainer:
     def train_epoch(self, epoch: int | None = None) -> EpochStats:
         """One pass over the examples; `epoch` only names where a TrainingDiverged happened."""
         self.model.train()
+        # NEFTune's hook lives for one epoch only, so a base model kept for the next trial carries none.
+        if not self.training.neftune_alpha:
+            return self._train_epoch(epoch)
+        from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
+        noise = activate_neftune(self.model, self.training.neftune_alpha)
+        try:
+            return self._train_epoch(epoch)
+        finally:
+            deactivate_neftune(self.model, noise)
+
+    def _train_epoch(self, epoch: int | None) -> EpochStats:
         started = time.perf_counter()
         accumulate = self.training.gradient_accumulation_steps
         examples = (self.examples + self.rng.sample(self.replay, self.replay_count)

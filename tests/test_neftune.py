@@ -1,0 +1,70 @@
+"""training.neftune_alpha: noisy input embeddings while a trial trains (NEFTune), and only then.
+
+The hook is transformers' own; what is ours is where it lives: inside one training epoch, so evaluation
+between epochs and a base model kept for the next trial (trials/model.keep_base) see clean embeddings.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trials.config import TrainingConfig, TrialConfig
+from trials.data import load_knowledge
+from trials.methods.lora import LoraMethod
+from trials.model import attach_method, load_base_model, load_tokenizer
+from trials.train import Trainer
+from trials.trial import build_examples
+
+
+@pytest.fixture
+def trainer_for(tokenizer_path, demo_documents, demo_qa):
+    """`trainer_for(neftune_alpha)` -> a Trainer over 16 train QA pairs of the demo, one step an epoch."""
+
+    def make(neftune_alpha: float) -> Trainer:
+        torch.manual_seed(0)
+        config = TrialConfig.model_validate({"data": {"documents": demo_documents, "qa": demo_qa},
+                                             "training": {"include_documents": False}})
+        tokenizer = load_tokenizer(tokenizer_path)
+        model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False), LoraMethod(r=8), False)
+        examples = build_examples(tokenizer, load_knowledge(config.data), config)[:16]
+        training = TrainingConfig(epochs=1, batch_size=16, warmup_ratio=0.0, include_documents=False,
+                                  neftune_alpha=neftune_alpha)
+        return Trainer(model, examples, training, 1e-3, tokenizer.pad_token_id, torch.device("cpu"), False)
+
+    return make
+
+
+def embeddings_of(trainer: Trainer) -> torch.nn.Embedding:
+    return trainer.model.get_input_embeddings()
+
+
+def test_noise_changes_the_training_loss_and_nothing_is_left_on_the_embeddings(trainer_for):
+    clean, noisy = trainer_for(0.0), trainer_for(15.0)
+    clean_loss, noisy_loss = clean.train_epoch(1).loss, noisy.train_epoch(1).loss
+    assert noisy_loss != pytest.approx(clean_loss, rel=1e-6), "the noise did not reach the forward pass"
+    assert noisy_loss == pytest.approx(clean_loss, rel=0.2), "the noise is not of NEFTune's small size"
+    embeddings = embeddings_of(noisy)
+    assert not embeddings._forward_hooks and not hasattr(embeddings, "neftune_noise_alpha")
+
+
+def test_no_noise_outside_an_epoch_even_in_train_mode(trainer_for):
+    trainer = trainer_for(15.0)
+    trainer.train_epoch(1)
+    trainer.model.train()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    first, second = embeddings_of(trainer)(ids), embeddings_of(trainer)(ids)
+    assert torch.equal(first, second)
+
+
+def test_a_failing_epoch_takes_its_hook_away_too(trainer_for):
+    trainer = trainer_for(15.0)
+
+    def fail(epoch):
+        assert embeddings_of(trainer)._forward_hooks, "the hook is not on during the epoch"
+        raise RuntimeError("stopped inside the epoch")
+
+    trainer._train_epoch = fail
+    with pytest.raises(RuntimeError, match="stopped inside"):
+        trainer.train_epoch(1)
+    assert not embeddings_of(trainer)._forward_hooks
