@@ -3,6 +3,8 @@ sweep's workers, so a sweep loads its base once per worker. Reuse must change no
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from promote_support import trial_config
@@ -59,3 +61,17 @@ def test_a_failed_trial_gives_no_base_back(tmp_path, demo_documents, demo_qa, lo
         run_trial(lora, tmp_path / "failed", on_epoch=fail, log=lambda _: None)
     run_trial(lora, tmp_path / "next", log=lambda _: None)  # its model may be in any state: the next loads anew
     assert len(loads) == 2
+
+
+def test_a_trial_tune_stops_gives_its_base_back_and_records_its_scores(tmp_path, demo_documents, demo_qa, loads):
+    lora = trial_config(demo_documents, demo_qa, epochs=3, learning_rate=1e-3)
+
+    def stop_like_tune(metrics, checkpoint):
+        raise SystemExit(0)  # what tune.report does to a trial its scheduler stops
+
+    with pytest.raises(SystemExit):
+        run_trial(lora, tmp_path / "stopped", on_epoch=stop_like_tune, log=lambda _: None)
+    recorded = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert recorded["status"] == "stopped" and recorded["epochs"] == 1 and "val_exact_recall" in recorded
+    run_trial(lora, tmp_path / "next", log=lambda _: None)
+    assert len(loads) == 1

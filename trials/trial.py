@@ -82,6 +82,7 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
     output_dir = Path(output_dir)
     run = TrialRun(config, output_dir, log, trial_id)  # raises DataError before any model is loaded
     output_dir.mkdir(parents=True, exist_ok=True)
+    stopped = False
     try:
         run.setup()
         if resume_from is not None:
@@ -95,6 +96,7 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
             except SystemExit:
                 # Ray Tune ends a trial it stops (early stopping, a reused worker's next trial) with sys.exit inside
                 # its report: between two epochs, so the base is whole and the worker's next trial may have it.
+                stopped = True
                 run.release()
                 raise
             if stop or last:
@@ -103,9 +105,12 @@ def run_trial(config: TrialConfig, output_dir: Path, on_epoch: EpochCallback | N
         run.release()
         return summary
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        failure = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
-        (output_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
+        if stopped:  # not a failure: the scores of the epochs it ran stand
+            record = run.summary("stopped")
+        else:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            record = {"status": status, "error": f"{type(error).__name__}: {error}", "method": config.method.name}
+        (output_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         raise
 
 
