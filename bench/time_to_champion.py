@@ -4,8 +4,11 @@ stood when issue 26 was filed (`previous`) beside today's (`ours`), on the full 
     python -m bench.run --sections time_to_champion     # about 45 minutes on 2 idle cores
 
 previous  configs/smollm2.yaml with the protection in training it shipped then (bench.time_to_champion.PREVIOUS:
-          general_replay 0.5, kl_to_base 1, adapter_shrink 0.9 .. 0.6, no router, general_floor 0.85), every
-          trial loading its base model (RECALL_REUSE_BASE=0).
+          general_replay 0.5, kl_to_base 1, adapter_shrink 0.9 .. 0.6, no router, general_floor 0.85), answers
+          generated every epoch as they were then (eval.recall_every=1), its early stopping then (rungs at
+          epochs 2 and 6 by val answer loss, then the objective; no patience), every trial loading its base
+          model (RECALL_REUSE_BASE=0). What it does not undo: the base held in bf16 (trials/model.load_base_model),
+          faster steps for both paths.
 ours      configs/smollm2.yaml as shipped: the adapter router alone, fitted once per sweep (its fit cached,
           trials/router.routed_and_measured; the cache is emptied first, so this sweep pays for one fit), the base
           model kept from trial to trial in each Ray worker (trials/model.keep_base).
@@ -33,7 +36,10 @@ CONFIG = REPO / "configs" / "smollm2.yaml"
 TTC_SAMPLES = 4
 # configs/smollm2.yaml's protection at issue 26's filing (d5fc712), on top of today's file.
 PREVIOUS = ["training.adapter_router=false", "training.general_replay=0.5", "training.kl_to_base=1.0",
-            "training.adapter_shrink=[0.9,0.8,0.7,0.6]", "sweep.general_floor=0.85"]
+            "training.adapter_shrink=[0.9,0.8,0.7,0.6]", "sweep.general_floor=0.85", "eval.recall_every=1",
+            # its early stopping, whatever configs/smollm2.yaml sets today
+            "sweep.asha.grace_period=2", "sweep.asha.reduction_factor=3", "sweep.asha.compare_by=auto",
+            "sweep.asha.compare_at_least=2", "training.patience=null"]
 REUSE = "RECALL_REUSE_BASE"
 REQUIRED_KEYS = (
     "time_to_champion_previous_s", "time_to_champion_ours_s", "time_to_champion_speedup",
