@@ -81,6 +81,34 @@ def tokenizer_path() -> str:
     return resolve_model("embedded:tiny-llama")
 
 
+@pytest.fixture
+def demo_trainer(tokenizer_path, demo_documents, demo_qa):
+    """`demo_trainer(rows, learning_rate, **training)` -> a trials.train.Trainer of a fresh LoRA (r 8, every linear
+    layer) on the tiny model over the demo's first `rows` train QA pairs, batch 16, one epoch, no warm-up."""
+    import torch
+
+    from trials.config import TrainingConfig, TrialConfig
+    from trials.data import load_knowledge
+    from trials.methods.lora import LoraMethod
+    from trials.model import attach_method, load_base_model, load_tokenizer
+    from trials.train import Trainer
+    from trials.trial import build_examples
+
+    def make(rows: int, learning_rate: float, **training):
+        torch.manual_seed(0)
+        config = TrialConfig.model_validate({"data": {"documents": demo_documents, "qa": demo_qa},
+                                             "training": {"include_documents": False}})
+        tokenizer = load_tokenizer(tokenizer_path)
+        method = LoraMethod(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+        model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False), method, False)
+        examples = build_examples(tokenizer, load_knowledge(config.data), config)[:rows]
+        settings = TrainingConfig(epochs=1, batch_size=16, warmup_ratio=0.0, include_documents=False, **training)
+        return Trainer(model, examples, settings, learning_rate, tokenizer.pad_token_id, torch.device("cpu"), False)
+
+    return make
+
+
 # Longest first: `make test` hands whole files to its two workers in collection order (xdist's --dist loadfile),
 # so a long file collected last would end the suite on one worker alone. A file's rank is its slowest tier.
 TIERS = ("real_model", "slow", "cluster", "service", "e2e")

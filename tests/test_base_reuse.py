@@ -64,7 +64,7 @@ def test_a_failed_trial_gives_no_base_back(tmp_path, demo_documents, demo_qa, lo
 
 
 def test_a_trial_tune_stops_gives_its_base_back_and_records_its_scores(tmp_path, demo_documents, demo_qa, loads):
-    lora = trial_config(demo_documents, demo_qa, epochs=3, learning_rate=1e-3)
+    lora = trial_config(demo_documents, demo_qa, epochs=2, learning_rate=1e-3)
 
     def stop_like_tune(metrics, checkpoint):
         raise SystemExit(0)  # what tune.report does to a trial its scheduler stops

@@ -10,33 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trials.config import TrainingConfig, TrialConfig
-from trials.data import load_knowledge
-from trials.methods.lora import LoraMethod
-from trials.model import attach_method, load_base_model, load_tokenizer
 from trials.train import Trainer, TrainingDiverged
-from trials.trial import build_examples
 
 DIVERGING = ["--set", "method.learning_rate=1e30", "--set", "training.epochs=1", "--set", "training.warmup_ratio=0"]
 
 
 @pytest.fixture
-def trainer_for(tokenizer_path, demo_documents, demo_qa):
+def trainer_for(demo_trainer):
     """`trainer_for(learning_rate)` -> a Trainer over 32 train QA pairs of the demo (two steps an epoch)."""
-
-    def make(learning_rate: float) -> Trainer:
-        torch.manual_seed(0)
-        config = TrialConfig.model_validate({"data": {"documents": demo_documents, "qa": demo_qa},
-                                             "training": {"include_documents": False}})
-        tokenizer = load_tokenizer(tokenizer_path)
-        method = LoraMethod(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"])
-        model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False), method, False)
-        examples = build_examples(tokenizer, load_knowledge(config.data), config)[:32]
-        training = TrainingConfig(epochs=1, batch_size=16, warmup_ratio=0.0, include_documents=False)
-        return Trainer(model, examples, training, learning_rate, tokenizer.pad_token_id, torch.device("cpu"), False)
-
-    return make
+    return lambda learning_rate: demo_trainer(32, learning_rate)
 
 
 def trainable(trainer: Trainer) -> list[torch.Tensor]:

@@ -9,30 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trials.config import TrainingConfig, TrialConfig
-from trials.data import load_knowledge
-from trials.methods.lora import LoraMethod
-from trials.model import attach_method, load_base_model, load_tokenizer
 from trials.train import Trainer
-from trials.trial import build_examples
 
 
 @pytest.fixture
-def trainer_for(tokenizer_path, demo_documents, demo_qa):
+def trainer_for(demo_trainer):
     """`trainer_for(neftune_alpha)` -> a Trainer over 16 train QA pairs of the demo, one step an epoch."""
-
-    def make(neftune_alpha: float) -> Trainer:
-        torch.manual_seed(0)
-        config = TrialConfig.model_validate({"data": {"documents": demo_documents, "qa": demo_qa},
-                                             "training": {"include_documents": False}})
-        tokenizer = load_tokenizer(tokenizer_path)
-        model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False), LoraMethod(r=8), False)
-        examples = build_examples(tokenizer, load_knowledge(config.data), config)[:16]
-        training = TrainingConfig(epochs=1, batch_size=16, warmup_ratio=0.0, include_documents=False,
-                                  neftune_alpha=neftune_alpha)
-        return Trainer(model, examples, training, 1e-3, tokenizer.pad_token_id, torch.device("cpu"), False)
-
-    return make
+    return lambda neftune_alpha: demo_trainer(16, 1e-3, neftune_alpha=neftune_alpha)
 
 
 def embeddings_of(trainer: Trainer) -> torch.nn.Embedding:
