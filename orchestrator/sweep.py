@@ -218,7 +218,9 @@ RAY_OPTIONS = {"include_dashboard": False, "logging_level": "WARNING", "log_to_d
 
 
 def connect_ray(address: str | None) -> None:
-    """Join RAY_ADDRESS / --address when given, else start a local Ray; reuse one already up."""
+    """Join RAY_ADDRESS / --address when given, else start a local Ray of this sweep's own; reuse one already up
+    in this process. Own: Ray's default would join any cluster `ray start` (or another process) recorded on this
+    machine, so a sweep could land on somebody else's cluster and die with it; `--address auto` joins it."""
     import json
 
     import ray
@@ -240,7 +242,7 @@ def connect_ray(address: str | None) -> None:
 
         # Ship this code to the cluster's workers so they need not have it installed.
         kwargs["runtime_env"] = {"py_modules": [trials, orchestrator]}
-    ray.init(address=address, **kwargs)
+    ray.init(address=address or "local", **kwargs)
 
 
 def _space(config: ExperimentConfig, source: str) -> SearchSpace:

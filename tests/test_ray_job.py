@@ -304,6 +304,24 @@ def test_connect_ray_leaves_the_code_to_a_job_that_ships_it(monkeypatch):
     assert "py_modules" in calls[-1]["runtime_env"]
 
 
+def test_without_an_address_a_sweep_starts_a_ray_of_its_own(monkeypatch):
+    """Ray's default (address None) joins whatever cluster this machine has recorded (`ray start`, a test's
+    two-node cluster): a sweep started without an address would land on it and die when it stops."""
+    import ray
+
+    import orchestrator.sweep as sweep
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(sweep, "stop_leftovers", lambda log: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    sweep.connect_ray(None)
+    assert calls[-1]["address"] == "local" and "runtime_env" not in calls[-1]
+    sweep.connect_ray("auto")  # asked for: join the machine's cluster
+    assert calls[-1]["address"] == "auto"
+
+
 @pytest.mark.e2e
 @pytest.mark.service
 @pytest.mark.cluster
