@@ -9,7 +9,7 @@
              `orchestrator sweep configs/demo.yaml --from <adapter>` runs (the space narrowed to the
              parent's shape, learning rate and replay_fraction 0..1 searched, ASHA as configured), with
              `incremental_samples` trials. The best trial is the sweep's own: highest final `objective`
-             (new-fact val recall subject to the retention floor, orchestrator/sweep.py).
+             (new-fact val recall subject to the retention floor, orchestrator/trainable.py).
 3. seed way  the seed recipe's way of adding facts: the same parent adapter trained further on batch 2
              alone (replay_fraction 0), nothing old mixed in. Only that is the seed's; the loop and
              the settings are the demo trial's (learning rate included), for as many epochs as the

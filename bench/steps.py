@@ -18,7 +18,7 @@ way side by side with today's step in one run (issue 26).
              A variant at least KEEP_SPEEDUP faster is then trained the whole trial beside ours, and both answer
              the val questions (the adapter alone, no router): worth shipping only if recall is unchanged.
 3. threads   two SmolLM2 trainings at once, as a 2-core sweep runs two 1-CPU trials: each on 1 thread (what
-             orchestrator.sweep.trial_threads gives them) and each on 2 (an OMP_NUM_THREADS=2 inherited from the
+             orchestrator.trainable.trial_threads gives them) and each on 2 (an OMP_NUM_THREADS=2 inherited from the
              shell, or torch's default of every core): tokens/s each way.
 """
 

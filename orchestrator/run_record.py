@@ -62,7 +62,7 @@ def placement_tag(key: str) -> str:
 # -- metrics -------------------------------------------------------------------------------------------
 
 EXACT_RECALL = "exact_recall"  # trials.recall.metrics_of's, and eval.objective's default metric
-OBJECTIVE = "objective"  # what the sweep optimises, a trial's figure per epoch (orchestrator/sweep.py objective)
+OBJECTIVE = "objective"  # what the sweep optimises, a trial's figure per epoch (orchestrator/trainable.py objective)
 
 
 def split_metric(split: str, name: str) -> str:

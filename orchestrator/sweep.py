@@ -1,32 +1,7 @@
 """A sweep: Ray Tune runs trials (OptunaSearch + early stopping), the driver records each in MLflow.
 
-What the sweep optimises: `objective` = val_exact_recall + train_exact_recall / (2 * val questions),
-that is val recall with ties broken by train recall, the tie-break worth less than half of one val
-question so it never outranks a real val difference. Early on most trials recall no val question;
-plain val recall then ties at 0 and TPE sees a flat landscape. Train recall rises first in the
-trials that are learning, so it separates them.
-
-`eval.objective` picks the val metric (trials/config.py OBJECTIVE_METRICS): exact_recall (the default,
-as above), contains_recall (the same, ties broken by train contains recall), token_f1 (mean token F1) or
-rouge_l (mean ROUGE-L recall), for answers that are sentences. A mean of partial scores is rarely tied
-and moves in steps far below one question, where a tie-break worth up to half a question would outrank
-real val differences: token_f1 and rouge_l are optimised as they are. The floors below stay on recall.
-
-An incremental sweep (one that starts from an adapter and keeps old facts, `data.retain`) adds a
-floor: a trial must keep `retention_exact_recall` (old held-out questions) at least
-`sweep.retention_floor` (0.95) x the recall its starting adapter had on the same questions. A trial
-that keeps the floor scores as above; one that breaks it scores retention / floor - 1, in [-1, 0):
-below every trial that keeps it, and the less it forgot the higher. So the sweep maximises new-fact
-recall subject to retention, and Optuna (and early stopping, which compares `objective` in an
-incremental sweep) see forgetting as the worst outcome.
-
-Every sweep adds a second floor, on general knowledge (trials/general.py): a trial must still answer
-`sweep.general_floor` of the general check questions its base model answered right
-(`general_retention`), measured at the rungs and at the trial's end; below it, it scores
-general_retention / floor - 1 the same way (the worse breach decides when both floors are broken). The
-floor applies when the base knew at least `eval.general_min_known` of them (the sweep's run says whether,
-tag recall.general_gate): a random tiny model knows none. At epochs between rungs the probe is not
-scored, and the objective there is the plain one.
+What the sweep optimises, and the floors a trial must keep: orchestrator/trainable.py, the part that runs in
+Ray's workers.
 
 Early stopping (orchestrator/scheduling.py EarlyStopping, built from `sweep.asha`) compares trials at
 the first rung by the val answers' teacher-forced loss, which moves from the first epoch, and at later
@@ -45,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -60,107 +34,20 @@ from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_command
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
 from orchestrator.progress import SweepProgress, sweep_console
-from orchestrator.run_record import (BASE_GENERAL_CHECK, BASE_GENERAL_KNOWN, DEFAULT_RETENTION_FLOOR, EXACT_RECALL,
-                                     GENERAL_KNOWN, GENERAL_RETENTION, OBJECTIVE, PARENT_RETENTION_EXACT_RECALL,
-                                     RETENTION_EXACT_RECALL, VAL_EXACT_RECALL, VAL_QUESTIONS, base_metric, split_metric)
+from orchestrator.run_record import (BASE_GENERAL_CHECK, BASE_GENERAL_KNOWN, EXACT_RECALL, VAL_EXACT_RECALL, base_metric,
+                                     split_metric)
 from orchestrator.ray_leftovers import stop_leftovers
 from orchestrator.scheduling import EarlyStopping
-from orchestrator.search_space import DefineByRun, SearchSpace, trial_config_for
+from orchestrator.search_space import DefineByRun, SearchSpace
 from orchestrator.server import check_reachable
 from orchestrator.storage import SweepStorage, check_sweep_name
-from trials.config import OBJECTIVE_METRICS, ConfigError, TrialConfig, objective_metric
+from orchestrator.trainable import METRIC, MODE, Floors, _train_in_tune
+from trials.config import ConfigError, objective_metric
 from trials.baseline import BasePass, base_pass, general_gate
 from trials.data import load_knowledge
 
-METRIC, MODE = OBJECTIVE, "max"
 # Each trial checkpoints every epoch (num_to_keep=1); Tune warns about the snapshot rate it causes.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-def trial_threads(resources: dict[str, float]) -> int:
-    """torch's threads for a trial given `resources` (Tune's sums: {"CPU": 1.0, ...}): its whole CPUs, at least one.
-
-    Ray sets OMP_NUM_THREADS so only where the driver's environment has none: an inherited OMP_NUM_THREADS=2 ran two
-    1-CPU trials on 2 cores with 2 threads each, 4x (tiny model) to 18x (SmolLM2) slower than 1 each (bench/steps.py,
-    `threads`).
-    """
-    return max(1, int(resources.get("CPU", 1)))
-
-
-def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> None:
-    """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch."""
-    import ray
-    import torch
-    from ray import tune
-
-    from trials.trial import CheckpointUnreadable, run_trial
-
-    config = trial_config_for(TrialConfig.model_validate(base), params, SearchSpace.model_validate(space))
-    context = tune.get_context()
-    output_dir = Path(context.get_trial_dir()) / "output"
-    torch.set_num_threads(trial_threads(context.get_trial_resources().required_resources))
-    placement = {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "gpu_ids": ",".join(str(gpu) for gpu in ray.get_gpu_ids()),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "torch_threads": str(torch.get_num_threads()),  # a tag, like the rest: not a metric
-    }
-
-    scored = split_metric("val", objective_metric(config.eval.objective))
-    last = {METRIC: 0.0}  # the objective at the last scored epoch
-
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        # Tune wants the objective in every result; an epoch the trial did not score (eval.recall_every) carries
-        # the last one, and MLflow does not log it there (orchestrator/mlflow_writer.trial_metrics).
-        if scored in metrics:
-            last[METRIC] = objective(metrics, floors, config.eval.objective)
-        tune.report({**metrics, METRIC: last[METRIC], **placement}, checkpoint=checkpoint)
-
-    checkpoint = tune.get_checkpoint()
-    with tempfile.TemporaryDirectory(prefix="resume-") as copy:
-        # A resumed sweep continues this trial where its last epoch ended, from a local copy of it.
-        resume_from = Path(checkpoint.to_directory(copy)) if checkpoint is not None else None
-        try:
-            run_trial(config, output_dir, on_epoch=report, checkpoint_each_epoch=True, resume_from=resume_from,
-                      trial_id=context.get_trial_id())
-        except CheckpointUnreadable as error:  # name the checkpoint in the sweep's storage, not the copy
-            raise CheckpointUnreadable(str(error).replace(str(resume_from), checkpoint.path, 1)) from error
-
-
-@dataclass(frozen=True)
-class Floors:
-    """What a trial must keep, as shares of what it started from: old facts (an incremental sweep's
-    retention floor) and the base model's general knowledge (applied when the base knew at least
-    general_min_known check questions)."""
-
-    retention: float = DEFAULT_RETENTION_FLOOR
-    general: float = 0.0
-    general_min_known: int = 1
-
-
-# Objectives that count questions, so a tie-break worth less than half of one question never outranks them.
-COUNTED = (EXACT_RECALL, "contains_recall")
-
-
-def objective(metrics: dict, floors: Floors, eval_objective: str = EXACT_RECALL) -> float:
-    """The val metric `eval_objective` names, ties of a counted one broken by its train value, under the
-    floors (module docstring)."""
-    name = OBJECTIVE_METRICS[eval_objective]
-    score = metrics[split_metric("val", name)]
-    if eval_objective in COUNTED:
-        score += metrics[split_metric("train", name)] / (2 * max(metrics[VAL_QUESTIONS], 1))
-    # Each floor broken scores kept / floor - 1, in [-1, 0): below every trial that keeps both, the worst breach
-    # deciding, the less forgotten the higher.
-    breaches = []
-    parent, kept = metrics.get(PARENT_RETENTION_EXACT_RECALL), metrics.get(RETENTION_EXACT_RECALL)
-    if parent is not None and kept is not None and kept < floors.retention * parent:
-        breaches.append(kept / (floors.retention * parent) - 1)
-    general = metrics.get(GENERAL_RETENTION)
-    if (general is not None and metrics.get(GENERAL_KNOWN, 0) >= floors.general_min_known
-            and general < floors.general):
-        breaches.append(general / floors.general - 1)
-    return min(breaches) if breaches else score
 
 
 def describe_baseline(report: dict[str, float], gate: str | None, floor: float) -> str:

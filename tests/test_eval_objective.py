@@ -9,7 +9,7 @@ from orchestrator import run_record, tracking
 from orchestrator.leaderboard import format_leaderboard, leaderboard
 from orchestrator.promote import _ranked_runs
 from orchestrator.run_record import OBJECTIVE_PARAM
-from orchestrator.sweep import Floors, objective
+from orchestrator.trainable import Floors, objective
 from trials.recall import score
 from trials.data import QARow
 from store_support import new_store

@@ -13,7 +13,7 @@ import torch
 
 from orchestrator.promote import Scored, _refusal
 from orchestrator.report import pareto_front
-from orchestrator.sweep import Floors, objective
+from orchestrator.trainable import Floors, objective
 from orchestrator.config import load_experiment
 from trials.config import DEFAULT_PROBE, ConfigError
 from trials.data import DataError

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.config import load_experiment
 from orchestrator.promote import Scored, _refusal
 from orchestrator.search_space import REPLAY, DefineByRun, Range, trial_config_for
-from orchestrator.sweep import Floors, objective
+from orchestrator.trainable import Floors, objective
 from sweep_support import DEMO
 from trials.methods.ia3 import IA3Method
 from trials.methods.lora import LoraMethod

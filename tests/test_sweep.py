@@ -22,7 +22,7 @@ LEARNING_POINT = ("{method: lora, lora_r: 32, lora_alpha: 64, lora_learning_rate
 def local_ray():
     # Two fake GPUs: Ray schedules by declared resources, so GPU placement is testable on CPU.
     # OMP_NUM_THREADS=2 inherited from the shell: Ray then leaves it to the trials, and each must still take the
-    # threads of the one CPU it is given (orchestrator.sweep.trial_threads).
+    # threads of the one CPU it is given (orchestrator.trainable.trial_threads).
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         with sweep_ray(num_gpus=2):
