@@ -3,8 +3,9 @@ reports under the floors.
 
 Kept apart from orchestrator/sweep.py so a worker imports only torch, Ray Tune and trials/: not MLflow,
 Optuna's searcher or the driver's console. A new worker unpickles `_train_in_tune` by importing this module;
-from orchestrator.sweep that import took 2.3 s of a tiny-model trial's first epoch (python -X importtime),
-from here 1.x s (bench/RESULTS.md, orchestration overhead).
+from orchestrator.sweep that import took 2.3 s (`python -X importtime`, Ray already imported), from here
+0.07 s; the trial then imports torch and transformers as it must. Each worker's first trial starts ~1 s
+sooner on 2 idle cores (docs/benchmarks.md, orchestration overhead).
 
 What the sweep optimises: `objective` = val_exact_recall + train_exact_recall / (2 * val questions),
 that is val recall with ties broken by train recall, the tie-break worth less than half of one val
