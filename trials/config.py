@@ -117,6 +117,11 @@ class TrainingConfig(Strict):
         "sdpa", description="Attention kernel (transformers' attn_implementation); eager is faster on the CPU "
                             "for short QA sequences, sdpa everywhere else.")
     include_documents: bool = Field(True, description="Train on the document passages as well as the train QA pairs.")
+    question_word_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Each epoch, half the train questions, drawn afresh, are asked with each "
+                                         "word left out at this probability (trials/augment.py): the model learns "
+                                         "which words name a fact, not one wording, and answers new phrasings "
+                                         "better. 0 = off.")
     replay_fraction: Share = Field(
         0.0, description="Share of the old facts' train rows (data.retain) mixed into each epoch, "
                                          "drawn afresh every epoch: 0 = train on the new facts alone (the seed "

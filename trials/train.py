@@ -234,8 +234,11 @@ class Trainer:
 
     def __init__(self, model, examples: list[Example], training: TrainingConfig, learning_rate: float,
                  pad_id: int, device: torch.device, bf16: bool, replay: list[Example] = (),
-                 general: list[Example] = ()):
+                 general: list[Example] = (),
+                 vary: Callable[[list[Example], random.Random], list[Example]] | None = None):
         self.model, self.examples, self.training = model, examples, training
+        # The epoch's examples redrawn from `examples` and the batch stream (trials/augment.py), when given.
+        self.vary = vary
         # Old examples replayed: a fresh random share of them joins every epoch.
         self.replay, self.replay_count = list(replay), round(training.replay_fraction * len(replay))
         # The base model's own replies to the general probe's protect part, likewise (trials/general.py).
@@ -280,7 +283,8 @@ class Trainer:
     def _train_epoch(self, epoch: int | None) -> EpochStats:
         started = time.perf_counter()
         accumulate = self.training.gradient_accumulation_steps
-        examples = (self.examples + self.rng.sample(self.replay, self.replay_count)
+        ours = self.vary(self.examples, self.rng) if self.vary else self.examples
+        examples = (ours + self.rng.sample(self.replay, self.replay_count)
                     + self.rng.sample(self.general, self.general_count))
         batches = self.batcher(examples, self.training.batch_size, self.rng, self.group_key)
         loss_sum, loss_tokens, real_tokens = 0.0, 0, 0

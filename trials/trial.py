@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trials.augment import QuestionDropout
 from trials.config import TrialConfig, objective_metric
 from trials.data import DataError, Knowledge, load_knowledge
 from trials.evaluate import generation_budget, retained_knowledge, score_rows
@@ -40,6 +41,8 @@ def set_seed(seed: int) -> None:
 
 
 def build_examples(tokenizer, knowledge: Knowledge, config: TrialConfig):
+    """The train QA pairs, in the train split's order and first (trials/augment.py relies on both), then the
+    passages."""
     examples = [qa_example(tokenizer, row.question, row.answer) for row in knowledge.split("train")]
     if config.training.include_documents:
         for passage in knowledge.passages:
@@ -205,8 +208,10 @@ class TrialRun:
         replay = ([qa_example(tokenizer, row.question, row.answer) for row in self.retained.split("train")]
                   if self.retained else [])
         protect = protect_examples(tokenizer, self.probe, base) if self.probe and config.training.general_replay else []
+        dropout = config.training.question_word_dropout
+        vary = QuestionDropout(tokenizer, self.knowledge.split("train"), dropout) if dropout else None
         return Trainer(self.model, examples, config.training, config.method.learning_rate, tokenizer.pad_token_id,
-                       self.device, self.bf16, replay=replay, general=protect)
+                       self.device, self.bf16, replay=replay, general=protect, vary=vary)
 
     def _question_sets(self) -> None:
         self.train_rows, self.val_rows = self.knowledge.split("train"), self.knowledge.split("val")
