@@ -37,7 +37,8 @@ class QuestionDropout:
     probability: float
 
     def __call__(self, examples: list[Example], rng: random.Random) -> list[Example]:
-        redrawn = [qa_example(self.tokenizer, drop_words(row.question, self.probability, rng)
-                              if rng.random() < DROPPED_SHARE else row.question, row.answer)
-                   for row in self.rows]
+        # A question kept whole is its example as built; only a drawn one is tokenised again.
+        redrawn = [qa_example(self.tokenizer, drop_words(row.question, self.probability, rng), row.answer)
+                   if rng.random() < DROPPED_SHARE else whole
+                   for row, whole in zip(self.rows, examples)]
         return redrawn + examples[len(self.rows):]
