@@ -16,7 +16,10 @@ from orchestrator import ray_leftovers
 
 pytestmark = pytest.mark.e2e
 
-DRIVER = "import ray, sys, time; ray.init(include_dashboard=False); print('up', flush=True); time.sleep(600)"
+# address="local", as orchestrator.sweep.connect_ray: Ray's default joins a cluster recorded on this machine (the
+# cluster tests' `ray start`, running beside this file under `make test`), and this driver's Ray must be its own.
+DRIVER = ("import ray, sys, time; ray.init(address='local', include_dashboard=False); print('up', flush=True); "
+          "time.sleep(600)")
 
 
 def _start_driver() -> subprocess.Popen:
