@@ -1,12 +1,15 @@
 """Early stopping and warm start, measured on real sweeps over several sampler seeds.
 
-For each sampler seed s (sweep.seed), the same demo sweep (same num_samples) three ways:
+For each sampler seed s (sweep.seed), the same demo sweep (same num_samples) several ways:
 - noasha       no early stopping: every trial runs every epoch;
 - asha_before  the early stopping the sweep had before: Ray's ASHA on the exact-recall objective at
                epochs 2, 6 and 18 (grace 2, reduction factor 3), first arrivals passing uncompared
                (`compare_at_least: 1`; tests/test_scheduling.py checks this equals Ray's
                AsyncHyperBandScheduler decision for decision);
-- asha         the default (configs/demo.yaml's sweep.asha).
+- asha         the default (configs/demo.yaml's sweep.asha);
+- asha_unlent  the default with `sweep.resources.lend_freed_cpus` off: the CPUs finished trials free are
+               not lent to the trials still running (orchestrator/cpu_loans.py). Run right after asha, its
+               overhead is the side-by-side figure for the loans.
 Then a second sweep of the same data, sampler seed s + 100, twice: cold, and warm-started
 (`sweep.warm_start`) from seed s's `asha` sweep.
 
@@ -32,6 +35,7 @@ ARMS = {
     "asha_before": ["sweep.asha.compare_by=objective", "sweep.asha.compare_at_least=1",
                     "sweep.asha.grace_period=2", "sweep.asha.reduction_factor=3"],
     "asha": [],
+    "asha_unlent": ["sweep.resources.lend_freed_cpus=false"],
 }
 SECOND_SWEEP_SEED = 100  # added to a seed for the second sweep of the same data
 CURVE_METRICS = (VAL_EXACT_RECALL, VAL_ANSWER_LOSS, OBJECTIVE)
@@ -107,6 +111,7 @@ def measure(run: Callable, load: Callable, settings, work: Path,
             f"{arm}_best_test": mean([s["best_test"] for s in sweeps]),
             f"{arm}_epochs_to_best": mean([s["epochs_to_best"] for s in sweeps]),
             f"{arm}_wall_seconds": mean([s["wall_seconds"] for s in sweeps]),
+            f"{arm}_mean_overhead_fraction": mean([s["overhead_fraction"] for s in sweeps]),
         })
     # At equal trial-epochs: the best val recall the no-early-stopping sweep had reported by the time it
     # had spent what the default spent in all.
@@ -138,7 +143,7 @@ def measure(run: Callable, load: Callable, settings, work: Path,
 
 def _brief(sweep: dict) -> dict:
     """What RESULTS.md shows of each sweep (the learning curves stay in the replay's input)."""
-    keep = ("name", "trial_epochs", "best_val", "best_test", "epochs_to_best", "wall_seconds", "num_trials",
-            "failed_trials")
+    keep = ("name", "trial_epochs", "best_val", "best_test", "epochs_to_best", "wall_seconds", "overhead_fraction",
+            "num_trials", "failed_trials")
     return {**{k: sweep[k] for k in keep}, "epochs_per_trial": [t["epochs"] for t in sweep["trials"]],
             "asha": sweep["asha"]}

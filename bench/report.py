@@ -92,7 +92,7 @@ def asha_view(r: dict) -> dict:
 def early_view(r: dict) -> dict:
     """Section 4's tables: the arms measured, the replayed set-ups by saving, the warm/cold pairs."""
     by_arm = r["early_stopping"]["sweeps_by_arm"]
-    arms = [arm for arm in ("asha", "asha_before", "noasha") if arm in by_arm]
+    arms = [arm for arm in ("asha", "asha_unlent", "asha_before", "noasha") if arm in by_arm]
     replay = sorted(r["early_stopping"]["replay"], key=lambda row: (-row["saving"], row["best_val_loss_vs_full"]))
     return {"seeds": len(by_arm["asha"]), "arms": arms, "replay": replay,
             "second": list(zip(by_arm["cold"], by_arm["warm"]))}

@@ -84,7 +84,7 @@ class Settings:
     smollm2_speed_epochs: int = 1  # epochs per SmolLM2 speed run (each side, each round)
     incremental_samples: int = 6  # trials in the incremental sweep (its first 4 are TPE's random start-up)
     sampler_seeds: int = 3  # early stopping and warm start: sweeps per arm, sweep.seed 0, 1, ...
-    early_stopping_arms: tuple[str, ...] = ("noasha", "asha_before", "asha")  # bench/early_stopping.py ARMS
+    early_stopping_arms: tuple[str, ...] = ("noasha", "asha_before", "asha", "asha_unlent")  # early_stopping.ARMS
     smoke: bool = False
 
 
@@ -290,10 +290,9 @@ class Bench:
     threads: int
 
 
-def sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict, dict]:
+def sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict[str, dict]]:
     """The demo sweep with early stopping, before it and without it, over sampler seeds, and warm-started
-    (bench/early_stopping.py), on a fresh local Ray: (ray.init seconds, figures, seed 0's default sweep,
-    seed 0's sweep without early stopping)."""
+    (bench/early_stopping.py), on a fresh local Ray: (ray.init seconds, figures, seed 0's sweep of each arm)."""
     import ray
 
     from bench import early_stopping
@@ -313,7 +312,7 @@ def sweeps(bench: Bench, timings: dict[str, float]) -> tuple[float, dict, dict, 
     finally:
         ray.shutdown()  # frees the cores for what follows, also when a sweep raised
     first = {arm: {k: v for k, v in runs[0].items() if k not in ("curves", "reports")} for arm, runs in arms.items()}
-    return ray_init_seconds, figures, first["asha"], first["noasha"]
+    return ray_init_seconds, figures, first
 
 
 def run_tiny(bench: Bench) -> dict:
@@ -323,7 +322,8 @@ def run_tiny(bench: Bench) -> dict:
     speed = timed(timings, "throughput", measure_throughput, experiment, settings, work)
     log(f"throughput: ours {speed['tokens_per_s_ours']:,.0f} tok/s, seed {speed['tokens_per_s_seed']:,.0f} tok/s, "
         f"ratio {speed['throughput_ratio_vs_seed']:.2f}")
-    ray_init_seconds, early, asha, flat = sweeps(bench, timings)
+    ray_init_seconds, early, first = sweeps(bench, timings)
+    asha, flat = first["asha"], first["noasha"]
     best = timed(timings, "score_best", score_best, asha, work)
     seed = timed(timings, "seed_equal_compute", seed_at_equal_compute, experiment, asha["trial_epochs"], work)
     log(f"recall: best val {asha['best_val']} test {best['test']}; seed ({seed['epochs']} epochs) "
@@ -349,7 +349,7 @@ def run_tiny(bench: Bench) -> dict:
         "noasha_overhead_fraction": flat["overhead_fraction"],
         "noasha_per_trial_overhead_s": flat["per_trial_overhead_s"],
         "throughput": {k: speed[k] for k in ("throughput_runs", "throughput_setup", "throughput_breakdown")},
-        "sweeps": {"asha": asha, "noasha": flat},
+        "sweeps": {arm: first[arm] for arm in ("asha", "noasha", "asha_unlent") if arm in first},
         "early_stopping": {"replay": early["replay"], "sweeps_by_arm": early["sweeps_by_arm"]},
         "smoke": settings.smoke,
         "settings": asdict(settings),

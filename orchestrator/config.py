@@ -19,6 +19,10 @@ from trials.methods.base import Strict
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0, description="CPU cores reserved per trial.")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction (0.5) shares one GPU between trials.")
+    lend_freed_cpus: bool = Field(
+        True, description="Once no trial is left to start, the CPU trials still running on the driver's machine run "
+                          "on the threads of the CPUs that finished trials freed (orchestrator/cpu_loans.py). Turn "
+                          "off on a Ray cluster shared with other jobs.")
 
     @model_validator(mode="after")
     def _whole_or_fraction(self):

@@ -48,6 +48,9 @@ OPTUNA_STORAGE, OPTUNA_STUDY = "recall.optuna_storage", "recall.optuna_study"
 STOPPED_BY, ERROR, FAILURE, ORPHANED = "recall.stopped_by", "recall.error", "recall.failure", "recall.orphaned"
 # Where and on what a trial ran: each a tag, placement_tag(key).
 PLACEMENT = ("node_id", "gpu_ids", "cuda_visible_devices", "torch_threads")
+# A trial's metric, each epoch: the torch threads it ran on, more than torch_threads where the sweep lent it the
+# CPUs of finished trials (orchestrator/cpu_loans.py).
+EPOCH_THREADS = "epoch_threads"
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # a run's description, markdown, shown on its page in the MLflow UI
 # What the experiment holds, for the MLflow 3 UI: training runs compared as a table, not GenAI traces.

@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import run_record, state_signing, study, tracking, warm_start
 from orchestrator.config import ExperimentConfig
+from orchestrator.cpu_loans import LendFreedCpus
 from orchestrator.errors import SweepError
 from orchestrator.interrupts import GracefulStop, SweepInterrupted, resume_command
 from orchestrator.mlflow_writer import MlflowTrials, close_sweep_run, open_sweep_run
@@ -297,7 +298,9 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     space_dump = space.model_dump(mode="json")
     resources = {"cpu": config.sweep.resources.cpu, "gpu": config.sweep.resources.gpu}
     floors = Floors(config.sweep.retention_floor, config.sweep.general_floor, config.eval.general_min_known)
-    trainable = tune.with_parameters(_train_in_tune, base=base, space=space_dump, floors=floors)
+    loans = storage.local_folder(f"{name}.cpu_loans.json") if config.sweep.resources.lend_freed_cpus else None
+    trainable = tune.with_parameters(_train_in_tune, base=base, space=space_dump, floors=floors,
+                                     loans=str(loans) if loans else None)
     trainable = tune.with_resources(trainable, resources)
     # Built before anything is logged; a resumed sweep's searcher (and study) come back with Tune's state.
     new_study = None if resume else NewStudy.of(config, name, storage)
@@ -341,7 +344,8 @@ def run_sweep(config: ExperimentConfig, name: str, *, source: str = "config", re
     try:
         connect_ray(address)  # first: Ray's core installs a SIGTERM handler of its own as it starts
         with stop:
-            _tuner(trainable, tune_config, [writer, progress], resume, name, storage).fit()
+            callbacks = [writer, progress, *([LendFreedCpus(loans, config.sweep.num_samples)] if loans else [])]
+            _tuner(trainable, tune_config, callbacks, resume, name, storage).fit()
     except KeyboardInterrupt:  # before Tune ran, or a second signal: stopped at once, still resumable
         stop.signum = stop.signum or signal.SIGINT
         raise

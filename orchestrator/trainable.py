@@ -1,5 +1,6 @@
-"""What runs in Ray's workers: one trial of a sweep (`_train_in_tune`), its torch threads, and the objective it
-reports under the floors.
+"""What runs in Ray's workers: one trial of a sweep (`_train_in_tune`), its torch threads (its own CPUs', or more
+that the driver lends it at the sweep's end: orchestrator/cpu_loans.py), and the objective it reports under the
+floors.
 
 Kept apart from orchestrator/sweep.py so a worker imports only torch, Ray Tune and trials/: not MLflow,
 Optuna's searcher or the driver's console. A new worker unpickles `_train_in_tune` by importing this module;
@@ -38,13 +39,15 @@ scored, and the objective there is the plain one.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.run_record import (DEFAULT_RETENTION_FLOOR, EXACT_RECALL, GENERAL_KNOWN, GENERAL_RETENTION, OBJECTIVE,
-                                     PARENT_RETENTION_EXACT_RECALL, RETENTION_EXACT_RECALL, VAL_QUESTIONS, split_metric)
+from orchestrator.run_record import (DEFAULT_RETENTION_FLOOR, EPOCH_THREADS, EXACT_RECALL, GENERAL_KNOWN,
+                                     GENERAL_RETENTION, OBJECTIVE, PARENT_RETENTION_EXACT_RECALL,
+                                     RETENTION_EXACT_RECALL, VAL_QUESTIONS, split_metric)
 from orchestrator.search_space import SearchSpace, trial_config_for
 from trials.config import OBJECTIVE_METRICS, TrialConfig, objective_metric
 
@@ -96,8 +99,22 @@ def trial_threads(resources: dict[str, float]) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
-def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> None:
-    """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch."""
+def threads_lent(loans: str | None, trial_id: str, own: int) -> int:
+    """The threads this trial may run its next epoch on: what the sweep's driver lends it in the JSON file
+    `loans` (orchestrator/cpu_loans.py), else `own`; `own` too when the file is not there (no loans yet,
+    or this trial runs on another machine than the driver)."""
+    if loans is None:
+        return own
+    try:
+        lent = json.loads(Path(loans).read_text(encoding="utf-8")).get(trial_id, own)
+    except (OSError, ValueError):
+        return own
+    return max(own, int(lent))
+
+
+def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors, loans: str | None = None) -> None:
+    """One Tune trial: the same run_trial as `orchestrator trial`, reporting every epoch. `loans`: where the
+    driver writes the threads it lends this trial (orchestrator/cpu_loans.py), read at each epoch's end."""
     import ray
     import torch
     from ray import tune
@@ -107,7 +124,8 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
     config = trial_config_for(TrialConfig.model_validate(base), params, SearchSpace.model_validate(space))
     context = tune.get_context()
     output_dir = Path(context.get_trial_dir()) / "output"
-    torch.set_num_threads(trial_threads(context.get_trial_resources().required_resources))
+    own = trial_threads(context.get_trial_resources().required_resources)
+    torch.set_num_threads(own)
     placement = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "gpu_ids": ",".join(str(gpu) for gpu in ray.get_gpu_ids()),
@@ -124,7 +142,11 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors) -> Non
         # the last one, and MLflow does not log it there (orchestrator/mlflow_writer.trial_metrics).
         if scored in metrics:
             last[METRIC] = objective(metrics, floors, config.eval.objective)
-        tune.report({**metrics, METRIC: last[METRIC], **placement}, checkpoint=checkpoint)
+        tune.report({**metrics, METRIC: last[METRIC], EPOCH_THREADS: torch.get_num_threads(), **placement},
+                    checkpoint=checkpoint)
+        threads = threads_lent(loans, context.get_trial_id(), own)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
 
     checkpoint = tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix="resume-") as copy:

@@ -60,6 +60,16 @@ def test_general_metrics_reach_mlflow_at_every_scored_epoch(forgetful):
     assert all(value > 0 for value in drift.values())  # it moved away from the base
 
 
+def test_a_trial_alone_runs_on_the_cpus_no_other_trial_can_take(forgetful):
+    # This sweep's one trial has one CPU of the 2 its Ray has; no other trial can come, so the driver lends it
+    # the second (orchestrator/cpu_loans.py), read at its first epoch's end. Its run says so each epoch.
+    uri, _, _ = forgetful
+    client, _, (trial,) = runs_of(uri, "forgetful")
+    history = sorted(client.get_metric_history(trial.info.run_id, run_record.EPOCH_THREADS), key=lambda m: m.step)
+    assert [m.value for m in history] == [1, 2, 2, 2, 2]
+    assert trial.data.tags[run_record.placement_tag("torch_threads")] == "1"  # its own CPU's
+
+
 def test_a_trial_that_forgets_ranks_below_the_floor_and_promotion_refuses_it(forgetful):
     uri, refused, forced = forgetful
     _, _, (trial,) = runs_of(uri, "forgetful")

@@ -1,0 +1,73 @@
+"""orchestrator/cpu_loans.py: once no trial is left to start, the trials still running on CPUs are lent the
+threads of the CPUs finished trials freed, never more than the driver's node has; a trial reads its loan
+(orchestrator.trainable.threads_lent) and falls back to its own CPUs whenever there is none to read."""
+
+import json
+
+import pytest
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+from ray.tune.experiment import Trial
+
+from orchestrator.cpu_loans import LendFreedCpus, loans
+from orchestrator.trainable import threads_lent
+
+
+def trial(status: str, cpu: float = 1.0, gpu: float = 0.0) -> Trial:
+    made = Trial("trainable", config={}, stub=True,
+                 placement_group_factory=PlacementGroupFactory([{"CPU": cpu, **({"GPU": gpu} if gpu else {})}]))
+    made.create_placement_group_factory()
+    made.set_status(status)
+    return made
+
+
+R, T, P, W = Trial.RUNNING, Trial.TERMINATED, Trial.PENDING, Trial.PAUSED
+
+
+@pytest.mark.parametrize(("statuses", "num_samples", "cpus", "lent"), [
+    ([T, T, R], 3, 2, [None, None, 2]),  # the last trial, alone: both CPUs
+    ([T, R, R], 3, 2, [None, None, None]),  # two running on two CPUs: nothing freed
+    ([T, R, R], 3, 4, [None, 2, 2]),  # four CPUs, two running: two each
+    ([T, R, R], 3, 5, [None, 2, 2]),  # never more threads than the node has CPUs
+    ([T, T, R], 4, 2, [None, None, None]),  # a trial still to be created would take the freed slot
+    ([T, P, R], 3, 2, [None, None, None]),  # so would a pending one (a retry)
+    ([T, W, R], 3, 2, [None, None, None]),  # or a paused one, waiting at a rung, when it resumes
+    ([T, T, T], 3, 2, [None, None, None]),
+])
+def test_threads_are_lent_only_once_no_trial_can_take_a_freed_cpu(statuses, num_samples, cpus, lent):
+    trials = [trial(status) for status in statuses]
+    assert loans(trials, num_samples, cpus) == {t.trial_id: n for t, n in zip(trials, lent) if n}
+
+
+def test_a_trial_is_lent_only_what_its_own_cpus_do_not_give_it_and_a_gpu_trial_nothing():
+    two, gpu = trial(R, cpu=2.0), trial(R, gpu=1.0)
+    assert loans([two, trial(T)], 2, 2) == {}  # it has both already
+    assert loans([two, trial(T)], 2, 4) == {two.trial_id: 4}
+    assert loans([gpu, trial(T)], 2, 16) == {}
+
+
+def test_a_trial_reads_its_loan_and_runs_on_its_own_cpus_without_one(tmp_path):
+    path = tmp_path / "loans.json"
+    assert threads_lent(None, "a", 1) == 1  # lending off
+    assert threads_lent(str(path), "a", 1) == 1  # nothing lent yet, or the driver on another machine
+    path.write_text(json.dumps({"a": 2}))
+    assert threads_lent(str(path), "a", 1) == 2 and threads_lent(str(path), "b", 1) == 1
+    assert threads_lent(str(path), "a", 3) == 3  # a loan never takes away its own CPUs
+    path.write_text("{")  # not JSON: own CPUs, the trial goes on
+    assert threads_lent(str(path), "a", 1) == 1
+
+
+def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_path):
+    path = tmp_path / "sweep.cpu_loans.json"
+    path.write_text(json.dumps({"stale": 2}))  # a killed driver's
+    lender = LendFreedCpus(path, num_samples=2)
+    lender.setup()
+    assert not path.exists()
+    lender._node_cpus = 2  # as driver_node_cpus() reads it from a Ray of 2 CPUs
+    first, second = trial(R), trial(R)
+    lender.on_step_begin(0, [first, second])
+    assert json.loads(path.read_text()) == {}
+    second.set_status(T)
+    lender.on_step_begin(1, [first, second])
+    assert json.loads(path.read_text()) == {first.trial_id: 2}
+    lender.on_experiment_end([first, second])
+    assert not path.exists()
