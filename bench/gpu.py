@@ -166,7 +166,7 @@ def shared_gpu(args, shapes: dict, single_tokens_per_s: float) -> dict:
     """Two trials at 0.5 GPU each on one GPU, timed passes lined up by a barrier."""
     import ray
 
-    ray.init(num_gpus=1, include_dashboard=False, logging_level="WARNING",
+    ray.init(address="local", num_gpus=1, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
 
     @ray.remote(num_cpus=0)

@@ -10,14 +10,15 @@ lends threads instead:
 - `LendFreedCpus`, a Tune callback in the driver, looks at the trials at each step of Tune's loop. Once
   every trial of the sweep exists and none is pending or paused (none can start, or resume, in a freed
   slot), each running CPU trial may run on floor(CPUs of the driver's node / running trials) threads,
-  where that is more than its own CPUs give it (`loans`). It writes them to a small JSON file,
-  {trial_id: threads}, beside the experiment. A trial that is pending again (Tune retrying it) ends
-  every loan at the next step.
+  where that is more than its own CPUs give it (`loans`). It writes them to a small JSON file beside the
+  experiment, {"node_id": the driver's node, "threads": {trial_id: threads}}. A trial that is pending
+  again (Tune retrying it) ends every loan at the next step.
 - The trial reads that file at each epoch's end and runs its next epoch on what it is lent, or on its
   own CPUs (orchestrator/trainable.py, `threads_lent`); `epoch_threads` in its results says which.
 
-Only trials on the driver's machine can read the file, and the CPUs shared out are the driver node's,
-divided among the sweep's running trials on every node: no node runs more threads than it has CPUs.
+Only trials on the driver's node take a loan (a shared file system may show the file on others), and
+the CPUs shared out are that node's, divided among the sweep's running trials on every node: no node runs
+more threads than it has CPUs.
 Jobs that share a Ray cluster with the sweep may be placed on the CPUs it lends; set
 `sweep.resources.lend_freed_cpus: false` there. A trial that ran on more threads adds its sums in
 another order, so its figures may differ in the last bits from a rerun on its own CPUs.
@@ -49,13 +50,13 @@ def loans(trials: list[Trial], num_samples: int, node_cpus: int) -> dict[str, in
     return lent
 
 
-def driver_node_cpus() -> int:
-    """The CPUs Ray counts on the node this driver runs on (0 when it runs on none, as a Ray Client)."""
+def driver_node() -> tuple[str, int]:
+    """The Ray node this driver runs on, and the CPUs Ray counts there (0 when on none, as a Ray Client)."""
     import ray
 
     here = ray.get_runtime_context().get_node_id()
-    return next((int(node["Resources"].get("CPU", 0)) for node in ray.nodes()
-                 if node["NodeID"] == here and node["Alive"]), 0)
+    return here, next((int(node["Resources"].get("CPU", 0)) for node in ray.nodes()
+                       if node["NodeID"] == here and node["Alive"]), 0)
 
 
 class LendFreedCpus(Callback):
@@ -64,19 +65,21 @@ class LendFreedCpus(Callback):
     def __init__(self, path: Path, num_samples: int):
         self.path, self.num_samples = Path(path), num_samples
         self._written: dict[str, int] | None = None
-        self._node_cpus: int | None = None
+        self._node: tuple[str, int] | None = None
 
     def setup(self, **info):
         # A resumed sweep starts from no loans, whatever a killed driver left in the file.
-        self._written = self._node_cpus = None
+        self._written = self._node = None
         self.path.unlink(missing_ok=True)
 
     def on_step_begin(self, iteration, trials, **info):
-        if self._node_cpus is None:
-            self._node_cpus = driver_node_cpus()
-        lent = loans(trials, self.num_samples, self._node_cpus)
+        if self._node is None:
+            self._node = driver_node()
+        node_id, cpus = self._node
+        lent = loans(trials, self.num_samples, cpus)
         if lent != self._written:
-            write_json_atomically(self.path, lent)  # whole or not at all: a trial reads it at any moment
+            # Whole or not at all: a trial reads it at any moment.
+            write_json_atomically(self.path, {"node_id": node_id, "threads": lent})
             self._written = lent
 
     def on_experiment_end(self, trials, **info):

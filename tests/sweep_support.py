@@ -50,10 +50,12 @@ def runs_of(uri: str, sweep: str, experiment: str = "recall-orchestrator"):
 
 @contextmanager
 def sweep_ray(**resources):
-    """A local Ray of 2 CPUs (and `resources`) for a test's sweeps, shut down after."""
+    """A local Ray of 2 CPUs (and `resources`) for a test's sweeps, shut down after. Its own (address="local"):
+    Ray's default would join the cluster tests' `ray start` cluster when it runs beside them under make test."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False, **resources)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             **resources)
     try:
         yield
     finally:

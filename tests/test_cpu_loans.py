@@ -47,13 +47,15 @@ def test_a_trial_is_lent_only_what_its_own_cpus_do_not_give_it_and_a_gpu_trial_n
 
 def test_a_trial_reads_its_loan_and_runs_on_its_own_cpus_without_one(tmp_path):
     path = tmp_path / "loans.json"
-    assert threads_lent(None, "a", 1) == 1  # lending off
-    assert threads_lent(str(path), "a", 1) == 1  # nothing lent yet, or the driver on another machine
-    path.write_text(json.dumps({"a": 2}))
-    assert threads_lent(str(path), "a", 1) == 2 and threads_lent(str(path), "b", 1) == 1
-    assert threads_lent(str(path), "a", 3) == 3  # a loan never takes away its own CPUs
+    assert threads_lent(None, "a", "node", 1) == 1  # lending off
+    assert threads_lent(str(path), "a", "node", 1) == 1  # nothing lent yet, or the driver on another machine
+    path.write_text(json.dumps({"node_id": "node", "threads": {"a": 2}}))
+    assert threads_lent(str(path), "a", "node", 1) == 2 and threads_lent(str(path), "b", "node", 1) == 1
+    assert threads_lent(str(path), "a", "node", 3) == 3  # a loan never takes away its own CPUs
+    # The driver's node's CPUs, seen through a shared file system from another node: not this trial's to take.
+    assert threads_lent(str(path), "a", "other node", 1) == 1
     path.write_text("{")  # not JSON: own CPUs, the trial goes on
-    assert threads_lent(str(path), "a", 1) == 1
+    assert threads_lent(str(path), "a", "node", 1) == 1
 
 
 def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_path):
@@ -62,12 +64,12 @@ def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_
     lender = LendFreedCpus(path, num_samples=2)
     lender.setup()
     assert not path.exists()
-    lender._node_cpus = 2  # as driver_node_cpus() reads it from a Ray of 2 CPUs
+    lender._node = ("node", 2)  # as driver_node() reads it from a Ray of 2 CPUs
     first, second = trial(R), trial(R)
     lender.on_step_begin(0, [first, second])
-    assert json.loads(path.read_text()) == {}
+    assert json.loads(path.read_text()) == {"node_id": "node", "threads": {}}
     second.set_status(T)
     lender.on_step_begin(1, [first, second])
-    assert json.loads(path.read_text()) == {first.trial_id: 2}
+    assert json.loads(path.read_text()) == {"node_id": "node", "threads": {first.trial_id: 2}}
     lender.on_experiment_end([first, second])
     assert not path.exists()
