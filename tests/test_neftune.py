@@ -51,3 +51,29 @@ def test_a_failing_epoch_takes_its_hook_away_too(trainer_for):
     with pytest.raises(RuntimeError, match="stopped inside"):
         trainer.train_epoch(1)
     assert not embeddings_of(trainer)._forward_hooks
+
+
+def test_the_base_reference_of_kl_to_base_sees_clean_embeddings(trainer_for):
+    # distilled_loss runs the model twice on a replay row: adapted (trained, so noisy) and with its adapter
+    # disabled (the base's reference distribution for kl_to_base, taken on the row as it is).
+    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
+    from trials.formatting import collate
+    from trials.train import distilled_loss
+
+    trainer = trainer_for(15.0)
+    trainer.model.train()
+    batch = trainer.examples[:4]
+    inputs = collate(batch, trainer.pad_id)
+    labels = inputs.pop("labels")
+    embeddings = embeddings_of(trainer)
+    seen = []  # per embedding call: was its output the plain lookup?
+    noise = activate_neftune(trainer.model, 15.0)
+    spy = embeddings.register_forward_hook(  # after NEFTune's hook: sees what the layers get
+        lambda module, args, output: seen.append(torch.equal(output, module.weight[args[0]])))
+    try:
+        distilled_loss(trainer.model, inputs, labels, torch.ones(len(batch), dtype=torch.bool), kl_weight=1.0)
+    finally:
+        spy.remove()
+        deactivate_neftune(trainer.model, noise)
+    assert seen == [False, True]

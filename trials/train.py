@@ -8,6 +8,7 @@ label is (`batch_loss`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -121,6 +122,20 @@ def kl_per_token(logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tenso
     return (base_log.exp() * (base_log - torch.log_softmax(logits.float(), dim=-1))).sum(dim=-1)
 
 
+@contextlib.contextmanager
+def clean_embeddings(model):
+    """The input embeddings without NEFTune's noise (training.neftune_alpha): its hook adds noise only while the
+    embedding module is in training mode. The noise regularises the model being trained; the base model's
+    reference distribution in distilled_loss is taken on the replay row as it is."""
+    embeddings = model.get_input_embeddings()
+    training = embeddings.training
+    embeddings.eval()
+    try:
+        yield
+    finally:
+        embeddings.train(training)
+
+
 def distilled_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, distill: torch.Tensor,
                    kl_weight: float, share_prefix: bool = False,
                    first_token_weight: float = 1.0) -> tuple[torch.Tensor, int]:
@@ -134,7 +149,7 @@ def distilled_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
                                            ignore_index=IGNORE_INDEX)
     mixed = max(0.0, 1 - kl_weight) * ce
     if kl_weight > 0:
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), model.disable_adapter(), clean_embeddings(model):
             base_logits, _ = labelled_logits(model, inputs, labels, share_prefix)
         mixed = mixed + kl_weight * kl_per_token(logits, base_logits)
     mask = targets != IGNORE_INDEX
