@@ -61,21 +61,18 @@ def _compile_layers(model) -> None:
 def token_budget_batches(examples, batch_size: int, rng, key) -> list[list]:
     """trials.train.batches_for_epoch's shuffled, length-sorted windows, cut where the next example would take the
     batch (rows x its longest example) past a budget of batch_size x the mean example's tokens."""
-    from trials.train import LENGTH_GROUP_WINDOW
+    from trials.train import length_sorted_windows
 
     budget = batch_size * sum(example.num_tokens for example in examples) / len(examples)
-    order = list(range(len(examples)))
-    rng.shuffle(order)
-    window = batch_size * LENGTH_GROUP_WINDOW
     batches = []
-    for start in range(0, len(order), window):
+    for window in length_sorted_windows(examples, batch_size, rng, key):
         batch: list = []
-        for index in sorted(order[start : start + window], key=lambda i: key(examples[i])):
-            longest = max([examples[index].num_tokens] + [example.num_tokens for example in batch])
+        for example in window:
+            longest = max([example.num_tokens] + [other.num_tokens for other in batch])
             if batch and (len(batch) + 1) * longest > budget:
                 batches.append(batch)
                 batch = []
-            batch.append(examples[index])
+            batch.append(example)
         batches.append(batch)
     rng.shuffle(batches)
     return batches

@@ -12,7 +12,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +35,21 @@ def group_key(example: Example) -> tuple[bool, bool, int, int]:
     return example.distill, example.prompt_tokens == 0, example.prompt_tokens, example.num_tokens
 
 
-def batches_for_epoch(examples: list[Example], batch_size: int, rng: random.Random,
-                      key: Callable[[Example], Any] = group_key) -> list[list[Example]]:
+def length_sorted_windows(examples: list[Example], batch_size: int, rng: random.Random,
+                          key: Callable[[Example], Any] = group_key) -> Iterator[list[Example]]:
+    """The examples shuffled, in windows of batch_size x LENGTH_GROUP_WINDOW, each sorted by `key`: batches cut
+    from one window hold examples of similar length (little padding), and each epoch mixes them afresh."""
     order = list(range(len(examples)))
     rng.shuffle(order)
     window = batch_size * LENGTH_GROUP_WINDOW
-    batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: key(examples[i]))
-        batches += [[examples[i] for i in chunk[b : b + batch_size]] for b in range(0, len(chunk), batch_size)]
+        yield [examples[i] for i in sorted(order[start : start + window], key=lambda i: key(examples[i]))]
+
+
+def batches_for_epoch(examples: list[Example], batch_size: int, rng: random.Random,
+                      key: Callable[[Example], Any] = group_key) -> list[list[Example]]:
+    batches = [window[b : b + batch_size] for window in length_sorted_windows(examples, batch_size, rng, key)
+               for b in range(0, len(window), batch_size)]
     rng.shuffle(batches)
     return batches
 
