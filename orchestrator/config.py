@@ -20,9 +20,9 @@ class Resources(Strict):
     cpu: float = Field(1.0, gt=0, description="CPU cores reserved per trial.")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; a fraction (0.5) shares one GPU between trials.")
     lend_freed_cpus: bool = Field(
-        True, description="Once no trial is left to start, the CPU trials still running on the driver's machine run "
-                          "on the threads of the CPUs that finished trials freed (orchestrator/cpu_loans.py). Turn "
-                          "off on a Ray cluster shared with other jobs.")
+        True, description="Once no trial is left to start, the CPU trials still running share out the CPUs Ray has "
+                          "free, as more torch threads, on a one-node Ray (orchestrator/cpu_loans.py). Turn off where "
+                          "two Rays share one machine: each counts every core as its own.")
 
     @model_validator(mode="after")
     def _whole_or_fraction(self):

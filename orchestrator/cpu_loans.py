@@ -9,23 +9,28 @@ lends threads instead:
 
 - `LendFreedCpus`, a Tune callback in the driver, looks at the trials at each step of Tune's loop. Once
   every trial of the sweep exists and none is pending or paused (none can start, or resume, in a freed
-  slot), each running CPU trial may run on floor(CPUs of the driver's node / running trials) threads,
-  where that is more than its own CPUs give it (`loans`). It writes them to a small JSON file beside the
-  experiment, {"node_id": the driver's node, "threads": {trial_id: threads}}. A trial that is pending
-  again (Tune retrying it) ends every loan at the next step.
+  slot), the running CPU trials share out the threads of their own CPUs plus the CPUs Ray has reserved
+  for nothing (so not those another sweep on the same Ray holds), where that is more than a trial's own
+  CPUs give it (`loans`). It writes them to a small JSON file beside the experiment, {"node_id": the
+  driver's node, "threads": {trial_id: threads}}. A trial that is pending again (Tune retrying it) ends
+  every loan at the next step.
 - The trial reads that file at each epoch's end and runs its next epoch on what it is lent, or on its
   own CPUs (orchestrator/trainable.py, `threads_lent`); `epoch_threads` in its results says which.
 
-Only trials on the driver's node take a loan (a shared file system may show the file on others), and
-the CPUs shared out are that node's, divided among the sweep's running trials on every node: no node runs
-more threads than it has CPUs.
-Jobs that share a Ray cluster with the sweep may be placed on the CPUs it lends; set
-`sweep.resources.lend_freed_cpus: false` there. A trial that ran on more threads adds its sums in
-another order, so its figures may differ in the last bits from a rerun on its own CPUs.
+Loans are made on a one-node Ray only (on several nodes the free CPUs may not be the driver's), and only
+trials on the driver's node take one (a shared file system may show the file on others). Ray's count is
+all the sweep knows of the machine: two Rays started on one machine (as the test suite's two workers do)
+each count every core as theirs, and a loan then oversubscribes the cores (torch threads that wait on
+each other slow down many times over): set `sweep.resources.lend_freed_cpus: false` there. Jobs placed on
+the lent CPUs after a loan is made share them until the next epoch's end, when the loans are looked at
+again. A trial that ran on more threads adds its sums in another order, so its figures may differ in the
+last bits from a rerun on its own CPUs.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
@@ -34,29 +39,38 @@ from ray.tune.experiment import Trial
 from orchestrator.trainable import trial_threads
 from trials.model_cache import write_json_atomically
 
+FREE_CPUS_EVERY_S = 1.0  # how stale Ray's count of free CPUs may be when a loan is decided
 
-def loans(trials: list[Trial], num_samples: int, node_cpus: int) -> dict[str, int]:
-    """{trial_id: threads} for the running CPU trials, once no other trial can take a freed slot: all
-    `num_samples` trials exist and none is pending or paused."""
+
+def loans(trials: list[Trial], num_samples: int, free_cpus: Callable[[], int]) -> dict[str, int]:
+    """{trial_id: threads} for the running CPU trials, once no other trial can take a freed slot (all
+    `num_samples` trials exist and none is pending or paused): the threads their own CPUs give them plus the
+    CPUs Ray has reserved for nothing (`free_cpus()`, asked only then), shared out evenly."""
     if len(trials) < num_samples or any(trial.status in (Trial.PENDING, Trial.PAUSED) for trial in trials):
         return {}
-    running = [trial for trial in trials if trial.status == Trial.RUNNING]
-    share = node_cpus // max(len(running), 1)
-    lent = {}
-    for trial in running:
-        resources = trial.placement_group_factory.required_resources
-        if not resources.get("GPU") and share > trial_threads(resources):  # a GPU trial's step is not the CPU's
-            lent[trial.trial_id] = share
-    return lent
+    own = {trial.trial_id: trial_threads(trial.placement_group_factory.required_resources) for trial in trials
+           if trial.status == Trial.RUNNING
+           and not trial.placement_group_factory.required_resources.get("GPU")}  # a GPU trial's step is not the CPU's
+    if not own:
+        return {}
+    share = (sum(own.values()) + free_cpus()) // len(own)
+    return {trial_id: share for trial_id, threads in own.items() if share > threads}
 
 
-def driver_node() -> tuple[str, int]:
-    """The Ray node this driver runs on, and the CPUs Ray counts there (0 when on none, as a Ray Client)."""
+def driver_node_id() -> str:
     import ray
 
-    here = ray.get_runtime_context().get_node_id()
-    return here, next((int(node["Resources"].get("CPU", 0)) for node in ray.nodes()
-                       if node["NodeID"] == here and node["Alive"]), 0)
+    return ray.get_runtime_context().get_node_id()
+
+
+def free_cpus() -> int:
+    """The CPUs Ray has reserved for no task or actor, whoever's (another sweep on the same cluster takes its
+    own), on a one-node Ray; 0 on a cluster of several nodes, where they may not be on the driver's."""
+    import ray
+
+    if sum(1 for node in ray.nodes() if node["Alive"]) != 1:
+        return 0
+    return int(ray.available_resources().get("CPU", 0))
 
 
 class LendFreedCpus(Callback):
@@ -65,22 +79,24 @@ class LendFreedCpus(Callback):
     def __init__(self, path: Path, num_samples: int):
         self.path, self.num_samples = Path(path), num_samples
         self._written: dict[str, int] | None = None
-        self._node: tuple[str, int] | None = None
+        self._free: tuple[float, int] | None = None  # (when, free_cpus()): Tune's loop steps many times a second
 
     def setup(self, **info):
         # A resumed sweep starts from no loans, whatever a killed driver left in the file.
-        self._written = self._node = None
+        self._written = self._free = None
         self.path.unlink(missing_ok=True)
 
     def on_step_begin(self, iteration, trials, **info):
-        if self._node is None:
-            self._node = driver_node()
-        node_id, cpus = self._node
-        lent = loans(trials, self.num_samples, cpus)
+        lent = loans(trials, self.num_samples, self._free_cpus)
         if lent != self._written:
             # Whole or not at all: a trial reads it at any moment.
-            write_json_atomically(self.path, {"node_id": node_id, "threads": lent})
+            write_json_atomically(self.path, {"node_id": driver_node_id(), "threads": lent})
             self._written = lent
+
+    def _free_cpus(self) -> int:
+        if self._free is None or time.monotonic() - self._free[0] >= FREE_CPUS_EVERY_S:
+            self._free = time.monotonic(), free_cpus()
+        return self._free[1]
 
     def on_experiment_end(self, trials, **info):
         self.path.unlink(missing_ok=True)

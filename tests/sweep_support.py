@@ -22,6 +22,10 @@ FAST = [
     "eval.max_train_questions=16",
     "sweep.asha.grace_period=1",
     "sweep.max_concurrent_trials=2",
+    # make test runs two test files at once, each with a Ray that counts both cores as its own: a sweep's last
+    # trial lent the "free" core would share it with the other file's trials (orchestrator/cpu_loans.py).
+    # tests/test_general_e2e.py lends, and checks the loan.
+    "sweep.resources.lend_freed_cpus=false",
 ]
 # FAST, plus what a promotion needs: a trial that recalls test questions (a first champion must
 # score above 0). The demo's own trial (LoRA r=32 on all linear layers, lr 3e-3) runs first, for 5 epochs.

@@ -23,26 +23,31 @@ def trial(status: str, cpu: float = 1.0, gpu: float = 0.0) -> Trial:
 R, T, P, W = Trial.RUNNING, Trial.TERMINATED, Trial.PENDING, Trial.PAUSED
 
 
-@pytest.mark.parametrize(("statuses", "num_samples", "cpus", "lent"), [
-    ([T, T, R], 3, 2, [None, None, 2]),  # the last trial, alone: both CPUs
-    ([T, R, R], 3, 2, [None, None, None]),  # two running on two CPUs: nothing freed
-    ([T, R, R], 3, 4, [None, 2, 2]),  # four CPUs, two running: two each
-    ([T, R, R], 3, 5, [None, 2, 2]),  # never more threads than the node has CPUs
-    ([T, T, R], 4, 2, [None, None, None]),  # a trial still to be created would take the freed slot
-    ([T, P, R], 3, 2, [None, None, None]),  # so would a pending one (a retry)
-    ([T, W, R], 3, 2, [None, None, None]),  # or a paused one, waiting at a rung, when it resumes
+@pytest.mark.parametrize(("statuses", "num_samples", "free", "lent"), [
+    ([T, T, R], 3, 1, [None, None, 2]),  # the last trial, alone: its CPU and the one freed
+    ([T, T, R], 3, 0, [None, None, None]),  # the freed CPU taken (another sweep on the same Ray)
+    ([T, R, R], 3, 0, [None, None, None]),  # two running on two CPUs: nothing freed
+    ([T, R, R], 3, 2, [None, 2, 2]),  # four CPUs, two running: two each
+    ([T, R, R], 3, 3, [None, 2, 2]),  # never more threads than there are CPUs
+    ([T, T, R], 4, 1, [None, None, None]),  # a trial still to be created would take the freed slot
+    ([T, P, R], 3, 1, [None, None, None]),  # so would a pending one (a retry)
+    ([T, W, R], 3, 1, [None, None, None]),  # or a paused one, waiting at a rung, when it resumes
     ([T, T, T], 3, 2, [None, None, None]),
 ])
-def test_threads_are_lent_only_once_no_trial_can_take_a_freed_cpu(statuses, num_samples, cpus, lent):
+def test_threads_are_lent_only_once_no_trial_can_take_a_freed_cpu(statuses, num_samples, free, lent):
     trials = [trial(status) for status in statuses]
-    assert loans(trials, num_samples, cpus) == {t.trial_id: n for t, n in zip(trials, lent) if n}
+    asked = []
+    assert loans(trials, num_samples, lambda: asked.append(1) or free) == {
+        t.trial_id: n for t, n in zip(trials, lent) if n}
+    # Ray is asked for its free CPUs only where a loan could follow.
+    assert bool(asked) == (len(trials) >= num_samples and R in statuses and P not in statuses and W not in statuses)
 
 
 def test_a_trial_is_lent_only_what_its_own_cpus_do_not_give_it_and_a_gpu_trial_nothing():
     two, gpu = trial(R, cpu=2.0), trial(R, gpu=1.0)
-    assert loans([two, trial(T)], 2, 2) == {}  # it has both already
-    assert loans([two, trial(T)], 2, 4) == {two.trial_id: 4}
-    assert loans([gpu, trial(T)], 2, 16) == {}
+    assert loans([two, trial(T)], 2, lambda: 0) == {}  # it has both already
+    assert loans([two, trial(T)], 2, lambda: 2) == {two.trial_id: 4}
+    assert loans([gpu, trial(T)], 2, lambda: 16) == {}
 
 
 def test_a_trial_reads_its_loan_and_runs_on_its_own_cpus_without_one(tmp_path):
@@ -58,18 +63,27 @@ def test_a_trial_reads_its_loan_and_runs_on_its_own_cpus_without_one(tmp_path):
     assert threads_lent(str(path), "a", "node", 1) == 1
 
 
-def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_path):
+def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_path, monkeypatch):
+    from orchestrator import cpu_loans
+
+    free = [0]  # what Ray reports free: nothing while both trials run
+    monkeypatch.setattr(cpu_loans, "free_cpus", lambda: free[0])
+    monkeypatch.setattr(cpu_loans, "driver_node_id", lambda: "node")
+    monkeypatch.setattr(cpu_loans, "FREE_CPUS_EVERY_S", 0.0)
     path = tmp_path / "sweep.cpu_loans.json"
     path.write_text(json.dumps({"stale": 2}))  # a killed driver's
     lender = LendFreedCpus(path, num_samples=2)
     lender.setup()
     assert not path.exists()
-    lender._node = ("node", 2)  # as driver_node() reads it from a Ray of 2 CPUs
     first, second = trial(R), trial(R)
     lender.on_step_begin(0, [first, second])
     assert json.loads(path.read_text()) == {"node_id": "node", "threads": {}}
     second.set_status(T)
+    free[0] = 1  # its CPU, given back to Ray
     lender.on_step_begin(1, [first, second])
     assert json.loads(path.read_text()) == {"node_id": "node", "threads": {first.trial_id: 2}}
+    free[0] = 0  # another sweep on the same Ray takes it: the loan ends
+    lender.on_step_begin(2, [first, second])
+    assert json.loads(path.read_text()) == {"node_id": "node", "threads": {}}
     lender.on_experiment_end([first, second])
     assert not path.exists()

@@ -27,7 +27,8 @@ def forgetful(tmp_path_factory, tokenizer_path):
         # The demo's own trial alone (lr 3e-3, 5 epochs: it learns the facts); rungs at epochs 1 and 4. Answers are
         # generated only where they decide something (eval.recall_every=0): the rungs and the last epoch.
         config = fast_config(tmp_path, *LEARNS, "sweep.num_samples=1", f"eval.general={probe}",
-                             "eval.general_min_known=1", "eval.recall_every=0")
+                             "eval.general_min_known=1", "eval.recall_every=0",
+                             "sweep.resources.lend_freed_cpus=true")
         run_sweep(config, "forgetful")
         refused = promote("forgetful", top_k=1, log=lambda line: None)
         forced = promote("forgetful", top_k=1, force=True, log=lambda line: None)
