@@ -11,14 +11,14 @@ lends threads instead:
   every trial of the sweep exists and none is pending or paused (none can start, or resume, in a freed
   slot), the running CPU trials share out the threads of their own CPUs plus the CPUs Ray has reserved
   for nothing (so not those another sweep on the same Ray holds), where that is more than a trial's own
-  CPUs give it (`loans`). It writes them to a small JSON file beside the experiment, {"node_id": the
-  driver's node, "threads": {trial_id: threads}}. A trial that is pending again (Tune retrying it) ends
-  every loan at the next step.
+  CPUs give it (`loans`). It writes them to a small JSON file beside the experiment, {trial_id: threads}.
+  A trial that is pending again (Tune retrying it) ends every loan at the next step.
 - The trial reads that file at each epoch's end and runs its next epoch on what it is lent, or on its
   own CPUs (orchestrator/trainable.py, `threads_lent`); `epoch_threads` in its results says which.
 
-Loans are made on a one-node Ray only (on several nodes the free CPUs may not be the driver's), and only
-trials on the driver's node take one (a shared file system may show the file on others). Ray's count is
+Loans are made on a one-node Ray only: on several nodes Ray's free CPUs may be on another node than a
+trial's. On one node every trial runs where the CPUs were counted, so a trial that can read the file
+(the driver's machine, or any through a shared file system) may take its loan. Ray's count is
 all the sweep knows of the machine: two Rays started on one machine (as the test suite's two workers do)
 each count every core as theirs, and a loan then oversubscribes the cores (torch threads that wait on
 each other slow down many times over): set `sweep.resources.lend_freed_cpus: false` there. Jobs placed on
@@ -48,24 +48,20 @@ def loans(trials: list[Trial], num_samples: int, free_cpus: Callable[[], int]) -
     CPUs Ray has reserved for nothing (`free_cpus()`, asked only then), shared out evenly."""
     if len(trials) < num_samples or any(trial.status in (Trial.PENDING, Trial.PAUSED) for trial in trials):
         return {}
-    own = {trial.trial_id: trial_threads(trial.placement_group_factory.required_resources) for trial in trials
-           if trial.status == Trial.RUNNING
-           and not trial.placement_group_factory.required_resources.get("GPU")}  # a GPU trial's step is not the CPU's
+    own = {}
+    for trial in trials:
+        resources = trial.placement_group_factory.required_resources
+        if trial.status == Trial.RUNNING and not resources.get("GPU"):  # a GPU trial's step is not the CPU's
+            own[trial.trial_id] = trial_threads(resources)
     if not own:
         return {}
     share = (sum(own.values()) + free_cpus()) // len(own)
     return {trial_id: share for trial_id, threads in own.items() if share > threads}
 
 
-def driver_node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
-
-
 def free_cpus() -> int:
     """The CPUs Ray has reserved for no task or actor, whoever's (another sweep on the same cluster takes its
-    own), on a one-node Ray; 0 on a cluster of several nodes, where they may not be on the driver's."""
+    own), on a one-node Ray; 0 on a cluster of several nodes, so nothing is lent there."""
     import ray
 
     if sum(1 for node in ray.nodes() if node["Alive"]) != 1:
@@ -90,7 +86,7 @@ class LendFreedCpus(Callback):
         lent = loans(trials, self.num_samples, self._free_cpus)
         if lent != self._written:
             # Whole or not at all: a trial reads it at any moment.
-            write_json_atomically(self.path, {"node_id": driver_node_id(), "threads": lent})
+            write_json_atomically(self.path, lent)
             self._written = lent
 
     def _free_cpus(self) -> int:

@@ -99,17 +99,16 @@ def trial_threads(resources: dict[str, float]) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
-def threads_lent(loans: str | None, trial_id: str, node_id: str, own: int) -> int:
-    """The threads this trial (on Ray node `node_id`) may run its next epoch on: what the sweep's driver lends
-    it in the JSON file `loans` (orchestrator/cpu_loans.py), else `own`; `own` too when there is no file (no
-    loans yet, or another machine than the driver's) or it lends this node's CPUs to no one."""
+def threads_lent(loans: str | None, trial_id: str, own: int) -> int:
+    """The threads this trial may run its next epoch on: what the sweep's driver lends it in the JSON file
+    `loans` (orchestrator/cpu_loans.py), else `own`; `own` too when there is no file to read (no loans yet,
+    or a machine that cannot see the driver's files)."""
     if loans is None:
         return own
     try:
-        written = json.loads(Path(loans).read_text(encoding="utf-8"))
+        lent = json.loads(Path(loans).read_text(encoding="utf-8")).get(trial_id, own)
     except (OSError, ValueError):
         return own
-    lent = written.get("threads", {}).get(trial_id, own) if written.get("node_id") == node_id else own
     return max(own, int(lent))
 
 
@@ -145,7 +144,7 @@ def _train_in_tune(params: dict, base: dict, space: dict, floors: Floors, loans:
             last[METRIC] = objective(metrics, floors, config.eval.objective)
         tune.report({**metrics, METRIC: last[METRIC], EPOCH_THREADS: torch.get_num_threads(), **placement},
                     checkpoint=checkpoint)
-        threads = threads_lent(loans, context.get_trial_id(), placement["node_id"], own)
+        threads = threads_lent(loans, context.get_trial_id(), own)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
 

@@ -1,5 +1,5 @@
 """orchestrator/cpu_loans.py: once no trial is left to start, the trials still running on CPUs are lent the
-threads of the CPUs finished trials freed, never more than the driver's node has; a trial reads its loan
+threads of the CPUs Ray has free, on a one-node Ray; a trial reads its loan
 (orchestrator.trainable.threads_lent) and falls back to its own CPUs whenever there is none to read."""
 
 import json
@@ -52,15 +52,29 @@ def test_a_trial_is_lent_only_what_its_own_cpus_do_not_give_it_and_a_gpu_trial_n
 
 def test_a_trial_reads_its_loan_and_runs_on_its_own_cpus_without_one(tmp_path):
     path = tmp_path / "loans.json"
-    assert threads_lent(None, "a", "node", 1) == 1  # lending off
-    assert threads_lent(str(path), "a", "node", 1) == 1  # nothing lent yet, or the driver on another machine
-    path.write_text(json.dumps({"node_id": "node", "threads": {"a": 2}}))
-    assert threads_lent(str(path), "a", "node", 1) == 2 and threads_lent(str(path), "b", "node", 1) == 1
-    assert threads_lent(str(path), "a", "node", 3) == 3  # a loan never takes away its own CPUs
-    # The driver's node's CPUs, seen through a shared file system from another node: not this trial's to take.
-    assert threads_lent(str(path), "a", "other node", 1) == 1
+    assert threads_lent(None, "a", 1) == 1  # lending off
+    assert threads_lent(str(path), "a", 1) == 1  # nothing lent yet, or the driver on another machine
+    path.write_text(json.dumps({"a": 2}))
+    assert threads_lent(str(path), "a", 1) == 2 and threads_lent(str(path), "b", 1) == 1
+    assert threads_lent(str(path), "a", 3) == 3  # a loan never takes away its own CPUs
     path.write_text("{")  # not JSON: own CPUs, the trial goes on
-    assert threads_lent(str(path), "a", "node", 1) == 1
+    assert threads_lent(str(path), "a", 1) == 1
+
+
+def test_nothing_is_lent_on_a_ray_of_several_nodes(monkeypatch):
+    # Ray's free CPUs may then be on another node than a trial's: a trial on any node (a shared file system shows
+    # every node the file) must not take them.
+    import ray
+
+    from orchestrator.cpu_loans import free_cpus
+
+    nodes = [{"Alive": True}, {"Alive": True}, {"Alive": False}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 4.0})
+    assert free_cpus() == 0
+    assert loans([trial(R), trial(T)], 2, free_cpus) == {}
+    nodes.pop(0)  # one node alive: its free CPUs are the trials'
+    assert free_cpus() == 4
 
 
 def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_path, monkeypatch):
@@ -68,7 +82,6 @@ def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_
 
     free = [0]  # what Ray reports free: nothing while both trials run
     monkeypatch.setattr(cpu_loans, "free_cpus", lambda: free[0])
-    monkeypatch.setattr(cpu_loans, "driver_node_id", lambda: "node")
     monkeypatch.setattr(cpu_loans, "FREE_CPUS_EVERY_S", 0.0)
     path = tmp_path / "sweep.cpu_loans.json"
     path.write_text(json.dumps({"stale": 2}))  # a killed driver's
@@ -77,13 +90,13 @@ def test_the_driver_writes_loans_as_they_change_and_removes_them_at_the_end(tmp_
     assert not path.exists()
     first, second = trial(R), trial(R)
     lender.on_step_begin(0, [first, second])
-    assert json.loads(path.read_text()) == {"node_id": "node", "threads": {}}
+    assert json.loads(path.read_text()) == {}
     second.set_status(T)
     free[0] = 1  # its CPU, given back to Ray
     lender.on_step_begin(1, [first, second])
-    assert json.loads(path.read_text()) == {"node_id": "node", "threads": {first.trial_id: 2}}
+    assert json.loads(path.read_text()) == {first.trial_id: 2}
     free[0] = 0  # another sweep on the same Ray takes it: the loan ends
     lender.on_step_begin(2, [first, second])
-    assert json.loads(path.read_text()) == {"node_id": "node", "threads": {}}
+    assert json.loads(path.read_text()) == {}
     lender.on_experiment_end([first, second])
     assert not path.exists()
