@@ -54,13 +54,17 @@ def test_shared_prompt_prefix_computed_once_gives_the_same_loss_and_gradients(mo
     inputs = collate(batch, tokenizer.pad_token_id)
     labels = inputs.pop("labels")
     assert shared_prefix_length(inputs, labels) >= MIN_SHARED_PREFIX
-    results = []
+    results, output_layer_calls = [], []
+    counting = model.get_output_embeddings().register_forward_hook(lambda *_: output_layer_calls.append(1))
     for share in (True, False):
         model.zero_grad(set_to_none=True)
         loss, targets = batch_loss(model, inputs, labels, share_prefix=share)
         loss.backward()
+        if share:  # the shared start runs without the output layer: none of its positions has a label
+            assert len(output_layer_calls) == 1
         results.append((loss.detach(), targets,
                         {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    counting.remove()
     (shared_loss, shared_targets, shared_grads), (plain_loss, plain_targets, plain_grads) = results
     assert shared_targets == plain_targets
     torch.testing.assert_close(shared_loss, plain_loss, rtol=1e-5, atol=1e-4)

@@ -314,7 +314,7 @@ def drift(model, examples: list[Example], pad_id: int, device: torch.device, bf1
             continue
         inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         labels = inputs.pop("labels")
-        with autocast(device, bf16):
+        with autocast(device, bf16, model):
             logits, targets = labelled_logits(model, inputs, labels)
             with model.disable_adapter():
                 base_logits, _ = labelled_logits(model, inputs, labels)

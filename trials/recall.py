@@ -97,7 +97,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     batch = {k: v.to(device) for k, v in left_padded(prompts, pad_id).items()}
-    with autocast(device, bf16), prefix_aware_generation(model):
+    with autocast(device, bf16, model), prefix_aware_generation(model):
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
