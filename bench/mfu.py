@@ -79,18 +79,12 @@ def utilisation(flops_per_token: float, tokens_per_s: float, peak_gflops: float)
     return flops_per_token * tokens_per_s / (peak_gflops * 1e9)
 
 
-def measure(trial, tokens_per_s: float) -> dict:
-    """For a training speed measured on `trial` (a TrialConfig) just before: its model FLOPs per token, the
-    device's peaks now, at its shapes, and the MFU against the peak of the dtype it trained in."""
-    from trials.data import load_knowledge
-    from trials.model import attach_method, load_for
-    from trials.trial import build_examples
-
-    loaded = load_for(trial)
-    examples = build_examples(loaded.tokenizer, load_knowledge(trial.data), trial)
-    model = attach_method(loaded.model, trial.method, False)
+def measure(trainer, tokens_per_s: float) -> dict:
+    """For a training speed measured with `trainer` (trials.train.Trainer) just before: its model's FLOPs per token
+    on its examples, the device's peaks now, at its shapes, and the MFU against the peak of the dtype it trained in."""
+    model, examples = trainer.model, trainer.examples
     flops = training_flops_per_token(model, examples)
-    batch_tokens = trial.training.batch_size * round(sum(e.num_tokens for e in examples) / len(examples))
-    peak = peaks(model.config.hidden_size, model.config.intermediate_size, batch_tokens, loaded.device)
+    batch_tokens = trainer.training.batch_size * round(sum(e.num_tokens for e in examples) / len(examples))
+    peak = peaks(model.config.hidden_size, model.config.intermediate_size, batch_tokens, trainer.device)
     return {"flops_per_token": flops, "peak_gflops": peak,
-            "mfu": utilisation(flops, tokens_per_s, peak["bf16" if loaded.bf16 else "fp32"])}
+            "mfu": utilisation(flops, tokens_per_s, peak["bf16" if trainer.bf16 else "fp32"])}

@@ -14,6 +14,9 @@ way side by side with today's step in one run (issue 26).
                compile       every decoder layer under torch.compile(dynamic=True), eager where compiling fails;
                token_budget  batches filled up to a token budget (batch_size x the mean example's tokens, padding
                              included) in place of a fixed number of rows;
+               prefix_output_layer  slower ways kept to measure what replaced them: the shared prompt prefix's
+               peft_input_casts     pass through the output layer too, and peft's casts of each LoRA layer's bf16
+                                    input to float32 and back (trials/model.bf16_adapter_inputs);
              each: tokens/s of its timed epoch, its ratio to ours, and the training loss after the same epochs.
              A variant at least KEEP_SPEEDUP faster is then trained the whole trial beside ours, and both answer
              the val questions (the adapter alone, no router): worth shipping only if recall is unchanged.
@@ -24,6 +27,8 @@ way side by side with today's step in one run (issue 26).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -78,12 +83,22 @@ def token_budget_batches(examples, batch_size: int, rng, key) -> list[list]:
     return batches
 
 
+def _prefix_through_output_layer(trainer) -> None:
+    """The shared prompt prefix's pass (trials/train.labelled_logits) through the whole model, its output layer at
+    one position included, as before it ran the decoder body alone; only its KV cache is used either way."""
+    model = trainer.model
+    model.get_decoder = lambda: functools.partial(model, logits_to_keep=1)
+
+
 # name -> (applied to the bare base before the adapter, applied to the Trainer)
 VARIANTS: dict[str, tuple[Callable | None, Callable | None]] = {
     "ours": (None, None),
     "float32_base": (_base_float32, None),
     "compile": (_compile_layers, None),
     "token_budget": (None, lambda trainer: setattr(trainer, "batcher", token_budget_batches)),
+    "prefix_output_layer": (None, _prefix_through_output_layer),
+    # peft's cast of each adapter layer's bf16 input to float32 and autocast's back, as before bf16_adapter_inputs
+    "peft_input_casts": (None, lambda trainer: setattr(trainer, "adapter_inputs", lambda _: contextlib.nullcontext())),
 }
 
 
@@ -113,6 +128,10 @@ def timed_epochs(trial, variant: str, epochs: int, warm_up: bool = True, example
     `examples`: an epoch of only the first that many training examples."""
     _, _, trainer = _trainer(trial, variant)
     trainer.examples = trainer.examples[:examples]
+    return _timed(trainer, epochs, warm_up)
+
+
+def _timed(trainer, epochs: int, warm_up: bool = True) -> dict:
     started = time.perf_counter()
     warm = trainer.train_epoch() if warm_up else None
     warm_up_seconds = time.perf_counter() - started
@@ -196,8 +215,9 @@ def two_at_once(trial) -> dict[str, list[float]]:
 
 
 def step_mfu(trial, epochs: int) -> dict:
-    speed = timed_epochs(trial, "ours", epochs)
-    return {**mfu.measure(trial, speed["tokens_per_s"]), "tokens_per_s": speed["tokens_per_s"]}
+    _, _, trainer = _trainer(trial, "ours")
+    speed = _timed(trainer, epochs)
+    return {**mfu.measure(trainer, speed["tokens_per_s"]), "tokens_per_s": speed["tokens_per_s"]}
 
 
 def run(bench, log) -> dict:

@@ -69,6 +69,9 @@ def test_bench_steps_smoke_measures_mfu_the_variants_and_threads(tmp_path):
         if row["speedup"] >= 1.05:  # trained the whole trial, with ours, and scored on val
             assert 0.0 <= row["recall"]["val_exact_recall"] <= 1.0 and "recall" in variants["ours"]
     assert len(variants["ours"]["runs"]) == 2
+    # The ways they replaced compute the same numbers: the same loss to the last bit, in bf16 as the smoke trains.
+    for before in ("prefix_output_layer", "peft_input_casts"):
+        assert variants[before]["loss"] == variants["ours"]["loss"], before
     threads = results["steps_threads"]
     assert set(threads) == {"1_thread_each", "2_threads_each"}
     assert all(len(rates) == 2 and min(rates) > 0 for rates in threads.values())

@@ -8,7 +8,6 @@ import contextlib
 import pytest
 import torch
 
-import trials.train
 from trials.config import TrainingConfig, TrialConfig
 from trials.data import load_knowledge
 from trials.methods.lora import LoraMethod
@@ -17,7 +16,7 @@ from trials.train import Trainer
 from trials.trial import build_examples
 
 
-def bf16_trainer(tokenizer_path, demo_documents, demo_qa, checkpointing: bool) -> Trainer:
+def bf16_trainer(tokenizer_path, demo_documents, demo_qa, checkpointing: bool, peft_casts: bool = False) -> Trainer:
     torch.manual_seed(0)
     config = TrialConfig.model_validate({"data": {"documents": demo_documents, "qa": demo_qa}})
     tokenizer = load_tokenizer(tokenizer_path)
@@ -26,7 +25,10 @@ def bf16_trainer(tokenizer_path, demo_documents, demo_qa, checkpointing: bool) -
     examples = build_examples(tokenizer, load_knowledge(config.data), config)[:24]
     settings = TrainingConfig(epochs=2, batch_size=8, warmup_ratio=0.0, bf16=True,
                               gradient_checkpointing=checkpointing)
-    return Trainer(model, examples, settings, 1e-2, tokenizer.pad_token_id, torch.device("cpu"), True)
+    trainer = Trainer(model, examples, settings, 1e-2, tokenizer.pad_token_id, torch.device("cpu"), True)
+    if peft_casts:  # as before bf16_adapter_inputs
+        trainer.adapter_inputs = lambda model: contextlib.nullcontext()
+    return trainer
 
 
 def trained(trainer: Trainer) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -35,8 +37,7 @@ def trained(trainer: Trainer) -> tuple[list[float], dict[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_bf16_adapter_inputs_are_uncast_and_train_the_same(tokenizer_path, demo_documents, demo_qa, monkeypatch,
-                                                           checkpointing):
+def test_bf16_adapter_inputs_are_uncast_and_train_the_same(tokenizer_path, demo_documents, demo_qa, checkpointing):
     trainer = bf16_trainer(tokenizer_path, demo_documents, demo_qa, checkpointing)
     seen: set[torch.dtype] = set()
     hooks = [module.register_forward_pre_hook(lambda _, args: seen.add(args[0].dtype))
@@ -46,8 +47,7 @@ def test_bf16_adapter_inputs_are_uncast_and_train_the_same(tokenizer_path, demo_
         hook.remove()
     assert seen == {torch.bfloat16}  # peft's cast would hand lora_A float32
 
-    monkeypatch.setattr(trials.train, "bf16_adapter_inputs", lambda model: contextlib.nullcontext())
-    peft_cast = trained(bf16_trainer(tokenizer_path, demo_documents, demo_qa, checkpointing))
+    peft_cast = trained(bf16_trainer(tokenizer_path, demo_documents, demo_qa, checkpointing, peft_casts=True))
     assert ours[0] == peft_cast[0]
     for name, weight in peft_cast[1].items():
         assert torch.equal(ours[1][name], weight), name

@@ -252,6 +252,7 @@ class Trainer:
 
     # The bench swaps in the previous full-logits loss and length-only grouping, and other batchings, to compare.
     loss_fn = staticmethod(batch_loss)
+    adapter_inputs = staticmethod(bf16_adapter_inputs)  # entered for each bf16 epoch
     group_key = staticmethod(group_key)
     batcher = staticmethod(batches_for_epoch)
 
@@ -294,7 +295,7 @@ class Trainer:
         self.model.train()
         # NEFTune's hook lives for one epoch only, so a base model kept for the next trial carries none.
         # For the whole epoch, backward included: a checkpointed layer recomputes what it saved, inputs alike.
-        with bf16_adapter_inputs(self.model) if self.bf16 else contextlib.nullcontext():
+        with self.adapter_inputs(self.model) if self.bf16 else contextlib.nullcontext():
             if not self.training.neftune_alpha:
                 return self._train_epoch(epoch)
             from transformers.integrations.neftune import activate_neftune, deactivate_neftune
