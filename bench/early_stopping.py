@@ -112,6 +112,7 @@ def measure(run: Callable, load: Callable, settings, work: Path,
             f"{arm}_epochs_to_best": mean([s["epochs_to_best"] for s in sweeps]),
             f"{arm}_wall_seconds": mean([s["wall_seconds"] for s in sweeps]),
             f"{arm}_mean_overhead_fraction": mean([s["overhead_fraction"] for s in sweeps]),
+            f"{arm}_mean_overhead_fraction_cpus_counted": mean([s["overhead_fraction_cpus_counted"] for s in sweeps]),
         })
     # At equal trial-epochs: the best val recall the no-early-stopping sweep had reported by the time it
     # had spent what the default spent in all.
@@ -144,6 +145,6 @@ def measure(run: Callable, load: Callable, settings, work: Path,
 def _brief(sweep: dict) -> dict:
     """What RESULTS.md shows of each sweep (the learning curves stay in the replay's input)."""
     keep = ("name", "trial_epochs", "best_val", "best_test", "epochs_to_best", "wall_seconds", "overhead_fraction",
-            "num_trials", "failed_trials")
+            "overhead_fraction_cpus_counted", "num_trials", "failed_trials")
     return {**{k: sweep[k] for k in keep}, "epochs_per_trial": [t["epochs"] for t in sweep["trials"]],
             "asha": sweep["asha"]}

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.run_record import (ADAPTER, EVAL_SECONDS, TRAIN_SECONDS, TRIAL_CONFIG, VAL_EXACT_RECALL, method_param,
-                                     param_value)
+from orchestrator.run_record import (ADAPTER, EPOCH_THREADS, EVAL_SECONDS, TRAIN_SECONDS, TRIAL_CONFIG,
+                                     VAL_EXACT_RECALL, method_param, param_value, placement_tag)
 
 
 def start_ray() -> float:
@@ -20,6 +20,22 @@ def start_ray() -> float:
     started = time.perf_counter()
     ray.init(address="local", **RAY_OPTIONS)  # as a sweep would, but always a fresh local instance
     return time.perf_counter() - started
+
+
+def cpu_seconds(client, run) -> float:
+    """A trial's train + eval seconds with each epoch counted on every CPU it ran on: an epoch on CPUs lent at
+    the sweep's end (orchestrator/cpu_loans.py) holds them as well as its own."""
+    own = int(run.data.tags.get(placement_tag("torch_threads"), 1))
+    history = {name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}
+               for name in (TRAIN_SECONDS, EVAL_SECONDS, EPOCH_THREADS)}
+    total = before = 0.0
+    train = evaluate = 0.0  # cumulative; an epoch without scoring logs no eval_seconds
+    for step in sorted(history[TRAIN_SECONDS]):
+        train = history[TRAIN_SECONDS][step]
+        evaluate = history[EVAL_SECONDS].get(step, evaluate)
+        total += (train + evaluate - before) * history[EPOCH_THREADS].get(step, own) / own
+        before = train + evaluate
+    return total
 
 
 def run_bench_sweep(experiment, name: str, source: str, start: str | None = None) -> dict:
@@ -50,6 +66,7 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
             TRAIN_SECONDS: metrics.get(TRAIN_SECONDS, 0.0), EVAL_SECONDS: metrics.get(EVAL_SECONDS, 0.0),
             "run_seconds": row["seconds"],
             "stopped_by": row["stopped_by"] or "",  # tagged by the sweep driver: asha or time_budget
+            "cpu_seconds": cpu_seconds(client, run),
         })
     sweep = experiment.sweep
     slots = int(ray.cluster_resources().get("CPU", 1) // sweep.resources.cpu) if sweep.resources.gpu == 0 else None
@@ -75,6 +92,8 @@ def run_bench_sweep(experiment, name: str, source: str, start: str | None = None
         "compute_seconds": compute,  # sum over trials of train + eval seconds
         "trial_run_seconds": in_runs,  # sum of MLflow child-run durations (driver's view of each trial)
         "overhead_fraction": 1 - (compute / concurrency) / wall,
+        # The same with each epoch counted on every CPU it ran on: a CPU lent to a trial is not an idle slot.
+        "overhead_fraction_cpus_counted": 1 - (sum(t["cpu_seconds"] for t in trials) / concurrency) / wall,
         "per_trial_overhead_s": (wall - compute / concurrency) * concurrency / max(len(trials), 1),
         # Where the fixed cost goes: inside trials (imports, model load, checkpoints, reporting) vs
         # between them (idle slots: scheduling, actor start, the tail when one slot has no work left).

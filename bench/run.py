@@ -337,6 +337,7 @@ def run_tiny(bench: Bench) -> dict:
         "recall_seed_val": seed["val"],
         "recall_seed_test": seed["test"],
         "overhead_fraction": asha["overhead_fraction"],
+        "overhead_fraction_cpus_counted": asha["overhead_fraction_cpus_counted"],
         "per_trial_overhead_s": asha["per_trial_overhead_s"],
         # Means over the sampler seeds (bench/early_stopping.py); the other figures are seed 0's sweeps.
         **{key: value for key, value in early.items() if key not in ("replay", "sweeps_by_arm")},
