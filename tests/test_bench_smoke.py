@@ -56,6 +56,8 @@ def test_bench_smoke_writes_every_key(tmp_path):
                 "noasha_best_val"):
         assert 0.0 <= results[key] <= 1.0, key
     assert results["overhead_fraction"] < 1.0
+    # Lent CPUs only ever add to what counts as busy.
+    assert results["overhead_fraction_cpus_counted"] <= results["overhead_fraction"]
     # 2 trials x 2 epochs without ASHA; the seed recipe trained for the ASHA sweep's trial-epochs.
     assert results["noasha_trial_epochs"] == 4
     assert 2 <= results["asha_trial_epochs"] <= 4
