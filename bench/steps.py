@@ -7,7 +7,7 @@ way side by side with today's step in one run (issue 26).
              STEP_EPOCHS epochs after a warm-up epoch, then the GEMM peaks right after, on the threads a trial gets
              (bench/mfu.py counts the FLOPs): tiny_mfu, smollm2_mfu, peak_bf16_gflops, peak_fp32_gflops.
 2. variants  SmolLM2's step as shipped (`ours`) against each way to make it faster, each on a fresh adapter with the
-             same seed, so the same batches, timed in interleaved rounds (compare_variants):
+             same seed, so the same batches, timed in adjacent pairs with a fresh `ours` (compare_variants):
                float32_base  the frozen base in float32 under the same bf16 autocast, as before it was held in
                              bf16 (trials/model.load_base_model): autocast casts each weight on every call, and
                              norms and the residual stream run in float32;
@@ -17,7 +17,8 @@ way side by side with today's step in one run (issue 26).
                prefix_output_layer  slower ways kept to measure what replaced them: the shared prompt prefix's
                peft_input_casts     pass through the output layer too, and peft's casts of each LoRA layer's bf16
                                     input to float32 and back (trials/model.bf16_adapter_inputs);
-             each: its median tokens/s over the rounds, its ratio to ours, and the training loss after the same epochs.
+             each: its median tokens/s, the median of its pairs' ratios to ours, and both losses after the same
+             epochs.
              A variant at least KEEP_SPEEDUP faster is then trained the whole trial beside ours, and both answer
              the val questions (the adapter alone, no router): worth shipping only if recall is unchanged.
 3. threads   two SmolLM2 trainings at once, as a 2-core sweep runs two 1-CPU trials: each on 1 thread (what
@@ -43,10 +44,11 @@ REPO = Path(__file__).resolve().parent.parent
 SMOLLM2 = REPO / "configs" / "smollm2.yaml"
 STEP_EPOCHS = 2  # timed epochs for the MFU, after a warm-up epoch
 KEEP_SPEEDUP = 1.05  # a variant this much faster than ours gets its recall checked over a whole trial
-# The variants' timing: one epoch each per round, over the trial's first VARIANT_EXAMPLES examples (~9 s of SmolLM2 on
-# one thread). Timed one after another, once each, ours measured 468 and 489 tok/s first and last, and
-# prefix_output_layer came out level with ours (474), against 1.12x slower in an interleaved run of 5 rounds.
-VARIANT_ROUNDS = 3
+# The variants' timing: adjacent pairs of one epoch of ours and one of the variant over the trial's first
+# VARIANT_EXAMPLES examples (~9 s of SmolLM2 on one thread). Timed one after another, once each, ours measured 468 and
+# 489 tok/s first and last and prefix_output_layer came out level with ours; in rounds of every variant in turn,
+# ours came out slowest of all in two rounds of three; in 10 adjacent pairs, ours was the faster in every pair.
+VARIANT_PAIRS = 4
 VARIANT_EXAMPLES = 96
 MFU_KEYS = ("tiny_mfu", "smollm2_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "tiny_flops_per_token",
             "smollm2_flops_per_token", "peak_gflops", "smollm2_peak_gflops")
@@ -100,11 +102,11 @@ def _prefix_through_output_layer(trainer) -> None:
 VARIANTS: dict[str, tuple[Callable | None, Callable | None]] = {
     "ours": (None, None),
     "float32_base": (_base_float32, None),
-    "compile": (_compile_layers, None),
     "token_budget": (None, lambda trainer: setattr(trainer, "batcher", token_budget_batches)),
     "prefix_output_layer": (None, _prefix_through_output_layer),
     # peft's cast of each adapter layer's bf16 input to float32 and autocast's back, as before bf16_adapter_inputs
     "peft_input_casts": (None, lambda trainer: setattr(trainer, "adapter_inputs", lambda _: contextlib.nullcontext())),
+    "compile": (_compile_layers, None),  # last: Dynamo's settings are the process's
 }
 
 
@@ -165,33 +167,36 @@ def trained_recall(trial, variant: str) -> dict:
     return {"val_exact_recall": metrics["exact_recall"], "train_seconds": seconds, "epochs": trial.training.epochs}
 
 
-def compare_variants(trial, log, rounds: int = VARIANT_ROUNDS, examples: int | None = VARIANT_EXAMPLES) -> dict:
-    """Each variant beside ours, interleaved: one trainer each, a warm-up epoch, then `rounds` rounds of one timed
-    epoch per variant (the order reversed each round), so a drift in the machine's load reaches every variant
-    alike; a variant's speed is its median. Then the recall of the faster ones."""
-    trainers = {}
-    for variant in VARIANTS:
-        _, _, trainer = _trainer(trial, variant)
-        trainer.examples = trainer.examples[:examples]
-        started = time.perf_counter()
-        trainer.train_epoch()
-        trainers[variant] = (trainer, time.perf_counter() - started)
-    rates: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    losses: dict[str, float] = {}
-    for turn in range(rounds):
-        for variant in list(VARIANTS)[:: 1 if turn % 2 == 0 else -1]:
-            stats = trainers[variant][0].train_epoch()
-            rates[variant].append(stats.tokens_per_second)
-            losses[variant] = stats.loss
-    ours_rate = statistics.median(rates["ours"])
-    table = {}
-    for variant, (_, warm_up_seconds) in trainers.items():
-        rate = statistics.median(rates[variant])
-        table[variant] = {"tokens_per_s": rate, "rates": rates[variant], "speedup": rate / ours_rate,
-                          "loss": losses[variant], "warm_up_seconds": warm_up_seconds}
-        log(f"steps {variant}: {rate:,.0f} tok/s (median of {rates[variant]}), {rate / ours_rate:.2f}x ours, "
-            f"loss {losses[variant]:.4f} (warm-up {warm_up_seconds:.1f}s)")
-    del trainers
+def compare_variants(trial, log, pairs: int = VARIANT_PAIRS, examples: int | None = VARIANT_EXAMPLES) -> dict:
+    """Each variant against ours in adjacent pairs: a fresh trainer of each (the same seed, so the same batches), a
+    warm-up epoch each, then `pairs` pairs of one epoch of ours and one of the variant, the order alternating. A
+    variant's speedup is the median of its pairs' ratios, so a drift in the machine's load over the section cancels
+    out; both have trained the same epochs when their losses are compared. Then the recall of the faster ones."""
+    table: dict[str, dict] = {}
+    ours_rates: list[float] = []
+    for variant in [name for name in VARIANTS if name != "ours"]:
+        sides = {}
+        for side in ("ours", variant):
+            _, _, trainer = _trainer(trial, side)
+            trainer.examples = trainer.examples[:examples]
+            started = time.perf_counter()
+            trainer.train_epoch()
+            sides[side] = {"trainer": trainer, "warm_up_seconds": time.perf_counter() - started, "rates": []}
+        for pair in range(pairs):
+            for side in ("ours", variant)[:: 1 if pair % 2 == 0 else -1]:
+                stats = sides[side]["trainer"].train_epoch()
+                sides[side]["rates"].append(stats.tokens_per_second)
+                sides[side]["loss"] = stats.loss
+        ours, row = sides["ours"], sides[variant]
+        ratios = [rate / ours_rate for rate, ours_rate in zip(row["rates"], ours["rates"], strict=True)]
+        ours_rates += ours["rates"]
+        table[variant] = {"tokens_per_s": statistics.median(row["rates"]), "rates": row["rates"],
+                          "ours_rates": ours["rates"], "speedup": statistics.median(ratios), "loss": row["loss"],
+                          "ours_loss": ours["loss"], "warm_up_seconds": row["warm_up_seconds"]}
+        log(f"steps {variant}: {table[variant]['speedup']:.2f}x ours (median of {len(ratios)} adjacent pairs: "
+            f"{[round(rate) for rate in row['rates']]} against {[round(rate) for rate in ours['rates']]} tok/s), "
+            f"loss {row['loss']:.4f} against {ours['loss']:.4f} (warm-up {row['warm_up_seconds']:.1f}s)")
+    table["ours"] = {"tokens_per_s": statistics.median(ours_rates), "rates": ours_rates, "speedup": 1.0}
     faster = [variant for variant, row in table.items() if row["speedup"] >= KEEP_SPEEDUP]
     if faster:
         table["ours"]["recall"] = trained_recall(trial, "ours")
