@@ -155,9 +155,9 @@ def autocast(device: torch.device, bf16: bool, model=None):
 
 def bf16_adapter_inputs(model):
     """peft casts each adapter layer's input to its float32 weights; under bf16 autocast the matmul casts it
-    straight back. Without the round trip the numbers are the same (bf16 -> float32 -> bf16 is exact) and
-    each LoRA layer copies its input twice less a pass: SmolLM2 trained ~5% faster (bench/RESULTS.md,
-    "Training steps"). Only under bf16 autocast: without it, float32 weights need float32 inputs."""
+    straight back. Without the round trip the numbers are the same (bf16 -> float32 -> bf16 is exact) and each
+    LoRA layer makes two copies fewer a pass: SmolLM2 trained 1.09x faster (bench/RESULTS.md, "Training steps":
+    peft_input_casts). Only under bf16 autocast: without it, float32 weights need float32 inputs."""
     from peft.helpers import disable_input_dtype_casting
 
     return disable_input_dtype_casting(model)

@@ -104,7 +104,8 @@ def labelled_logits(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor
     if shared >= MIN_SHARED_PREFIX:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         # The decoder body alone: no position of the prefix has a label, and the output layer, even at one
-        # position, cost SmolLM2 a contiguous copy of its 49,152 x 576 tied weight, ~8% of a training step.
+        # position, cost SmolLM2 a copy of its 49,152 x 576 tied weight each step (bench/RESULTS.md, "Training
+        # steps": prefix_output_layer, 0.90x).
         cache = model.get_decoder()(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared],
                                     use_cache=True).cache
         cache.batch_repeat_interleave(ids.shape[0])
