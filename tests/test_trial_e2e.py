@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from trials.config import TrialConfig
+from trials.methods.prefix import PrefixMethod
 from trials.data import load_knowledge
 from trials.recall import is_correct
 
@@ -332,7 +333,38 @@ def test_resume_continues_exactly_with_the_other_optimizers(tmp_path, short_conf
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("cut", ["adapter/adapter_model.safetensors", "trainer_state"])
+def test_resume_continues_exactly_with_a_projected_prefix(tmp_path, short_config):
+    """peft saves a projected prefix in its inference form (the prefix the MLP computes), not the embedding and MLP
+    that train: a paused sweep trial resumed from that failed on the embedding's shape."""
+    from trials.trial import run_trial
+
+    config = short_config.model_copy(update={"method": PrefixMethod(num_virtual_tokens=4, prefix_projection=True,
+                                                                    learning_rate=1e-2)})
+    quiet = lambda line: None  # noqa: E731
+    full, resumed = [], []
+    run_trial(config, tmp_path / "A", log=quiet, on_epoch=lambda metrics, checkpoint: full.append(metrics["loss"]))
+    run_trial(config, tmp_path / "B", log=quiet, checkpoint_each_epoch=True,
+              on_epoch=lambda metrics, checkpoint: metrics["epoch"] == 2)
+    run_trial(config, tmp_path / "C", log=quiet, resume_from=tmp_path / "B" / "checkpoint",
+              on_epoch=lambda metrics, checkpoint: resumed.append(metrics["loss"]))
+    assert resumed == pytest.approx(full[2:], abs=1e-5) and full[3] != pytest.approx(full[1], abs=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_of_another_adapter_is_refused_naming_it(tmp_path, short_config):
+    from trials.trial import CheckpointUnreadable, run_trial
+
+    quiet = lambda line: None  # noqa: E731
+    run_trial(short_config, tmp_path / "A", checkpoint_each_epoch=True, log=quiet,
+              on_epoch=lambda metrics, checkpoint: metrics["epoch"] == 1)
+    checkpoint = tmp_path / "A" / "checkpoint"
+    other = short_config.model_copy(update={"method": short_config.method.model_copy(update={"r": 4})})
+    with pytest.raises(CheckpointUnreadable, match=f"checkpoint {checkpoint} holds another adapter's weights"):
+        run_trial(other, tmp_path / "B", log=quiet, resume_from=checkpoint)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("cut", ["trainable.safetensors", "trainer_state"])
 def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path, short_config, cut):
     from trials.trial import TRAINER_STATE, CheckpointUnreadable, run_trial
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from trials.augment import QuestionDropout
 from trials.config import TrialConfig, objective_metric
@@ -33,6 +34,9 @@ from trials.train import AnswerLoss, EpochStats, Trainer, answer_loss
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
 TRAINER_STATE = "trainer_state.pt"
+# Every trainable parameter as it trains. The adapter's own file is peft's inference form, which for prefix tuning
+# with prefix_projection holds the projected prefix, not the embedding and MLP that train, so it cannot resume one.
+TRAINABLE = "trainable.safetensors"
 
 
 def set_seed(seed: int) -> None:
@@ -227,10 +231,15 @@ class TrialRun:
     def restore(self, checkpoint: Path) -> None:
         """Continue exactly where a checkpoint left off: adapter weights, optimiser, schedule, RNGs, and the
         predictions and ledger rows of the epochs before it."""
-        from peft import set_peft_model_state_dict
-
         state, weights = read_checkpoint(checkpoint)
-        set_peft_model_state_dict(self.model, weights)
+        trainable = dict(trainable_parameters(self.model))
+        shapes = {name: tuple(tensor.shape) for name, tensor in weights.items()}
+        if shapes != {name: tuple(parameter.shape) for name, parameter in trainable.items()}:
+            raise CheckpointUnreadable(f"checkpoint {checkpoint} holds another adapter's weights than this trial's "
+                                       f"{self.config.method.name} adapter trains")
+        with torch.no_grad():
+            for name, parameter in trainable.items():
+                parameter.copy_(weights[name])
         self.trainer.load_state_dict(state)
         self.progress = state["progress"]
         self.metrics = self.progress["history"][-1] if self.progress["history"] else {}
@@ -419,7 +428,13 @@ class TrialRun:
         directory = self.output_dir / "checkpoint"
         self.save(directory, "running")
         torch.save({**self.trainer.state_dict(), "progress": self.progress}, directory / TRAINER_STATE)
+        save_file({name: parameter.detach().contiguous() for name, parameter in trainable_parameters(self.model)},
+                  directory / TRAINABLE)
         return directory
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
 class CheckpointUnreadable(RuntimeError):
@@ -427,17 +442,14 @@ class CheckpointUnreadable(RuntimeError):
 
 
 def read_checkpoint(checkpoint: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(trainer state, adapter weights) of a checkpoint, read before anything changes, so a refused file
+    """(trainer state, trainable weights) of a checkpoint, read before anything changes, so a refused file
     changes nothing.
 
     Tensors and plain containers only: a checkpoint on shared storage must not be able to run code here
     (a full unpickle would).
     """
-    from safetensors.torch import load_file
-
-    adapter = checkpoint / "adapter" / "adapter_model.safetensors"
     try:
-        return torch.load(checkpoint / TRAINER_STATE, weights_only=True), load_file(adapter)
+        return torch.load(checkpoint / TRAINER_STATE, weights_only=True), load_file(checkpoint / TRAINABLE)
     except pickle.UnpicklingError:
         raise  # weights_only refused what the file would run: a tampered file, not a cut-short one
     except Exception as error:  # torch and safetensors each raise their own kinds for a cut-short file
