@@ -166,6 +166,32 @@ def test_a_trial_started_from_a_saved_adapter_begins_at_its_recall(tmp_path, orc
     assert warm["trainable_parameters"] == demo_metrics["trainable_parameters"]  # the adapter trains on
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("projection", [False, True])
+def test_a_saved_prefix_trains_further_from_where_it_ended(tmp_path, short_config, projection):
+    """peft loads a prefix adapter for inference only ("Cannot set a prompt learning adapter to trainable"), so an
+    incremental sweep from a prefix champion failed in every trial. It now continues from the same prefix, trainable;
+    a projected one as its saved output, directly."""
+    import torch
+    from peft import PeftModel
+
+    from trials.model import attach_method, load_for
+    from trials.trial import run_trial
+
+    config = short_config.model_copy(update={
+        "method": PrefixMethod(num_virtual_tokens=4, prefix_projection=projection, learning_rate=1e-2),
+        "training": short_config.training.model_copy(update={"epochs": 1})})
+    run_trial(config, tmp_path / "A", log=lambda line: None)
+    adapter = tmp_path / "A" / "adapter"
+    inputs = torch.tensor([[1, 42, 17, 99, 5]])
+    with torch.no_grad():
+        saved = PeftModel.from_pretrained(load_for(config).model, str(adapter)).eval()(inputs).logits
+        continued = attach_method(load_for(config).model, config.method, False, init_adapter=adapter)
+        trainable = [p for p in continued.parameters() if p.requires_grad]
+        assert sum(p.numel() for p in trainable) == 4 * 4 * 2 * 256  # tokens x layers x (key, value) x hidden
+        torch.testing.assert_close(continued.eval()(inputs).logits, saved)
+
+
 def test_init_adapter_keeps_the_adapters_shape_and_refuses_contradictions(tmp_path, demo_qa):
     from peft import LoraConfig
 

@@ -165,14 +165,32 @@ def bf16_adapter_inputs(model):
 
 def attach_method(model, method: AnyMethod, gradient_checkpointing: bool, init_adapter: Path | None = None):
     """The trainable peft model: a fresh adapter of `method`, or the saved `init_adapter` to train further."""
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = not gradient_checkpointing
     if init_adapter is not None:
-        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        return _trained_further(model, init_adapter)
     return get_peft_model(model, method.peft_config())
+
+
+def _trained_further(model, adapter_dir: Path):
+    """A saved adapter, trainable. peft loads a prompt-learning (prefix) adapter for inference only, so its saved
+    prefix goes into a fresh trainable one of the same config. A projected prefix is saved as what its MLP computes,
+    not the MLP: it trains on from there directly (prefix_projection off), the same prefix."""
+    from peft import (PeftConfig, PeftModel, get_peft_model, load_peft_weights,
+                      set_peft_model_state_dict)
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    if not config.is_prompt_learning:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    config.inference_mode = False
+    if getattr(config, "prefix_projection", False):
+        config.prefix_projection = False
+    peft_model = get_peft_model(model, config)
+    set_peft_model_state_dict(peft_model, load_peft_weights(str(adapter_dir)))
+    return peft_model
 
 
 def load_adapter(base_model, adapter_dir: str):
