@@ -1,16 +1,19 @@
 """Model FLOPs utilisation of a training step: the FLOPs a trained token needs, times tokens per second,
 over the machine's peak, measured in the same run (a shared machine's peak moves with its load).
 
-The FLOP count (per real, non-pad token of a batch), for a peft adapter trained on a frozen base:
+The FLOP count is per computed token: a real (non-pad) token that the step runs through the model. A prompt prefix
+every row of a batch shares (SmolLM2's chat template: about half of a QA example's tokens) runs once per batch
+(trials/train.labelled_logits), so its FLOPs count once, not once per row: counting FLOPs the step never ran would
+report work the machine did not do. For a peft adapter trained on a frozen base:
 - every frozen Linear weight of the body (attention q, k, v, o; MLP gate, up, down): a multiply-add in
   the forward pass (2 FLOPs) and one in the backward pass to its input (2 FLOPs); no weight gradient,
   the base is frozen: 4 FLOPs per weight;
 - every trainable Linear weight (LoRA's A and B): forward, input gradient and weight gradient: 6;
 - the output layer (lm_head) runs only at the positions that have a label (trials/train.py keeps the
-  logits there alone): 4 FLOPs per weight, times the share of tokens that are labels;
+  logits there alone): 4 FLOPs per weight, times the labels per computed token;
 - attention's two matmuls (scores, weighted sum), causal, so a token attends to (its position + 1) keys on
   average half the sequence: 2 x 2 x hidden x mean attended length per layer forward, twice that with the
-  backward pass to the inputs.
+  backward pass to the inputs; the mean is over the real tokens (about 1% of SmolLM2's count).
 Left out: norms, activations, softmax, embeddings and the optimiser (no matmul), and prefix-tuning's
 extra keys. For SmolLM2-135M the body is 106 M weights, so ~0.42 GFLOP a token before lm_head and
 attention.
@@ -57,9 +60,10 @@ def peaks(hidden: int, intermediate: int, tokens: int, device) -> dict[str, floa
     return found
 
 
-def training_flops_per_token(model, examples) -> float:
-    """FLOPs per real token of one training step of `model` (a peft model) on `examples`
-    (trials.formatting.Example: num_tokens, prompt_tokens), counted as the module docstring says."""
+def training_flops_per_token(model, examples, computed_share: float = 1.0) -> float:
+    """FLOPs per computed token of one training step of `model` (a peft model) on `examples`
+    (trials.formatting.Example: num_tokens, prompt_tokens), counted as the module docstring says; `computed_share`:
+    the computed tokens' share of the real ones (trials.train.EpochStats)."""
     import torch
 
     output = model.get_output_embeddings()
@@ -68,7 +72,7 @@ def training_flops_per_token(model, examples) -> float:
         if isinstance(module, torch.nn.Linear) and module is not output:
             body += module.weight.numel() * (6 if module.weight.requires_grad else 4)
     tokens = sum(example.num_tokens for example in examples)
-    labelled = sum(example.num_tokens - example.prompt_tokens for example in examples) / tokens
+    labelled = sum(example.num_tokens - example.prompt_tokens for example in examples) / tokens / computed_share
     config = model.config
     mean_attended = sum(example.num_tokens * (example.num_tokens + 1) / 2 for example in examples) / tokens
     attention = 2 * 2 * 2 * config.hidden_size * mean_attended * config.num_hidden_layers
@@ -79,12 +83,13 @@ def utilisation(flops_per_token: float, tokens_per_s: float, peak_gflops: float)
     return flops_per_token * tokens_per_s / (peak_gflops * 1e9)
 
 
-def measure(trainer, tokens_per_s: float) -> dict:
-    """For a training speed measured with `trainer` (trials.train.Trainer) just before: its model's FLOPs per token
-    on its examples, the device's peaks now, at its shapes, and the MFU against the peak of the dtype it trained in."""
+def measure(trainer, tokens_per_s: float, computed_share: float) -> dict:
+    """For a training speed measured with `trainer` (trials.train.Trainer) just before, in real tokens/s of which
+    `computed_share` ran through the model: its model's FLOPs per computed token on its examples, the device's
+    peaks now, at its shapes, and the MFU against the peak of the dtype it trained in."""
     model, examples = trainer.model, trainer.examples
-    flops = training_flops_per_token(model, examples)
+    flops = training_flops_per_token(model, examples, computed_share)
     batch_tokens = trainer.training.batch_size * round(sum(e.num_tokens for e in examples) / len(examples))
     peak = peaks(model.config.hidden_size, model.config.intermediate_size, batch_tokens, trainer.device)
-    return {"flops_per_token": flops, "peak_gflops": peak,
-            "mfu": utilisation(flops, tokens_per_s, peak["bf16" if trainer.bf16 else "fp32"])}
+    return {"flops_per_token": flops, "peak_gflops": peak, "computed_share": computed_share,
+            "mfu": utilisation(flops, tokens_per_s * computed_share, peak["bf16" if trainer.bf16 else "fp32"])}

@@ -51,7 +51,8 @@ KEEP_SPEEDUP = 1.05  # a variant this much faster than ours gets its recall chec
 VARIANT_PAIRS = 4
 VARIANT_EXAMPLES = 96
 MFU_KEYS = ("tiny_mfu", "smollm2_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "tiny_flops_per_token",
-            "smollm2_flops_per_token", "peak_gflops", "smollm2_peak_gflops")
+            "smollm2_flops_per_token", "peak_gflops", "smollm2_peak_gflops", "tiny_computed_share",
+            "smollm2_computed_share")
 REQUIRED_KEYS = ("tiny_mfu", "smollm2_mfu", "peak_bf16_gflops", "peak_fp32_gflops", "steps_variants",
                  "steps_threads")
 
@@ -143,12 +144,13 @@ def _timed(trainer, epochs: int, warm_up: bool = True) -> dict:
     started = time.perf_counter()
     warm = trainer.train_epoch() if warm_up else None
     warm_up_seconds = time.perf_counter() - started
-    tokens = seconds = 0.0
+    tokens = computed = seconds = 0.0
     for _ in range(epochs):
         stats = trainer.train_epoch()
-        tokens, seconds = tokens + stats.tokens, seconds + stats.seconds
-    return {"tokens_per_s": tokens / seconds, "tokens": int(tokens), "seconds": seconds,
-            "warm_up_seconds": warm_up_seconds, "warm_up_loss": warm and warm.loss, "loss": stats.loss}
+        tokens, computed, seconds = tokens + stats.tokens, computed + stats.computed_tokens, seconds + stats.seconds
+    return {"tokens_per_s": tokens / seconds, "tokens": int(tokens), "computed_share": computed / tokens,
+            "seconds": seconds, "warm_up_seconds": warm_up_seconds, "warm_up_loss": warm and warm.loss,
+            "loss": stats.loss}
 
 
 def trained_recall(trial, variant: str) -> dict:
@@ -243,7 +245,8 @@ def two_at_once(trial) -> dict[str, list[float]]:
 def step_mfu(trial, epochs: int) -> dict:
     _, _, trainer = _trainer(trial, "ours")
     speed = _timed(trainer, epochs)
-    return {**mfu.measure(trainer, speed["tokens_per_s"]), "tokens_per_s": speed["tokens_per_s"]}
+    return {**mfu.measure(trainer, speed["tokens_per_s"], speed["computed_share"]),
+            "tokens_per_s": speed["tokens_per_s"]}
 
 
 def run(bench, log) -> dict:
@@ -265,10 +268,12 @@ def run(bench, log) -> dict:
         found = step_mfu(trial, epochs)
         timings[f"{name}_mfu"] = time.perf_counter() - started
         peak = found["peak_gflops"]
-        log(f"{name} MFU {found['mfu']:.3f}: {found['flops_per_token'] / 1e6:,.1f} MFLOP a token at "
-            f"{found['tokens_per_s']:,.0f} tok/s; peak bf16 {peak['bf16']:,.0f}, fp32 {peak['fp32']:,.0f} GFLOP/s")
+        log(f"{name} MFU {found['mfu']:.3f}: {found['flops_per_token'] / 1e6:,.1f} MFLOP a computed token at "
+            f"{found['tokens_per_s']:,.0f} real tok/s, {found['computed_share']:.3f} of them computed; peak bf16 "
+            f"{peak['bf16']:,.0f}, fp32 {peak['fp32']:,.0f} GFLOP/s")
         results.update({f"{name}_mfu": found["mfu"], f"{name}_flops_per_token": found["flops_per_token"],
-                        f"steps_{name}_tokens_per_s": found["tokens_per_s"]})
+                        f"steps_{name}_tokens_per_s": found["tokens_per_s"],
+                        f"{name}_computed_share": found["computed_share"]})
         if name == "tiny":
             results.update({"peak_bf16_gflops": peak["bf16"], "peak_fp32_gflops": peak["fp32"], "peak_gflops": peak})
         else:

@@ -26,6 +26,9 @@ def test_the_flop_count_is_four_per_frozen_weight_six_per_trained_one_plus_lm_he
     attended = (10 * 11 / 2 + 6 * 7 / 2) / 16
     expected = 4 * frozen + 6 * trained + 4 * hidden * config.vocab_size * 12 / 16 + 8 * hidden * attended * layers
     assert mfu.training_flops_per_token(model, examples) == pytest.approx(expected)
+    # Half the real tokens computed (a shared prompt start run once per batch): as many labels, over half the tokens.
+    lm_head = 4 * hidden * config.vocab_size * 12 / 16
+    assert mfu.training_flops_per_token(model, examples, 0.5) == pytest.approx(expected + lm_head)
 
 
 def test_a_gemm_peak_is_measured_in_gflops():

@@ -111,3 +111,27 @@ def test_grouping_keeps_qa_pairs_apart_from_passages(model_and_batches):
     mixed = [b for b in batches if len({group_key(e)[0] for e in b}) > 1]
     # Only where a window's QA pairs run out into its passages can one batch hold both kinds.
     assert len(mixed) <= len(batches) // 8
+
+
+def test_an_epoch_counts_a_shared_prefix_once_among_its_computed_tokens(tokenizer_path):
+    """The tokens an epoch runs through the model: bench/mfu.py counts FLOPs on these, not on every row's copy of
+    a shared prompt start, which ran once."""
+    from trials.formatting import qa_example
+    from trials.train import Trainer, shared_prefix_length
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    lead = "According to the staff records of the Halvard Ridge Observatory, "
+    examples = [qa_example(tokenizer, lead + q, a) for q, a in
+                (("which team is Piet on?", "Meridian"), ("where does Anouk work?", "Coimbra"),
+                 ("what badge code does Saskia carry?", "TT-9645"))]
+    inputs = collate(examples, tokenizer.pad_token_id)
+    shared = shared_prefix_length(inputs, inputs.pop("labels"))
+    real = int(inputs["attention_mask"].sum())
+    for share in (True, False):
+        model = attach_method(load_base_model(tokenizer_path, torch.device("cpu"), False), LoraMethod(r=4), not share)
+        training = TrialConfig.model_validate({"data": {"qa": "unused.jsonl"}, "training": {
+            "batch_size": 3, "gradient_checkpointing": not share}}).training
+        stats = Trainer(model, examples, training, 1e-3, tokenizer.pad_token_id, torch.device("cpu"),
+                        False).train_epoch()
+        assert stats.tokens == real
+        assert stats.computed_tokens == (real - 2 * shared if share else real)

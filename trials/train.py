@@ -59,6 +59,7 @@ class EpochStats:
     loss: float
     tokens: int  # real (non-pad) tokens processed
     seconds: float
+    computed_tokens: int  # of those, the ones run through the model: a prefix every row shares counts once
 
     @property
     def tokens_per_second(self) -> float:
@@ -84,6 +85,12 @@ def shared_prefix_length(inputs: dict[str, torch.Tensor], labels: torch.Tensor) 
     return int(same.int().cumprod(dim=0).sum())
 
 
+def prefix_shared(inputs: dict[str, torch.Tensor], labels: torch.Tensor, share_prefix: bool) -> int:
+    """The leading tokens labelled_logits computes once for the whole batch: 0 when not worth it."""
+    shared = shared_prefix_length(inputs, labels) if share_prefix else 0
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
 def labelled_logits(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
                     share_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) at the positions whose next token is a label in some row of the batch;
@@ -100,8 +107,8 @@ def labelled_logits(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor
     loss and its gradients are those of the plain forward pass.
     """
     keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    shared = shared_prefix_length(inputs, labels) if share_prefix else 0
-    if shared >= MIN_SHARED_PREFIX:
+    shared = prefix_shared(inputs, labels, share_prefix)
+    if shared:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         # The decoder body alone: no position of the prefix has a label, and the output layer, even at one
         # position, cost SmolLM2 a copy of its 49,152 x 576 tied weight each step (bench/RESULTS.md, "Training
@@ -314,7 +321,7 @@ class Trainer:
         examples = (ours + self.rng.sample(self.replay, self.replay_count)
                     + self.rng.sample(self.general, self.general_count))
         batches = self.batcher(examples, self.training.batch_size, self.rng, self.group_key)
-        loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
+        loss_sum, loss_tokens, real_tokens, computed_tokens = 0.0, 0, 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(batches, start=1):
             inputs = {k: v.to(self.device) for k, v in collate(batch, self.pad_id).items()}
@@ -338,7 +345,9 @@ class Trainer:
                 raise TrainingDiverged(epoch, step, "loss")
             loss_sum += batch_loss_sum
             loss_tokens += targets
-            real_tokens += int(inputs["attention_mask"].sum())
+            real = int(inputs["attention_mask"].sum())
+            real_tokens += real
+            computed_tokens += real - (len(batch) - 1) * prefix_shared(inputs, labels, self.share_prefix)
             if index % accumulate == 0 or index == len(batches):
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     [p for p in self.model.parameters() if p.requires_grad], self.training.max_grad_norm
@@ -352,4 +361,4 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return EpochStats(loss_sum / max(loss_tokens, 1), real_tokens, time.perf_counter() - started)
+        return EpochStats(loss_sum / max(loss_tokens, 1), real_tokens, time.perf_counter() - started, computed_tokens)
