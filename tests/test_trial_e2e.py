@@ -341,13 +341,10 @@ def test_resume_continues_exactly(tmp_path, short_config):
     assert read_jsonl(tmp_path / "C" / "ledger.jsonl") == ledger
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("optimizer", ["sgd", "adafactor"])
-def test_resume_continues_exactly_with_the_other_optimizers(tmp_path, short_config, optimizer):
+def _losses_unbroken_and_resumed(config, tmp_path) -> tuple[list[float], list[float]]:
+    """Epoch losses of a trial run through, and of the same trial stopped after epoch 2 and resumed from there."""
     from trials.trial import run_trial
 
-    config = short_config.model_copy(update={
-        "training": short_config.training.model_copy(update={"optimizer": optimizer})})
     quiet = lambda line: None  # noqa: E731
     full, resumed = [], []
     run_trial(config, tmp_path / "A", log=quiet, on_epoch=lambda metrics, checkpoint: full.append(metrics["loss"]))
@@ -355,6 +352,15 @@ def test_resume_continues_exactly_with_the_other_optimizers(tmp_path, short_conf
               on_epoch=lambda metrics, checkpoint: metrics["epoch"] == 2)
     run_trial(config, tmp_path / "C", log=quiet, resume_from=tmp_path / "B" / "checkpoint",
               on_epoch=lambda metrics, checkpoint: resumed.append(metrics["loss"]))
+    return full, resumed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("optimizer", ["sgd", "adafactor"])
+def test_resume_continues_exactly_with_the_other_optimizers(tmp_path, short_config, optimizer):
+    config = short_config.model_copy(update={
+        "training": short_config.training.model_copy(update={"optimizer": optimizer})})
+    full, resumed = _losses_unbroken_and_resumed(config, tmp_path)
     assert resumed == pytest.approx(full[2:], abs=1e-5) and full[3] != pytest.approx(full[1], abs=1e-5)
 
 
@@ -362,17 +368,9 @@ def test_resume_continues_exactly_with_the_other_optimizers(tmp_path, short_conf
 def test_resume_continues_exactly_with_a_projected_prefix(tmp_path, short_config):
     """peft saves a projected prefix in its inference form (the prefix the MLP computes), not the embedding and MLP
     that train: a paused sweep trial resumed from that failed on the embedding's shape."""
-    from trials.trial import run_trial
-
     config = short_config.model_copy(update={"method": PrefixMethod(num_virtual_tokens=4, prefix_projection=True,
                                                                     learning_rate=1e-2)})
-    quiet = lambda line: None  # noqa: E731
-    full, resumed = [], []
-    run_trial(config, tmp_path / "A", log=quiet, on_epoch=lambda metrics, checkpoint: full.append(metrics["loss"]))
-    run_trial(config, tmp_path / "B", log=quiet, checkpoint_each_epoch=True,
-              on_epoch=lambda metrics, checkpoint: metrics["epoch"] == 2)
-    run_trial(config, tmp_path / "C", log=quiet, resume_from=tmp_path / "B" / "checkpoint",
-              on_epoch=lambda metrics, checkpoint: resumed.append(metrics["loss"]))
+    full, resumed = _losses_unbroken_and_resumed(config, tmp_path)
     assert resumed == pytest.approx(full[2:], abs=1e-5) and full[3] != pytest.approx(full[1], abs=1e-5)
 
 
