@@ -13,7 +13,7 @@ report work the machine did not do. For a peft adapter trained on a frozen base:
   logits there alone): 4 FLOPs per weight, times the labels per computed token;
 - attention's two matmuls (scores, weighted sum), causal, so a token attends to (its position + 1) keys on
   average half the sequence: 2 x 2 x hidden x mean attended length per layer forward, twice that with the
-  backward pass to the inputs; the mean is over the real tokens (about 1% of SmolLM2's count).
+  backward pass to the inputs, the mean taken over the real tokens (attention is about 1% of SmolLM2's count).
 Left out: norms, activations, softmax, embeddings and the optimiser (no matmul), and prefix-tuning's
 extra keys. For SmolLM2-135M the body is 106 M weights, so ~0.42 GFLOP a token before lm_head and
 attention.
