@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from trials.config import TrialConfig
-from trials.methods.prefix import PrefixMethod
 from trials.data import load_knowledge
+from trials.methods.prefix import PrefixMethod
 from trials.recall import is_correct
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

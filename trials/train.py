@@ -66,6 +66,10 @@ class EpochStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
 # Below this many shared leading tokens, a second forward call costs more than it saves.
 MIN_SHARED_PREFIX = 4
 
@@ -281,7 +285,8 @@ class Trainer:
         prompt_learning = peft_config is not None and peft_config.is_prompt_learning
         self.share_prefix = not (prompt_learning or training.gradient_checkpointing)
         self.rng = random.Random(training.seed)
-        self.optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], training, learning_rate)
+        self.trained = [parameter for _, parameter in trainable_parameters(model)]
+        self.optimizer = build_optimizer(self.trained, training, learning_rate)
         micro_batches = math.ceil((len(examples) + self.replay_count + self.general_count) / training.batch_size)
         steps_per_epoch = math.ceil(micro_batches / training.gradient_accumulation_steps)
         self.scheduler = build_schedule(self.optimizer, training, steps_per_epoch * training.epochs)
@@ -349,9 +354,7 @@ class Trainer:
             real_tokens += real
             computed_tokens += real - (len(batch) - 1) * prefix_shared(inputs, labels, self.share_prefix)
             if index % accumulate == 0 or index == len(batches):
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.requires_grad], self.training.max_grad_norm
-                )
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trained, self.training.max_grad_norm)
                 # A finite loss can still give an infinite or NaN gradient (an overflow in backward);
                 # clipping would scale it into NaN weights. One scalar check per step.
                 if not torch.isfinite(grad_norm):

@@ -30,7 +30,7 @@ from trials.model import attach_method, keep_base, load_for
 from trials.recall import metrics_of
 from trials.router import Router, attach, routed_and_measured
 from trials.shrink import Verdict, choose_shrink
-from trials.train import AnswerLoss, EpochStats, Trainer, answer_loss
+from trials.train import AnswerLoss, EpochStats, Trainer, answer_loss, trainable_parameters
 
 EpochCallback = Callable[[dict, Path | None], bool | None]
 TRAINER_STATE = "trainer_state.pt"
@@ -431,10 +431,6 @@ class TrialRun:
         save_file({name: parameter.detach().contiguous() for name, parameter in trainable_parameters(self.model)},
                   directory / TRAINABLE)
         return directory
-
-
-def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
 class CheckpointUnreadable(RuntimeError):
