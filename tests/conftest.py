@@ -14,6 +14,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs two pytest workers on 2 cores. Each worker's torch, and every CLI subprocess and Ray worker it
+# starts, would take both cores, and two 2-thread trainings at once ran 13x slower than two 1-thread ones on an
+# Intel Xeon (bench steps, `threads`: libgomp's threads spin at each barrier while their partner waits for a core).
+# So each worker's processes take one thread unless a test sets its own; a sweep's trials still take the CPUs Ray
+# gives them (orchestrator.trainable.trial_threads), and a thread that waits sleeps instead of spinning.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "data" / "demo"
