@@ -9,10 +9,19 @@ every epoch. bench/scheduler_replay.py then runs these curves through every earl
 for company or not), the trials' order held fixed: the trial-epochs each set-up spends and the val recall it keeps.
 `rungs_shipped` is configs/smollm2.yaml's own set-up among them; `rungs_cheapest_keeping_best` the set-up that keeps
 the sweep's best val recall for the fewest trial-epochs.
+
+    python -m bench.rungs --replay   # seconds: today's set-ups on the curves bench/results keeps, no new sweep
+
+The replay alone, after the scheduler or the set-ups change: the recorded curves (`rungs_trials`) through
+today's scheduler code, the run that recorded them named in `rungs_replayed`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.library import run_bench_sweep, start_ray
@@ -71,3 +80,39 @@ def run(overrides: list[str], settings, work: Path, log) -> dict:
     return {**results, "rungs_full_trial_epochs": sweep["trial_epochs"],
             "rungs_sweep": {k: v for k, v in sweep.items() if k != "trials"},
             "rungs_trials": [{**trial, "curve": curve} for trial, curve in zip(trials, curves)]}
+
+
+def replay_recorded(results: dict) -> dict:
+    """The `rungs_*` figures of `results` (a bench/results/latest.json with the rungs section) replayed anew: its
+    recorded curves through today's set-ups, configs/smollm2.yaml's as shipped today."""
+    from orchestrator.config import load_experiment
+
+    curves = [trial["curve"] for trial in results["rungs_trials"]]
+    shipped = set_up_name(load_experiment(CONFIG, []).sweep.asha)
+    return summarise(compare([curves], results["rungs_sweep"]["concurrency"]), shipped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.run import DEFAULT_MARKDOWN, DEFAULT_OUT, write_results
+
+    parser = argparse.ArgumentParser(prog="python -m bench.rungs", description=__doc__.split("\n")[0])
+    parser.add_argument("--replay", action="store_true", required=True,
+                        help="replay the recorded curves of bench/results/latest.json through today's set-ups")
+    parser.parse_args(argv)
+    path = DEFAULT_OUT / "latest.json"
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if "rungs_trials" not in results:
+        raise SystemExit(f"{path}: no rungs section recorded (run python -m bench.run --sections rungs)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    results.update(replay_recorded(results))
+    results["rungs_replayed"] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "commit": commit.strip(), "curves_from": results["sections"]["rungs"]["date"]}
+    write_results(results, DEFAULT_OUT, DEFAULT_MARKDOWN)
+    shipped = results["rungs_shipped"]
+    print(f"replayed {len(results['rungs_replay'])} set-ups; shipped {shipped['set_up']}: "
+          f"{shipped['trial_epochs']:.0f} trial-epochs, best val {shipped['best_val']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

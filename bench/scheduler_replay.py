@@ -20,8 +20,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.run_record import OBJECTIVE, VAL_ANSWER_LOSS, VAL_EXACT_RECALL
-from orchestrator.scheduling import ComparingASHA, SlotLimiter, mode_of
+from orchestrator.run_record import VAL_EXACT_RECALL
+from orchestrator.scheduling import COMPARED_BY, ComparingASHA, SlotLimiter, mode_of
 
 
 class FakeTrial:
@@ -69,7 +69,7 @@ class NextTrial(Searcher):
 @dataclass(frozen=True)
 class SetUp:
     name: str
-    compare_by: str  # a metric every curve holds: "objective" (max) or "val_answer_loss" (min)
+    compare_by: str  # the metric the rungs compare (scheduling.rung_value works it out of a curve's metrics)
     grace_period: int
     reduction_factor: float
     compare_at_least: int
@@ -130,11 +130,10 @@ def epochs_to_reach(order: list[tuple[int, float]], target: float) -> int | None
     return next((spent for spent, value in order if value >= target - 1e-9), None)
 
 
-# compare_by: "objective", "val_answer_loss", or "auto" (the loss at the first rung, the objective after).
-COMPARED = {"objective": (OBJECTIVE, None), "val_answer_loss": (VAL_ANSWER_LOSS, None),
-            "auto": (OBJECTIVE, VAL_ANSWER_LOSS)}
+# sweep.asha.compare_by -> (what the later rungs compare, what the first compares instead, if another)
+COMPARED = {by: (later, first if first != later else None) for by, (first, later) in COMPARED_BY.items()}
 SET_UPS = [
-    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", *COMPARED[by][:1], grace, factor, wait,
+    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", COMPARED[by][0], grace, factor, wait,
           COMPARED[by][1])
     for by in COMPARED
     for grace, factor in ((1, 2), (1, 3), (1, 4), (2, 2), (2, 3), (2, 4))

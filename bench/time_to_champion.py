@@ -38,7 +38,7 @@ TTC_SAMPLES = 4
 PREVIOUS = ["training.adapter_router=false", "training.general_replay=0.5", "training.kl_to_base=1.0",
             "training.adapter_shrink=[0.9,0.8,0.7,0.6]", "sweep.general_floor=0.85", "eval.recall_every=1",
             # its early stopping, whatever configs/smollm2.yaml sets today
-            "sweep.asha.grace_period=2", "sweep.asha.reduction_factor=3", "sweep.asha.compare_by=auto",
+            "sweep.asha.grace_period=2", "sweep.asha.reduction_factor=3", "sweep.asha.compare_by=loss_then_objective",
             "sweep.asha.compare_at_least=2", "training.patience=null"]
 REUSE = "RECALL_REUSE_BASE"
 REQUIRED_KEYS = (

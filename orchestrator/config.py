@@ -38,11 +38,13 @@ class AshaConfig(Strict):
     enabled: bool = Field(True, description="Stop trials that trail at a rung (asynchronous successive halving).")
     grace_period: PositiveInt = Field(1, description="Epochs every trial gets before it can be stopped.")
     reduction_factor: float = Field(4.0, gt=1, description="Keep the top 1/reduction_factor at each rung.")
-    compare_by: Literal["auto", "val_answer_loss", "objective"] = Field(
-        "auto", description="What rungs compare: the teacher-forced loss of the val answers (continuous, moves from "
-                            "the first epoch), or the sweep's objective (exact recall). auto: the loss at the first "
-                            "rung, the objective at the later ones (an incremental sweep: the objective throughout, "
-                            "as only it sees the retention floor).")
+    compare_by: Literal["auto", "val_answer_loss", "objective", "loss_then_objective"] = Field(
+        "auto", description="What rungs compare. auto: the teacher-forced loss of the val answers (continuous, moves "
+                            "from the first epoch), a trial that breaks a floor (sweep.retention_floor, "
+                            "sweep.general_floor) ranked after every trial that keeps them. val_answer_loss: the loss "
+                            "alone. objective: the sweep's objective (exact recall, under the floors). "
+                            "loss_then_objective: the loss at the first rung, the objective at the later ones (what "
+                            "auto was before; bench/RESULTS.md section 4 compares them).")
     compare_at_least: int = Field(
         2, ge=1, description="A trial passes a rung only once this many trials are recorded there; the first to "
                              "arrive waits, paused, for company (1: Ray's plain ASHA, the first arrivals pass).")

@@ -4,8 +4,8 @@ What the sweep optimises, and the floors a trial must keep: orchestrator/trainab
 Ray's workers.
 
 Early stopping (orchestrator/scheduling.py EarlyStopping, built from `sweep.asha`) compares trials at
-the first rung by the val answers' teacher-forced loss, which moves from the first epoch, and at later
-rungs by `objective` (`sweep.asha.compare_by`, see scheduling.rung_metrics); what Optuna optimises and
+the rungs by the val answers' teacher-forced loss, which moves from the first epoch, a trial that breaks a
+floor ranked last (`sweep.asha.compare_by`, see scheduling.COMPARED_BY); what Optuna optimises and
 promotion ranks by is `objective`. A trial stopped at a rung reaches
 Optuna as COMPLETE with its last reported `objective`: a pessimistic value, which is the right
 direction for TPE (it lands among the "bad" observations); so does one stopped while it waited at a

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.rungs import set_up_name, summarise
+from bench.rungs import replay_recorded, set_up_name, summarise
 from bench.scheduler_replay import SET_UPS, compare
 from orchestrator.config import AshaConfig
 from orchestrator.run_record import OBJECTIVE, VAL_ANSWER_LOSS, VAL_EXACT_RECALL
@@ -26,7 +26,8 @@ def test_the_shipped_set_up_is_named_as_the_replay_names_it():
     assert set_up_name(AshaConfig(compare_by="objective", grace_period=1, reduction_factor=4, compare_at_least=1)) \
         == "objective g1 rf4"
     assert {set_up_name(AshaConfig(compare_by=by, grace_period=g, reduction_factor=f, compare_at_least=w))
-            for by in ("auto", "objective", "val_answer_loss") for g in (1, 2) for f in (2, 3, 4) for w in (1, 2)} \
+            for by in ("auto", "loss_then_objective", "val_answer_loss", "objective")
+            for g in (1, 2) for f in (2, 3, 4) for w in (1, 2)} \
         == {set_up.name for set_up in SET_UPS}
 
 
@@ -38,3 +39,13 @@ def test_the_cheapest_set_up_keeping_the_best_is_found_and_spends_less_than_the_
     assert cheapest["best_val"] == pytest.approx(0.9)
     assert cheapest["trial_epochs"] < 4 * 8
     assert all(row["trial_epochs"] >= cheapest["trial_epochs"] for row in rows if row["best_val"] >= 0.9 - 1e-9)
+
+
+def test_recorded_curves_replay_through_todays_set_ups_with_the_shipped_config_named():
+    """python -m bench.rungs --replay: the curves bench/results keeps, no new sweep."""
+    recorded = {"rungs_trials": [{"trial": str(index), "curve": curve} for index, curve in enumerate(CURVES)],
+                "rungs_sweep": {"concurrency": 2}}
+    replayed = replay_recorded(recorded)
+    assert [row["set_up"] for row in replayed["rungs_replay"]] == [set_up.name for set_up in SET_UPS]
+    assert replayed["rungs_shipped"]["set_up"] == "auto g1 rf3 wait"  # configs/smollm2.yaml's sweep.asha
+    assert replayed == summarise(compare([CURVES], slots=2), "auto g1 rf3 wait")

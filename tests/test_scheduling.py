@@ -12,7 +12,8 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from bench.scheduler_replay import FakeController, FakeTrial, NextTrial
 from orchestrator import scheduling
-from orchestrator.scheduling import ComparingASHA, EarlyStopping, LastReport, SlotLimiter, rungs
+from orchestrator.scheduling import (LOSS_WITHIN_FLOORS, ComparingASHA, EarlyStopping, LastReport, SlotLimiter,
+                                     mode_of, rung_value, rungs)
 
 CONTINUE, PAUSE, STOP = TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP
 
@@ -23,8 +24,10 @@ def loss_asha(**kwargs) -> ComparingASHA:
 
 
 def report(scheduler, controller, trial, epoch: int, loss: float) -> str:
+    """A result of a trial that keeps the floors (objective >= 0)."""
     trial.status = Trial.RUNNING
-    return scheduler.on_trial_result(controller, trial, {"training_iteration": epoch, "val_answer_loss": loss})
+    return scheduler.on_trial_result(controller, trial, {"training_iteration": epoch, "val_answer_loss": loss,
+                                                         "objective": 0.0})
 
 
 @pytest.mark.parametrize(("grace", "factor", "max_t", "expected"), [
@@ -121,8 +124,8 @@ def test_slots_held_by_waiting_trials_are_free_for_new_ones():
 
 
 def test_the_first_rung_compares_the_early_signal_and_the_later_ones_the_objective():
-    """compare_by: auto. After one epoch a lucky guess can lift recall; the loss is what tells then. Later,
-    recall separates the trials, and a lower loss with fewer right answers does not win."""
+    """compare_by: loss_then_objective. After one epoch a lucky guess can lift recall; the loss is what tells
+    then. Later, recall decides, and a lower loss with fewer right answers does not win."""
     scheduler = ComparingASHA("objective", "max", max_t=20, grace_period=1, reduction_factor=4,
                               first_rung=("val_answer_loss", "min"))
     learns, lucky, later = FakeTrial("learns"), FakeTrial("lucky"), FakeTrial("later")
@@ -141,6 +144,41 @@ def test_the_first_rung_compares_the_early_signal_and_the_later_ones_the_objecti
     later.status = Trial.PAUSED
     assert result(learns, 4, 1.2, 0.30) == CONTINUE  # a higher loss, but more answers right
     assert controller.stopped == [later]
+
+
+def test_auto_compares_the_loss_at_every_rung_and_ranks_a_broken_floor_after_every_kept_one():
+    """compare_by: auto. The lower loss passes at a later rung too, whatever recall says; a trial whose objective
+    is negative (a floor broken: orchestrator.trainable.objective) trails any that keeps the floors, the worse
+    breach the lower, however low its loss."""
+    scheduler = ComparingASHA(LOSS_WITHIN_FLOORS, mode_of(LOSS_WITHIN_FLOORS), max_t=20, grace_period=1,
+                              reduction_factor=2)
+    assert list(scheduler.recorded) == [1, 2, 4, 8, 16]
+    trials = {name: FakeTrial(name) for name in ("steady", "fast", "forgets", "forgets_more", "late")}
+    controller = FakeController(list(trials.values()), scheduler)
+
+    def result(name, epoch, loss, objective):
+        trials[name].status = Trial.RUNNING
+        return scheduler.on_trial_result(controller, trials[name], {"training_iteration": epoch,
+                                                                     "val_answer_loss": loss, "objective": objective})
+
+    assert result("fast", 1, 2.0, 0.2) == PAUSE
+    trials["fast"].status = Trial.PAUSED
+    assert result("steady", 1, 1.9, 0.0) == CONTINUE  # the lower loss, though it recalls nothing yet
+    assert controller.stopped == [trials["fast"]]
+    assert result("forgets", 1, 0.5, -0.10) == STOP  # the lowest loss, but a floor broken
+    assert result("forgets_more", 1, 0.4, -0.30) == STOP
+    assert scheduler.recorded[1]["forgets_more"] < scheduler.recorded[1]["forgets"] < scheduler.recorded[1]["fast"]
+    assert result("late", 1, 1.8, 0.1) == CONTINUE
+    assert result("late", 2, 1.5, 0.1) == PAUSE
+    trials["late"].status = Trial.PAUSED
+    assert result("steady", 2, 1.2, 0.0) == CONTINUE  # still the lower loss at a later rung, with less recall
+    assert controller.stopped[-1] is trials["late"]
+
+
+def test_a_rung_without_its_metrics_in_the_result_records_nothing():
+    assert rung_value({"val_answer_loss": 1.0}, LOSS_WITHIN_FLOORS) is None
+    assert rung_value({"objective": 0.5}, "val_answer_loss") is None
+    assert rung_value({"val_answer_loss": 1.0, "objective": 0.0}, LOSS_WITHIN_FLOORS) == 1.0
 
 
 # -- EarlyStopping: sweep.asha in, Tune's pieces out -----------------------------------------------------------
@@ -170,10 +208,12 @@ def demo(*overrides: str):
 def test_the_builder_derives_rungs_metrics_scheduler_and_limiter_from_the_config():
     stopping = EarlyStopping.of(demo("sweep.max_concurrent_trials=2"))
     assert stopping.rungs == [1, 4, 16] == rungs(1, 4, 20)  # the demo: grace 1, factor 4, 20 epochs
-    assert stopping.compared == ("val_answer_loss", "objective")  # compare_by: auto
+    assert stopping.compared == (LOSS_WITHIN_FLOORS, LOSS_WITHIN_FLOORS)  # compare_by: auto
     scheduler = stopping.scheduler()
     assert isinstance(scheduler, ComparingASHA) and list(scheduler.recorded) == stopping.rungs
-    assert scheduler.compared == {1: ("val_answer_loss", -1.0), 4: ("objective", 1.0), 16: ("objective", 1.0)}
+    assert scheduler.compared == {rung: (LOSS_WITHIN_FLOORS, -1.0) for rung in (1, 4, 16)}
+    before = EarlyStopping.of(demo("sweep.asha.compare_by=loss_then_objective")).scheduler()
+    assert before.compared == {1: ("val_answer_loss", -1.0), 4: ("objective", 1.0), 16: ("objective", 1.0)}
     optuna = Told()
     limiter = stopping.searcher(optuna, 2)
     assert isinstance(limiter, SlotLimiter) and limiter.max_concurrent == 2
@@ -181,7 +221,7 @@ def test_the_builder_derives_rungs_metrics_scheduler_and_limiter_from_the_config
     assert isinstance(stopping.searcher(optuna, None), LastReport)  # no slot limit: Tune's resources decide
 
     incremental = EarlyStopping.of(demo().model_copy(update={"init_adapter": Path("adapter")}))
-    assert incremental.compared == ("objective", "objective")  # only the objective sees the retention floor
+    assert incremental.compared == (LOSS_WITHIN_FLOORS, LOSS_WITHIN_FLOORS)  # the retention floor through the objective
 
 
 def test_without_early_stopping_the_sweep_has_tunes_own_pieces_and_no_rungs():
