@@ -32,12 +32,12 @@ demo: install
 demo-real: install
 	$(VENV)/bin/orchestrator demo configs/smollm2.yaml
 
-# Three pytest workers (pytest-xdist), a test file each at a time (--dist loadfile: a module's sweep fixture runs
-# once), each on one thread (tests/conftest.py): two such workers kept the 2 cores busy 47% of the wall (user
-# 24 min in 26; waits on Ray, services, subprocesses). Each sweep test starts its own local Ray; several at once
-# do not share ports (measured).
+# Two pytest workers (pytest-xdist), a test file each at a time (--dist loadfile: a module's sweep fixture runs
+# once), each on one thread (tests/conftest.py): a serial run kept one of the 2 cores busy 73% of its wall (waits
+# on Ray, services, subprocesses). Three workers took longer (25 min 27 s against 24 min 22 s, fresh clones,
+# Intel Xeon). Each sweep test starts its own local Ray; two at once do not share ports (measured).
 test: install
-	$(PY) -m pytest -n 3 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The unit tier: no sweep, no service, no real model, nothing over a minute (pyproject.toml's markers),
 # on both cores (pytest-xdist): no test of this tier starts Ray or binds a fixed port.

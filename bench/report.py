@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
@@ -14,6 +15,9 @@ from bench.seed_recipe import SEED
 from bench.steps import KEEP_SPEEDUP
 
 TEMPLATE = "RESULTS.md.j2"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "bench" / "results"
+DEFAULT_MARKDOWN = REPO / "bench" / "RESULTS.md"
 
 
 def _f(value, digits: int = 3) -> str:
@@ -124,8 +128,15 @@ def render(r: dict) -> str:
     )
 
 
+def write_results(results: dict, out: Path, markdown: Path) -> None:
+    """`out`/latest.json, then `markdown` rendered from it: a rendering problem never loses a measurement."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render(results))
+
+
 if __name__ == "__main__":
-    import json
     import sys
 
     Path(sys.argv[2]).write_text(render(json.loads(Path(sys.argv[1]).read_text())))

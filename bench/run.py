@@ -52,6 +52,7 @@ from bench.general import REQUIRED_KEYS as GENERAL_REQUIRED_KEYS
 from bench.goals import tiny_goals_met
 from bench.incremental import REQUIRED_KEYS as INCREMENTAL_REQUIRED_KEYS
 from bench.library import exact_recall, run_bench_sweep, score_best, start_ray, timed
+from bench.report import DEFAULT_MARKDOWN, DEFAULT_OUT, write_results
 from bench.seed_recipe import SEED
 from bench.rungs import REQUIRED_KEYS as RUNGS_REQUIRED_KEYS
 from bench.sentences import REQUIRED_KEYS as SENTENCES_REQUIRED_KEYS
@@ -62,8 +63,6 @@ from bench.time_to_champion import REQUIRED_KEYS as TIME_TO_CHAMPION_REQUIRED_KE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
-DEFAULT_OUT = REPO / "bench" / "results"
-DEFAULT_MARKDOWN = REPO / "bench" / "RESULTS.md"
 
 TINY_REQUIRED_KEYS = (
     "throughput_ratio_vs_seed", "tokens_per_s_ours", "tokens_per_s_seed",
@@ -559,15 +558,6 @@ def prepare(args, settings: Settings, work: Path) -> Bench:
     threads = args.threads or max(int(experiment.sweep.resources.cpu), 1)
     torch.set_num_threads(threads)
     return Bench(args, settings, experiment, overrides, work, threads)
-
-
-def write_results(results: dict, out: Path, markdown: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    from bench.report import render  # after latest.json: a rendering problem never loses a measurement
-
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render(results))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,7 @@ def replay_recorded(results: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import DEFAULT_MARKDOWN, DEFAULT_OUT, write_results
+    from bench.report import DEFAULT_MARKDOWN, DEFAULT_OUT, write_results
 
     parser = argparse.ArgumentParser(prog="python -m bench.rungs", description=__doc__.split("\n")[0])
     parser.add_argument("--replay", action="store_true", required=True,
