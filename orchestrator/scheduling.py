@@ -95,12 +95,12 @@ def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
 COMPARED_BY = MappingProxyType({
     # The val answer loss at every rung, within the floors. It falls from the first epoch, while exact recall still
     # ties most trials at 0 or jumps on a few lucky guesses (a bad trial recalled 6 of 60 val questions after one
-    # epoch, a good one 9); and at the later rungs it still picks the trials that end best. Replayed over three
+    # epoch, a good one 9); and at the later rungs it still picks the trials that end best. Replayed over four
     # tiny-model sweeps without early stopping (bench/RESULTS.md section 4), the loss at every rung (grace 1,
-    # reduction 4, waiting) ended 0.000, 0.039 and 0.000 below the sweeps' best val recall; recall at the later
-    # rungs (loss_then_objective, the default before) 0.006, 0.039 and 0.189: at epoch 4 recall favours the trials
-    # that learn fast and then stall. On SmolLM2's curves the two picked alike in every set-up (RESULTS.md, "Early stopping on
-    # SmolLM2's own curves").
+    # reduction 4, waiting) ended 0.000, 0.039, 0.000 and 0.000 below the sweeps' best val recall; recall at the later
+    # rungs (loss_then_objective, auto before) 0.006, 0.039, 0.189 and 0.000: at epoch 4 recall can favour the trials
+    # that learn fast and then stall. On SmolLM2's curves the two picked alike in every set-up (RESULTS.md, "Early
+    # stopping on SmolLM2's own curves").
     "auto": (LOSS_WITHIN_FLOORS, LOSS_WITHIN_FLOORS),
     "loss_then_objective": (VAL_ANSWER_LOSS, OBJECTIVE),
     "val_answer_loss": (VAL_ANSWER_LOSS, VAL_ANSWER_LOSS),
