@@ -130,12 +130,11 @@ def epochs_to_reach(order: list[tuple[int, float]], target: float) -> int | None
     return next((spent for spent, value in order if value >= target - 1e-9), None)
 
 
-# sweep.asha.compare_by -> (what the later rungs compare, what the first compares instead, if another)
-COMPARED = {by: (later, first if first != later else None) for by, (first, later) in COMPARED_BY.items()}
+# Every sweep.asha.compare_by (the sweep's own COMPARED_BY), grace, reduction factor, and waiting or not.
 SET_UPS = [
-    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", COMPARED[by][0], grace, factor, wait,
-          COMPARED[by][1])
-    for by in COMPARED
+    SetUp(f"{by} g{grace} rf{factor:g}{' wait' if wait > 1 else ''}", later, grace, factor, wait,
+          first if first != later else None)
+    for by, (first, later) in COMPARED_BY.items()
     for grace, factor in ((1, 2), (1, 3), (1, 4), (2, 2), (2, 3), (2, 4))
     for wait in (1, 2)
 ]

@@ -44,7 +44,8 @@ class AshaConfig(Strict):
                             "sweep.general_floor) ranked after every trial that keeps them. val_answer_loss: the loss "
                             "alone. objective: the sweep's objective (exact recall, under the floors). "
                             "loss_then_objective: the loss at the first rung, the objective at the later ones (what "
-                            "auto was before; bench/RESULTS.md section 4 compares them).")
+                            "auto was before, outside incremental sweeps; bench/RESULTS.md section 4 compares "
+                            "them).")
     compare_at_least: int = Field(
         2, ge=1, description="A trial passes a rung only once this many trials are recorded there; the first to "
                              "arrive waits, paused, for company (1: Ray's plain ASHA, the first arrivals pass).")
