@@ -69,7 +69,7 @@ def batch2_overrides(settings, work: Path) -> list[str]:
 
     documents = sorted((BATCH2 / "documents").glob("*.txt"))
     if settings.smoke:
-        return first_people(work / "batch2-slice", documents, BATCH2 / "qa.jsonl", people=4)
+        return first_people(work / "batch2-slice", documents, BATCH2 / "qa.jsonl", people=settings.smoke_people)
     return [f"data.documents={json.dumps([str(path) for path in documents])}",
             f"data.qa={json.dumps(str(BATCH2 / 'qa.jsonl'))}"]
 

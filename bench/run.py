@@ -85,6 +85,9 @@ class Settings:
     sampler_seeds: int = 3  # early stopping and warm start: sweeps per arm, sweep.seed 0, 1, ...
     early_stopping_arms: tuple[str, ...] = ("noasha", "asha_before", "asha", "asha_unlent")  # early_stopping.ARMS
     smoke: bool = False
+    # A smoke run's data: the first this many people of each batch of the demo data (6 train, 1-2 val and 1-2 test
+    # questions each). 2 rather than 4 halved the SmolLM2 section's generation, most of its smoke time.
+    smoke_people: int = 2
 
 
 FULL = Settings()
@@ -93,7 +96,7 @@ SMOKE = Settings(
                "eval.max_train_questions=4"],
     throughput_epochs=1, throughput_rounds=1, incremental_samples=2, smoke=True, sampler_seeds=1,
     early_stopping_arms=("noasha", "asha"),
-    # A twentieth of the general probe's protect rows (~12): the replay path, in proportion to 4 people's
+    # A twentieth of the general probe's protect rows (~12): the replay path, in proportion to a few people's
     # questions. No shrink: each factor asks the probe again, minutes a trial (tests/test_shrink.py runs it).
     smollm2_overrides=["training.epochs=1", "training.batch_size=4", "training.general_replay=0.05",
                        "training.adapter_shrink=[]"],
@@ -550,7 +553,7 @@ def prepare(args, settings: Settings, work: Path) -> Bench:
     overrides = list(settings.overrides)
     if settings.smoke:
         given = load_experiment(args.config)
-        overrides += first_people(work / "data", given.data.documents, given.data.qa, people=4)
+        overrides += first_people(work / "data", given.data.documents, given.data.qa, people=settings.smoke_people)
         if given.eval.general is not None and given.eval.general.is_dir():
             overrides.append(f"eval.general={json.dumps(str(probe_slice(given.eval.general, work / 'probe')))}")
     overrides += [f"sweep.storage_path={json.dumps(str(work / 'ray_results'))}", "sweep.experiment=recall-bench"]

@@ -213,23 +213,25 @@ def compare_variants(trial, log, pairs: int = VARIANT_PAIRS, examples: int | Non
 
 
 # Two SmolLM2 trainings on 2 threads each ran 18x slower than on 1 each (22 against 404 tok/s): an epoch took 10
-# minutes. Both ways train the same first examples (the demo's QA pairs), so their rates compare.
+# minutes. Both ways train the same first examples (the demo's QA pairs), so their rates compare. A smoke run trains
+# fewer: the tiny model's 2-threads-each way ran at 63 tok/s, 20 s of a smoke run's 90 for 64 examples.
 THREADS_EXAMPLES = 64
+SMOKE_THREADS_EXAMPLES = 16
 
 
-def _train_on(threads: int, trial, results) -> None:
+def _train_on(threads: int, trial, examples: int, results) -> None:
     torch.set_num_threads(threads)
-    results.put(timed_epochs(trial, "ours", epochs=1, warm_up=False, examples=THREADS_EXAMPLES)["tokens_per_s"])
+    results.put(timed_epochs(trial, "ours", epochs=1, warm_up=False, examples=examples)["tokens_per_s"])
 
 
-def two_at_once(trial) -> dict[str, list[float]]:
-    """tokens/s of two trainings run at once in two processes (THREADS_EXAMPLES examples each, no warm-up), on
+def two_at_once(trial, examples: int) -> dict[str, list[float]]:
+    """tokens/s of two trainings run at once in two processes (`examples` examples each, no warm-up), on
     1 thread each and on 2 each."""
     context = multiprocessing.get_context("spawn")
     found = {}
     for threads in (1, 2):
         results = context.Queue()
-        workers = [context.Process(target=_train_on, args=(threads, trial, results)) for _ in range(2)]
+        workers = [context.Process(target=_train_on, args=(threads, trial, examples, results)) for _ in range(2)]
         for worker in workers:
             worker.start()
         rates = [results.get() for _ in workers]
@@ -282,7 +284,7 @@ def run(bench, log) -> dict:
     results["steps_variants"] = compare_variants(subject, log)
     timings["variants"] = time.perf_counter() - started
     started = time.perf_counter()
-    results["steps_threads"] = two_at_once(subject)
+    results["steps_threads"] = two_at_once(subject, SMOKE_THREADS_EXAMPLES if smoke else THREADS_EXAMPLES)
     timings["threads"] = time.perf_counter() - started
     log(f"steps threads, two trainings at once: {results['steps_threads']}")
     results.update({"steps_subject": "tiny" if smoke else "smollm2", "steps_section_seconds": timings,

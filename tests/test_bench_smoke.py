@@ -2,7 +2,7 @@
 
 `python -m bench.run --smoke` runs the tiny-model sections (throughput vs the seed recipe, ASHA and no-ASHA
 sweeps with real Ray/Optuna/MLflow, best-trial test scoring from MLflow, the seed recipe at equal
-compute; adding facts later: an incremental sweep against the seed recipe's way) on a 4-person slice
+compute; adding facts later: an incremental sweep against the seed recipe's way) on a 2-person slice
 of the demo data (and of its second batch), writing into a temporary directory.
 """
 
