@@ -195,7 +195,8 @@ class EvalConfig(Strict):
                                           "sets them to the early-stopping rungs.")
     general_min_known: int = Field(
         20, ge=1, description="The general floor (sweep.general_floor, promotion) applies only when the base model "
-                              "answers at least this many check questions right: below that, retention is noise.")
+                              "answers at least this many check questions right: below that, retention is noise, and "
+                              "trials do not ask the probe (no general_* metrics).")
     objective: Literal["exact_recall", "contains_recall", "token_f1", "rouge_l"] = Field(
         "exact_recall", description="What a sweep optimises and ranks trials by, on val (trials/recall.py): "
                                     "exact_recall (the whole answer, exactly); contains_recall (the answer inside "

@@ -174,7 +174,10 @@ class TrialRun:
         # The base model's replies to the general probe: from the cache, or generated now, before an adapter exists.
         base = (base_answers(loaded.model, self.tokenizer, self.probe, loaded.base_path, self.device, self.bf16,
                              config.eval.batch_size) if self.probe else None)
-        self.general = GeneralCheck(self.tokenizer, self.probe, base) if self.probe else None
+        check = GeneralCheck(self.tokenizer, self.probe, base) if self.probe else None
+        # Asked only where the general floor can apply (eval.general_min_known): the retention and drift of a base that
+        # knows too little are noise, and asking cost a 2-epoch tiny-model trial about 3 s of its ~10 (1.7 s a time).
+        self.general = check if check and check.base_known >= config.eval.general_min_known else None
         # Fitted on the bare base before the adapter exists (trials/router.py); it routes every answer after.
         self.router = self._router(loaded) if config.training.adapter_router else None
         self.model = attach(attach_method(loaded.model, config.method, config.training.gradient_checkpointing,
