@@ -27,7 +27,8 @@ def two_rounds(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("incremental")
     with module_store(tmp_path) as uri:
         # Batch 1 needs only its champion: the demo trial alone.
-        first = fast_config(tmp_path, *SHORT, "sweep.num_samples=1", f"search_space.points_to_evaluate=[{{{DEMO_TRIAL}}}]")
+        first = fast_config(tmp_path, *SHORT, "sweep.num_samples=1",
+                            f"search_space.points_to_evaluate=[{{{DEMO_TRIAL}}}]")
         run_sweep(first, "batch1")
         v1 = promote("batch1", top_k=1, log=lambda line: None)
         # The new people alone: the old ones come from the champion's lineage. Replay at both ends.
